@@ -1,0 +1,10 @@
+"""minidl: a from-scratch deep-learning framework for teaching.
+
+Every layer writes its forward and backward pass out by hand; everything runs on NumPy
+(CPU) or CuPy (GPU) behind one switch (``minidl.set_backend``).
+"""
+from .backend import (set_backend, get_backend, xp, array_module, asarray, to_numpy,
+                      set_default_dtype, get_default_dtype, default_rng, BackendError)
+from . import backend, init, layers, losses, gradcheck
+
+__version__ = "0.1.0"

@@ -1,0 +1,172 @@
+"""The one NumPy/CuPy switch.
+
+Every array in minidl is made through this module, so a model runs on the CPU (NumPy) or
+on an NVIDIA GPU (CuPy) without changing a line. The pattern is chainer's
+``get_array_module``: code asks for the array module when it runs, never at import time::
+
+    xp = backend.xp()                 # the active module (numpy or cupy)
+    xp = backend.array_module(x, W)   # the module the given arrays live in
+
+Nothing else in minidl imports NumPy or CuPy for array work.
+
+The environment variable ``MINIDL_BACKEND`` (``numpy`` or ``cupy``) picks the backend at
+import; ``set_backend`` changes it later. Training defaults to float32
+(``set_default_dtype``); gradient checks always run in float64.
+"""
+import os
+
+import numpy
+
+__all__ = [
+    "set_backend", "get_backend", "xp", "array_module", "asarray", "to_numpy",
+    "set_default_dtype", "get_default_dtype", "default_rng", "cupy_available",
+    "is_array", "on_device", "BackendError", "host", "check_same_device",
+]
+
+_state = {"name": "numpy", "module": numpy, "dtype": numpy.dtype("float32")}
+
+
+class BackendError(RuntimeError):
+    """Raised when the CuPy backend is asked for and cannot be used, or arrays are mixed."""
+
+
+def _load_cupy():
+    """Import CuPy and check that a GPU answers; raise one clear error otherwise."""
+    try:
+        import cupy
+    except ImportError as err:
+        raise BackendError(
+            "set_backend('cupy'): CuPy is not installed ({}). Install it with "
+            "`pip install minidl[gpu]` (or the cupy-cudaXXx wheel matching your CUDA), "
+            "or keep the default 'numpy' backend.".format(err)) from None
+    try:
+        count = cupy.cuda.runtime.getDeviceCount()
+    except Exception as err:  # CUDA driver missing or broken
+        raise BackendError(
+            "set_backend('cupy'): CuPy is installed but no GPU can be used ({}). "
+            "Check `nvidia-smi`, or use set_backend('numpy').".format(err)) from None
+    if count < 1:
+        raise BackendError("set_backend('cupy'): CuPy found no GPU; use set_backend('numpy').")
+    return cupy
+
+
+def cupy_available():
+    """True when CuPy imports and a GPU answers (used by the tests to skip GPU cases)."""
+    try:
+        _load_cupy()
+    except BackendError:
+        return False
+    return True
+
+
+def set_backend(name):
+    """Choose the array library: ``"numpy"`` (CPU) or ``"cupy"`` (GPU).
+
+    Layers made before the switch keep their arrays where they are; move a model with
+    ``model.to_backend()`` (or build it after the switch).
+    """
+    if name not in ("numpy", "cupy"):
+        raise ValueError(f"set_backend expects 'numpy' or 'cupy', got {name!r}")
+    module = numpy if name == "numpy" else _load_cupy()
+    _state["name"], _state["module"] = name, module
+
+
+def get_backend():
+    """The name of the active backend, ``"numpy"`` or ``"cupy"``."""
+    return _state["name"]
+
+
+def xp():
+    """The active array module (numpy or cupy)."""
+    return _state["module"]
+
+
+def is_array(a):
+    """True for a NumPy or CuPy ndarray."""
+    if isinstance(a, numpy.ndarray):
+        return True
+    return type(a).__module__.startswith("cupy")
+
+
+def on_device(a):
+    """True when ``a`` is a CuPy (GPU) array."""
+    return type(a).__module__.startswith("cupy") and hasattr(a, "device")
+
+
+def array_module(*arrays):
+    """The module of the given arrays; raises a clear error when host and device mix.
+
+    Non-arrays (Python numbers, None) are ignored. With no arrays, the active module.
+    """
+    where = {}
+    for i, a in enumerate(arrays):
+        if a is None or not is_array(a):
+            continue
+        where.setdefault("gpu" if on_device(a) else "cpu", []).append(i)
+    if len(where) == 2:
+        raise BackendError(
+            "arrays live on different devices: arguments {} are NumPy (CPU) arrays and "
+            "arguments {} are CuPy (GPU) arrays; move them with minidl.asarray() "
+            "(to the active backend) or minidl.to_numpy() (to the CPU) first".format(
+                where["cpu"], where["gpu"]))
+    if "gpu" in where:
+        import cupy
+        return cupy
+    if "cpu" in where:
+        return numpy
+    return _state["module"]
+
+
+def check_same_device(name, *arrays):
+    """Raise a ``BackendError`` naming ``name`` when the arrays are not all on one device."""
+    try:
+        return array_module(*arrays)
+    except BackendError as err:
+        raise BackendError(f"{name}: {err}") from None
+
+
+def asarray(a, dtype=None):
+    """Move ``a`` (array, list, number) to the active backend's device, as ``dtype``."""
+    module = _state["module"]
+    if module is numpy and on_device(a):
+        a = a.get()
+    return module.asarray(a, dtype=dtype)
+
+
+def to_numpy(a):
+    """Bring an array home to a NumPy array (a no-op for NumPy arrays and numbers)."""
+    if on_device(a):
+        return a.get()
+    return numpy.asarray(a)
+
+
+def set_default_dtype(dtype):
+    """Set the floating dtype of new parameters and data: ``"float32"`` or ``"float64"``."""
+    d = numpy.dtype(dtype)
+    if d not in (numpy.float32, numpy.float64):
+        raise ValueError(f"set_default_dtype expects 'float32' or 'float64', got {dtype!r}")
+    _state["dtype"] = d
+
+
+def get_default_dtype():
+    """The floating dtype new parameters and data get (a NumPy dtype)."""
+    return _state["dtype"]
+
+
+def host():
+    """The host array module (NumPy), for generator output, file I/O and host-side maths."""
+    return numpy
+
+
+def default_rng(seed=None):
+    """An explicit random generator (NumPy's PCG64) on the host.
+
+    Random numbers in minidl are drawn on the host from a generator the caller passes in,
+    then moved to the device, so a seed gives the same model on either backend.
+    """
+    return numpy.random.default_rng(seed)
+
+
+_env = os.environ.get("MINIDL_BACKEND")
+if _env:
+    set_backend(_env.strip().lower())

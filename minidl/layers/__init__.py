@@ -1,0 +1,6 @@
+"""Layers with hand-written forward and backward passes (see ``base.Layer``)."""
+from .base import Layer
+from .linear import Linear
+from .activations import ReLU, LeakyReLU, Sigmoid, Tanh
+from .flatten import Flatten
+from .sequential import Sequential

@@ -1,0 +1,123 @@
+"""Elementwise activations: ReLU, LeakyReLU, Sigmoid, Tanh.
+
+Each is out = f(x) elementwise, so backward is dx = dout * f'(x), and the R-operator
+passes are Rout = f'(x) Rx and Rdx = Rdout * f'(x) + dout * f''(x) * Rx.
+
+=========  ==============================  ==================  =========================
+layer      f(x)                            f'(x)               f''(x)
+=========  ==============================  ==================  =========================
+ReLU       max(x, 0)                       [x > 0]             0 (almost everywhere)
+LeakyReLU  x if x > 0 else a x             1 or a              0 (almost everywhere)
+Sigmoid    s = 1 / (1 + exp(-x))           s (1 - s)           s (1 - s) (1 - 2 s)
+Tanh       t = tanh(x)                     1 - t^2             -2 t (1 - t^2)
+=========  ==============================  ==================  =========================
+
+At x = 0 ReLU's derivative is taken as 0, as PyTorch does.
+"""
+from .. import backend
+from .base import Layer
+
+__all__ = ["ReLU", "LeakyReLU", "Sigmoid", "Tanh"]
+
+
+class _Elementwise(Layer):
+    """Shared passes for out = f(x): subclasses give f, f' and f''."""
+
+    def f(self, x):
+        raise NotImplementedError
+
+    def df(self):
+        """f'(x) at the cached input, same shape as x."""
+        raise NotImplementedError
+
+    def d2f(self):
+        """f''(x) at the cached input, or None where it is zero almost everywhere."""
+        return None
+
+    def forward(self, x):
+        if not backend.is_array(x):
+            raise TypeError(f"{type(self).__name__} expects an array, got {type(x).__name__}")
+        self.cache["x"] = x
+        out = self.f(x)  # same shape as x
+        self.cache["out"] = out
+        return out
+
+    def backward(self, dout):
+        self.cache["dout"] = dout
+        return dout * self.df()
+
+    def jvp(self, Rx):
+        self.cache["Rx"] = Rx
+        return self.df() * Rx
+
+    def backward_rop(self, Rdout):
+        Rdx = Rdout * self.df()
+        d2 = self.d2f()
+        if d2 is not None:
+            Rdx = Rdx + self.cache["dout"] * d2 * self.cache["Rx"]
+        return Rdx
+
+
+class ReLU(_Elementwise):
+    """out = max(x, 0)."""
+
+    def f(self, x):
+        xp = backend.array_module(x)
+        return xp.maximum(x, 0)
+
+    def df(self):
+        x = self.cache["x"]
+        return (x > 0).astype(x.dtype)
+
+
+class LeakyReLU(_Elementwise):
+    """out = x for x > 0, ``negative_slope * x`` otherwise."""
+
+    def __init__(self, negative_slope=0.01):
+        super().__init__()
+        self.negative_slope = float(negative_slope)
+
+    def f(self, x):
+        xp = backend.array_module(x)
+        return xp.where(x > 0, x, self.negative_slope * x)
+
+    def df(self):
+        x = self.cache["x"]
+        xp = backend.array_module(x)
+        return xp.where(x > 0, 1.0, self.negative_slope).astype(x.dtype)
+
+    def extra_repr(self):
+        return f"negative_slope={self.negative_slope}"
+
+
+class Sigmoid(_Elementwise):
+    """out = 1 / (1 + exp(-x)), computed without overflow for large |x|."""
+
+    def f(self, x):
+        xp = backend.array_module(x)
+        # exp of a non-positive number only: exp(-|x|) never overflows
+        e = xp.exp(-xp.abs(x))
+        return xp.where(x >= 0, 1.0 / (1.0 + e), e / (1.0 + e)).astype(x.dtype)
+
+    def df(self):
+        s = self.cache["out"]
+        return s * (1 - s)
+
+    def d2f(self):
+        s = self.cache["out"]
+        return s * (1 - s) * (1 - 2 * s)
+
+
+class Tanh(_Elementwise):
+    """out = tanh(x)."""
+
+    def f(self, x):
+        return backend.array_module(x).tanh(x)
+
+    def df(self):
+        t = self.cache["out"]
+        return 1 - t * t
+
+    def d2f(self):
+        t = self.cache["out"]
+        return -2 * t * (1 - t * t)

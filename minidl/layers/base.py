@@ -1,0 +1,247 @@
+"""The ``Layer`` protocol every layer follows, and the checks that guard its inputs.
+
+A layer is a small object with an explicit forward and backward pass (no autodiff)::
+
+    out = layer.forward(x)        # also layer(x); remembers x in layer.cache["x"]
+    dx = layer.backward(dout)     # fills layer.grads[k] for every k in layer.params,
+                                  # remembers dout in layer.cache["dout"], returns dL/dx
+
+State is explicit, never hidden in hooks:
+
+* ``params``  -- trainable arrays by name (``W``, ``b``, ``gamma``, ``beta``),
+* ``grads``   -- the same keys and shapes, written by ``backward``,
+* ``buffers`` -- non-trainable state (BatchNorm running statistics),
+* ``cache``   -- what the forward pass saved for the backward pass. Leaf layers keep the
+  input ``x`` and the gradient arriving at the output ``dout``; the preconditioners of
+  ``minidl.precond`` read exactly these two (KFAC's A and G factors, BNP's statistics).
+
+Curvature (``minidl.curvature``) needs two more passes, both written by hand per layer,
+following Pearlmutter's R-operator (R{f} = d/dr f(theta + r v) at r = 0):
+
+* ``jvp(Rx)``: forward-mode derivative. Given the tangent ``Rx`` of the input and the
+  tangents ``layer.Rparams`` of the parameters (missing keys mean zero), return the
+  tangent of the output. Run after ``forward`` on the same input.
+* ``backward_rop(Rdout)``: the R-operator applied to the backward pass. Given R{dout},
+  return R{dx} and fill ``layer.Rgrads`` (R{grads}), using the x, Rx and dout cached by
+  ``forward``, ``jvp`` and ``backward``. With ``Rdout = H_loss @ Rlogits`` at the top,
+  the Rgrads are the Hessian-vector product H v.
+
+The flat parameter order used by the curvature tools is: leaf layers in forward order,
+then each layer's ``params`` in insertion order, each array raveled in C order.
+"""
+from .. import backend
+
+__all__ = ["Layer", "expect_ndim", "expect_dim", "expect_finite"]
+
+
+class Layer:
+    """Base class: parameters, gradients, buffers, cache, train/eval, state dicts."""
+
+    def __init__(self):
+        self.params = {}    # name -> array, trainable
+        self.grads = {}     # name -> array, same keys and shapes as params
+        self.buffers = {}   # name -> array, non-trainable state
+        self.cache = {}     # what forward/jvp/backward saved for later passes
+        self.Rparams = {}   # name -> tangent array, set by the curvature tools
+        self.Rgrads = {}    # name -> R{grads}, written by backward_rop
+        self.training = True
+
+    # -- the passes ------------------------------------------------------------------
+    def forward(self, x):
+        """Compute the output for input ``x`` and cache what backward needs."""
+        raise NotImplementedError(f"{type(self).__name__}.forward is not written yet")
+
+    def backward(self, dout):
+        """Given dL/dout, fill ``self.grads`` and return dL/dx."""
+        raise NotImplementedError(f"{type(self).__name__}.backward is not written yet")
+
+    def jvp(self, Rx):
+        """Forward-mode derivative (R-operator) at the cached input; see the module doc."""
+        raise NotImplementedError(
+            f"{type(self).__name__} has no jvp (R-operator forward pass), so Hessian- and "
+            "GGN-vector products cannot pass through it")
+
+    def backward_rop(self, Rdout):
+        """R-operator of the backward pass; returns R{dx}, fills ``self.Rgrads``."""
+        raise NotImplementedError(
+            f"{type(self).__name__} has no backward_rop, so exact Hessian-vector products "
+            "cannot pass through it (GGN-vector products still can)")
+
+    def __call__(self, x):
+        return self.forward(x)
+
+    # -- tree structure ---------------------------------------------------------------
+    def children(self):
+        """``[(name, layer), ...]`` of sub-layers in forward order (empty for a leaf)."""
+        return []
+
+    def leaves(self):
+        """All leaf layers under this one, in forward order (a leaf returns ``[self]``)."""
+        kids = self.children()
+        if not kids:
+            return [self]
+        out = []
+        for _, child in kids:
+            out.extend(child.leaves())
+        return out
+
+    def named_leaves(self, prefix=""):
+        """``[(qualified_name, leaf), ...]`` in forward order, e.g. ``("2.block.0", conv)``."""
+        kids = self.children()
+        if not kids:
+            return [(prefix, self)]
+        out = []
+        for name, child in kids:
+            out.extend(child.named_leaves(f"{prefix}.{name}" if prefix else str(name)))
+        return out
+
+    def parameters(self):
+        """``[(qualified_name, layer, key), ...]`` in the documented flat order."""
+        out = []
+        for lname, leaf in self.named_leaves():
+            for key in leaf.params:
+                out.append((f"{lname}.{key}" if lname else key, leaf, key))
+        return out
+
+    def num_params(self):
+        """Total number of trainable scalars."""
+        return sum(int(layer.params[k].size) for _, layer, k in self.parameters())
+
+    # -- modes and state --------------------------------------------------------------
+    def train(self):
+        """Switch this layer and all sub-layers to training mode; returns self."""
+        self.training = True
+        for _, child in self.children():
+            child.train()
+        return self
+
+    def eval(self):
+        """Switch this layer and all sub-layers to evaluation mode; returns self."""
+        self.training = False
+        for _, child in self.children():
+            child.eval()
+        return self
+
+    def zero_grad(self):
+        """Set every gradient to zero (allocating them if backward never ran)."""
+        for _, layer, key in self.parameters():
+            p = layer.params[key]
+            layer.grads[key] = backend.array_module(p).zeros_like(p)
+
+    def clear_cache(self):
+        """Drop what the passes cached (frees the activations of a big batch)."""
+        for leaf in self.leaves():
+            leaf.cache = {}
+
+    def state_dict(self):
+        """``{qualified_name: host NumPy array}`` of every parameter and buffer."""
+        out = {}
+        for lname, leaf in self.named_leaves():
+            for group in (leaf.params, leaf.buffers):
+                for key, value in group.items():
+                    out[f"{lname}.{key}" if lname else key] = backend.to_numpy(value).copy()
+        return out
+
+    def load_state_dict(self, state):
+        """Copy arrays from ``state`` (as made by ``state_dict``) into this layer, in place.
+
+        Every key must be present with the right shape; a mismatch raises ``ValueError``
+        and leaves the layer unchanged.
+        """
+        targets = {}
+        for lname, leaf in self.named_leaves():
+            for group in (leaf.params, leaf.buffers):
+                for key, value in group.items():
+                    targets[f"{lname}.{key}" if lname else key] = (group, key, value)
+        missing = sorted(set(targets) - set(state))
+        unexpected = sorted(set(state) - set(targets))
+        if missing or unexpected:
+            raise ValueError(
+                f"{type(self).__name__}.load_state_dict: keys do not match; "
+                f"missing {missing}, unexpected {unexpected}")
+        for name, (group, key, value) in targets.items():
+            shape = tuple(state[name].shape)
+            if shape != tuple(value.shape):
+                raise ValueError(
+                    f"{type(self).__name__}.load_state_dict: '{name}' expects shape "
+                    f"{tuple(value.shape)}, got {shape}")
+        for name, (group, key, value) in targets.items():
+            xp = backend.array_module(value)
+            if xp is backend.xp():
+                group[key] = backend.asarray(state[name], dtype=value.dtype)
+            else:
+                group[key] = xp.asarray(backend.to_numpy(state[name]), dtype=value.dtype)
+        return self
+
+    def to_backend(self, dtype=None):
+        """Move every parameter and buffer to the active backend (optionally recast)."""
+        for leaf in self.leaves():
+            for group in (leaf.params, leaf.buffers):
+                for key, value in group.items():
+                    is_float = value.dtype.kind == "f"
+                    group[key] = backend.asarray(value, dtype=dtype if is_float else None)
+            leaf.grads = {}
+            leaf.cache = {}
+        return self
+
+    def astype(self, dtype):
+        """Recast every floating parameter and buffer to ``dtype`` (on its device)."""
+        for leaf in self.leaves():
+            for group in (leaf.params, leaf.buffers):
+                for key, value in group.items():
+                    if value.dtype.kind == "f":
+                        group[key] = value.astype(dtype)
+            leaf.grads = {}
+            leaf.cache = {}
+        return self
+
+    def extra_repr(self):
+        """The arguments shown by ``repr``; layers override it."""
+        return ""
+
+    def __repr__(self):
+        kids = self.children()
+        if not kids:
+            return f"{type(self).__name__}({self.extra_repr()})"
+        lines = [f"{type(self).__name__}("]
+        for name, child in kids:
+            for i, line in enumerate(repr(child).splitlines()):
+                lines.append(f"  ({name}): {line}" if i == 0 else f"  {line}")
+        lines.append(")")
+        return "\n".join(lines)
+
+
+def expect_ndim(layer, x, ndims, what):
+    """Raise a ``ValueError`` unless ``x.ndim`` is one of ``ndims``.
+
+    Args:
+        layer: the layer doing the check (its class name goes into the message).
+        x: the array that arrived.
+        ndims: allowed numbers of dimensions, e.g. ``(4,)``.
+        what: the expected layout in words, e.g. ``"(N, C, H, W)"``.
+    """
+    if not backend.is_array(x):
+        raise TypeError(f"{type(layer).__name__} expects an array of shape {what}, "
+                        f"got {type(x).__name__}; convert with minidl.asarray(x)")
+    if x.ndim not in ndims:
+        raise ValueError(f"{type(layer).__name__} expects input of shape {what}, "
+                         f"got shape {tuple(x.shape)} ({x.ndim}-D)")
+    if x.dtype.kind != "f":
+        raise TypeError(f"{type(layer).__name__} expects a floating-point input, got dtype "
+                        f"{x.dtype}; convert with x.astype(minidl.get_default_dtype())")
+
+
+def expect_dim(layer, x, axis, size, what):
+    """Raise a ``ValueError`` unless ``x.shape[axis] == size``."""
+    if x.shape[axis] != size:
+        raise ValueError(f"{type(layer).__name__} expects {what} = {size} "
+                         f"(axis {axis} of the input), got input of shape {tuple(x.shape)}")
+
+
+def expect_finite(name, x):
+    """Raise a ``ValueError`` when ``x`` holds NaN or infinity."""
+    xp = backend.array_module(x)
+    if not bool(xp.isfinite(x).all()):
+        bad = int((~xp.isfinite(x)).sum())
+        raise ValueError(f"{name} holds {bad} non-finite value(s) (NaN or inf) in an array "
+                         f"of shape {tuple(x.shape)}")

@@ -1,0 +1,109 @@
+"""Linear (fully connected) layer: out = x W^T + b.
+
+Shapes (PyTorch and seed notation): x (N, in), W (out, in), b (out,), out (N, out).
+
+Backward, for upstream gradient dout = dL/dout of shape (N, out)::
+
+    dW = dout^T x        (out, N) @ (N, in)
+    db = sum_n dout_n    (out,)
+    dx = dout W          (N, out) @ (out, in)
+
+R-operator (curvature), with tangents Rx, RW, Rb::
+
+    Rout  = Rx W^T + x RW^T + Rb
+    Rdx   = Rdout W + dout RW
+    RdW   = Rdout^T x + dout^T Rx
+    Rdb   = sum_n Rdout_n
+"""
+from .. import backend, init
+from .base import Layer, expect_dim, expect_ndim
+
+__all__ = ["Linear"]
+
+
+class Linear(Layer):
+    """Fully connected layer ``out = x @ W.T + b``.
+
+    Args:
+        in_features: size m of each input row.
+        out_features: size n of each output row.
+        bias: learn an additive bias ``b`` (default True).
+        rng: generator for the initial weights (``minidl.default_rng(seed)``); a fresh
+            unseeded one when None.
+        init: initialiser for W (name or function of (shape, rng)); the default is
+            U(-1/sqrt(in), 1/sqrt(in)) for W and b, as in PyTorch.
+    """
+
+    def __init__(self, in_features, out_features, bias=True, rng=None, init="uniform"):
+        super().__init__()
+        if int(in_features) <= 0 or int(out_features) <= 0:
+            raise ValueError(f"Linear expects positive sizes, got in_features={in_features}, "
+                             f"out_features={out_features}")
+        self.in_features, self.out_features = int(in_features), int(out_features)
+        rng = rng if rng is not None else backend.default_rng()
+        shape = (self.out_features, self.in_features)
+        self.params["W"] = _init_module.get(init)(shape, rng)  # (out, in)
+        if bias:
+            self.params["b"] = _init_module.uniform_fan_in(
+                (self.out_features,), rng, fan_in=self.in_features)  # (out,)
+
+    def forward(self, x):
+        expect_ndim(self, x, (2,), "(N, in_features); flatten images first")
+        expect_dim(self, x, 1, self.in_features, "in_features")
+        W = self.params["W"]
+        backend.check_same_device("Linear.forward(x)", x, W)
+        self.cache["x"] = x
+        out = x @ W.T  # (N, in) @ (in, out) -> (N, out)
+        if "b" in self.params:
+            out += self.params["b"]
+        return out
+
+    def backward(self, dout):
+        x = self.cache["x"]
+        W = self.params["W"]
+        self.cache["dout"] = dout
+        self.grads["W"] = dout.T @ x  # (out, N) @ (N, in) -> (out, in)
+        if "b" in self.params:
+            self.grads["b"] = dout.sum(axis=0)  # (out,)
+        return dout @ W  # (N, out) @ (out, in) -> (N, in)
+
+    def jvp(self, Rx):
+        x, W = self.cache["x"], self.params["W"]
+        self.cache["Rx"] = Rx
+        Rout = Rx @ W.T  # (N, out)
+        if "W" in self.Rparams:
+            Rout = Rout + x @ self.Rparams["W"].T
+        if "b" in self.params and "b" in self.Rparams:
+            Rout = Rout + self.Rparams["b"]
+        return Rout
+
+    def backward_rop(self, Rdout):
+        x, Rx, dout = self.cache["x"], self.cache["Rx"], self.cache["dout"]
+        W = self.params["W"]
+        self.Rgrads["W"] = Rdout.T @ x + dout.T @ Rx  # (out, in)
+        if "b" in self.params:
+            self.Rgrads["b"] = Rdout.sum(axis=0)  # (out,)
+        Rdx = Rdout @ W  # (N, in)
+        if "W" in self.Rparams:
+            Rdx = Rdx + dout @ self.Rparams["W"]
+        return Rdx
+
+    def per_example_grads(self):
+        """Each example's share of ``grads``: ``{"W": (N, out, in), "b": (N, out)}``.
+
+        They sum over n to ``grads``; for a mean loss, multiply by N to get the gradient
+        of example n's own loss.
+        """
+        x, dout = self.cache["x"], self.cache["dout"]
+        xp = backend.array_module(x)
+        out = {"W": xp.einsum("no,ni->noi", dout, x)}  # (N, out, in)
+        if "b" in self.params:
+            out["b"] = dout  # (N, out)
+        return out
+
+    def extra_repr(self):
+        return (f"in_features={self.in_features}, out_features={self.out_features}, "
+                f"bias={'b' in self.params}")
+
+
+_init_module = init

@@ -1,0 +1,66 @@
+"""Binary cross-entropy with logits (sigmoid fused in), as PyTorch's BCEWithLogitsLoss.
+
+For logits x and targets y in [0, 1] of the same shape, s = sigmoid(x)::
+
+    l   = max(x, 0) - x y + log(1 + exp(-|x|))      (= -y log s - (1-y) log(1-s), stably)
+    L   = c sum l,         c = 1/(number of elements) for "mean", 1 for "sum"
+    dL/dx = c (s - y)
+    H   = c diag(s (1 - s)),   S = diag(sqrt(c s (1 - s)))
+
+``sample_target`` draws y ~ Bernoulli(s).
+"""
+from .. import backend
+from .base import Loss
+from ..layers.activations import Sigmoid
+
+__all__ = ["BCEWithLogits"]
+
+
+class BCEWithLogits(Loss):
+    """Sigmoid + binary cross-entropy on logits of any shape (N, ...)."""
+
+    def forward(self, logits, target):
+        xp = backend.check_same_device("BCEWithLogits.forward(logits, target)", logits, target)
+        if not backend.is_array(target) or tuple(target.shape) != tuple(logits.shape):
+            shape = getattr(target, "shape", type(target).__name__)
+            raise ValueError(f"BCEWithLogits expects target of shape {tuple(logits.shape)} "
+                             f"(the logits'), got {shape}")
+        y = target.astype(logits.dtype)
+        if y.size and (float(y.min()) < 0 or float(y.max()) > 1):
+            raise ValueError("BCEWithLogits expects targets in [0, 1], got values in "
+                             f"[{float(y.min())}, {float(y.max())}]")
+        x = logits
+        c = 1.0 / x.size if self.reduction == "mean" else 1.0
+        s = Sigmoid().f(x)  # same shape as x
+        self.cache = {"s": s, "y": y, "c": c}
+        l = xp.maximum(x, 0) - x * y + xp.log1p(xp.exp(-xp.abs(x)))
+        return float(l.sum()) * c
+
+    def backward(self):
+        return self.cache["c"] * (self._need("s") - self.cache["y"])
+
+    def _h(self):
+        s = self._need("s")
+        return self.cache["c"] * s * (1 - s)  # same shape as the logits
+
+    def hvp(self, Rlogits):
+        return self._h() * Rlogits
+
+    def hessian(self):
+        h = self._h()
+        xp = backend.array_module(h)
+        h = h.reshape(h.shape[0], -1)  # (N, K)
+        return xp.einsum("nk,kl->nkl", h, xp.eye(h.shape[1], dtype=h.dtype))  # (N, K, K)
+
+    def hessian_factor(self):
+        h = self._h()
+        xp = backend.array_module(h)
+        h = xp.sqrt(h.reshape(h.shape[0], -1))  # (N, K)
+        return xp.einsum("nk,kl->nkl", h, xp.eye(h.shape[1], dtype=h.dtype))  # (N, K, K)
+
+    def sample_target(self, rng):
+        """y ~ Bernoulli(sigmoid(x)), drawn on the host with ``rng``."""
+        s = self._need("s")
+        u = rng.random(s.shape)  # same shape as the logits
+        y = (u < backend.to_numpy(s)).astype("float64")
+        return backend.array_module(s).asarray(y, dtype=s.dtype)
