@@ -24,7 +24,7 @@ from . import backend
 from .layers.base import expect_finite
 
 __all__ = ["numerical_gradient", "check_layer", "check_loss", "check_model",
-           "GradCheckReport", "ArrayCheck", "rel_error"]
+           "GradCheckReport", "ArrayCheck", "rel_error", "check_jvp", "check_backward_rop"]
 
 
 def rel_error(a, b):
@@ -290,3 +290,130 @@ def check_model(model, loss, x, target, eps=1e-6, rtol=1e-5, atol=1e-8):
             leaf.cache = {}
     return GradCheckReport(f"{type(model).__name__} + {type(loss).__name__}", checks,
                            rtol, atol, eps)
+
+
+def _directional(layer, x, Rx, V, h, run):
+    """Central difference along (Rx, V) of ``run()``'s arrays, with params moved by h V."""
+    leaves = [(leaf, key, leaf.params[key]) for _, leaf, key in layer.parameters()]
+    results = []
+    for sign in (+1, -1):
+        for (leaf, key, p0), v in zip(leaves, V):
+            leaf.params[key] = p0 + sign * h * v
+        results.append(run(x + sign * h * Rx))
+    for leaf, key, p0 in leaves:
+        leaf.params[key] = p0
+    return [(a - b) / (2 * h) for a, b in zip(*results)]
+
+
+def _as_float64(layer):
+    for leaf in layer.leaves():
+        for group in (leaf.params, leaf.buffers):
+            for key, value in group.items():
+                if value.dtype.kind == "f":
+                    group[key] = _float64_copy(value)
+
+
+def check_jvp(layer, x, rng=None, h=1e-6, rtol=1e-5, atol=1e-7):
+    """Check ``layer.jvp`` (R-operator forward) against a central difference of forward.
+
+    With random tangents Rx and V (one per parameter), compares ``jvp(Rx)`` with
+    (forward(x + h Rx; theta + h V) - forward(x - h Rx; theta - h V)) / (2h).
+    """
+    rng = rng if rng is not None else backend.default_rng(0)
+    snap = _snapshot(layer)
+    try:
+        _as_float64(layer)
+        x = _float64_copy(x)
+        xp = backend.array_module(x)
+        bufs = [(leaf, {k: v.copy() for k, v in leaf.buffers.items()}) for leaf in layer.leaves()]
+
+        def reset():
+            for leaf, b in bufs:
+                for k, v in b.items():
+                    leaf.buffers[k] = v.copy()
+
+        Rx = xp.asarray(rng.standard_normal(x.shape))  # same shape as x
+        V = [xp.asarray(rng.standard_normal(leaf.params[key].shape))
+             for _, leaf, key in layer.parameters()]
+
+        def run(xx):
+            reset()
+            return [layer.forward(xx)]
+
+        (numeric,) = _directional(layer, x, Rx, V, h, run)
+        reset()
+        layer.forward(x)
+        for (_, leaf, key), v in zip(layer.parameters(), V):
+            leaf.Rparams[key] = v
+        analytic = layer.jvp(Rx)
+        checks = [ArrayCheck("Rout", analytic, numeric, rtol, atol, [])]
+    finally:
+        _restore(snap)
+        for leaf in layer.leaves():
+            leaf.grads, leaf.cache, leaf.Rparams, leaf.Rgrads = {}, {}, {}, {}
+    return GradCheckReport(f"{type(layer).__name__}.jvp", checks, rtol, atol, h)
+
+
+def check_backward_rop(layer, x, rng=None, h=1e-6, rtol=1e-5, atol=1e-7):
+    """Check ``layer.backward_rop`` against a central difference of the backward pass.
+
+    With random dout, Rdout, Rx and V, the backward pass run at
+    (x + r Rx, theta + r V, dout + r Rdout) is differentiated in r at 0, and compared with
+    R{dx} = ``backward_rop(Rdout)`` and R{grads} = ``layer.Rgrads`` (after forward,
+    backward and jvp at r = 0).
+    """
+    rng = rng if rng is not None else backend.default_rng(0)
+    snap = _snapshot(layer)
+    try:
+        _as_float64(layer)
+        x = _float64_copy(x)
+        xp = backend.array_module(x)
+        bufs = [(leaf, {k: v.copy() for k, v in leaf.buffers.items()}) for leaf in layer.leaves()]
+
+        def reset():
+            for leaf, b in bufs:
+                for k, v in b.items():
+                    leaf.buffers[k] = v.copy()
+
+        reset()
+        out = layer.forward(x)
+        dout = xp.asarray(rng.standard_normal(out.shape))  # same shape as out
+        Rdout = xp.asarray(rng.standard_normal(out.shape))
+        Rx = xp.asarray(rng.standard_normal(x.shape))
+        params = layer.parameters()
+        V = [xp.asarray(rng.standard_normal(leaf.params[key].shape)) for _, leaf, key in params]
+        state = {"r": 0.0}
+
+        def run(xx):
+            reset()
+            layer.forward(xx)
+            dx = layer.backward(dout + state["r"] * Rdout)
+            return [dx] + [leaf.grads[key].copy() for _, leaf, key in params]
+
+        # the perturbation of dout follows the same sign as the others
+        results = []
+        leaves = [(leaf, key, leaf.params[key]) for _, leaf, key in params]
+        for sign in (+1, -1):
+            state["r"] = sign * h
+            for (leaf, key, p0), v in zip(leaves, V):
+                leaf.params[key] = p0 + sign * h * v
+            results.append(run(x + sign * h * Rx))
+        for leaf, key, p0 in leaves:
+            leaf.params[key] = p0
+        numeric = [(a - b) / (2 * h) for a, b in zip(*results)]
+        state["r"] = 0.0
+        reset()
+        layer.forward(x)
+        layer.backward(dout)
+        for (_, leaf, key), v in zip(params, V):
+            leaf.Rparams[key] = v
+        layer.jvp(Rx)
+        Rdx = layer.backward_rop(Rdout)
+        checks = [ArrayCheck("Rdx", Rdx, numeric[0], rtol, atol, [])]
+        for (name, leaf, key), num in zip(params, numeric[1:]):
+            checks.append(ArrayCheck(f"R{name}", leaf.Rgrads[key], num, rtol, atol, []))
+    finally:
+        _restore(snap)
+        for leaf in layer.leaves():
+            leaf.grads, leaf.cache, leaf.Rparams, leaf.Rgrads = {}, {}, {}, {}
+    return GradCheckReport(f"{type(layer).__name__}.backward_rop", checks, rtol, atol, h)
