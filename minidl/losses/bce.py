@@ -37,7 +37,8 @@ class BCEWithLogits(Loss):
         return float(l.sum()) * c
 
     def backward(self):
-        return self.cache["c"] * (self._need("s") - self.cache["y"])
+        s = self._need("s")
+        return self.cache["c"] * (s - self.cache["y"])
 
     def _h(self):
         s = self._need("s")

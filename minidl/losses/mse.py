@@ -30,7 +30,8 @@ class MSELoss(Loss):
         return float(xp.sum(diff * diff)) * c
 
     def backward(self):
-        return 2 * self.cache["c"] * self._need("diff")
+        diff = self._need("diff")
+        return 2 * self.cache["c"] * diff
 
     def hvp(self, Rlogits):
         self._need("diff")

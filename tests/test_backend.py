@@ -1,0 +1,71 @@
+"""The backend switch: module lookup, device moves, dtype defaults, clear errors."""
+import numpy as np
+import pytest
+
+import minidl
+from minidl import backend
+from minidl.layers import Linear
+
+
+def test_default_is_numpy_float32():
+    assert minidl.get_backend() == "numpy"
+    assert minidl.xp() is np
+    assert minidl.get_default_dtype() == np.float32
+
+
+def test_set_backend_rejects_unknown_name():
+    with pytest.raises(ValueError, match="'numpy' or 'cupy'"):
+        minidl.set_backend("jax")
+
+
+@pytest.mark.skipif(backend.cupy_available(), reason="this machine has a GPU with CuPy")
+def test_cupy_unavailable_gives_one_clear_error():
+    with pytest.raises(minidl.BackendError, match="set_backend\\('cupy'\\)"):
+        minidl.set_backend("cupy")
+    assert minidl.get_backend() == "numpy"  # unchanged after the failure
+
+
+def test_set_default_dtype():
+    minidl.set_default_dtype("float64")
+    assert Linear(3, 2, rng=minidl.default_rng(0)).params["W"].dtype == np.float64
+    with pytest.raises(ValueError, match="float32' or 'float64"):
+        minidl.set_default_dtype("int8")
+
+
+def test_to_numpy_and_asarray_round_trip(on_backend):
+    a = minidl.asarray([[1.0, 2.0], [3.0, 4.0]])
+    assert minidl.array_module(a) is minidl.xp()
+    back = minidl.to_numpy(a)
+    assert isinstance(back, np.ndarray)
+    np.testing.assert_array_equal(back, [[1, 2], [3, 4]])
+
+
+def test_array_module_ignores_non_arrays():
+    assert backend.array_module(None, 3.0, np.zeros(2)) is np
+
+
+class _FakeDeviceArray:
+    """Stands in for a CuPy array (module name 'cupy...', has .device) without a GPU."""
+    __module__ = "cupy._core.core"
+    device = 0
+
+
+def test_mixing_host_and_device_arrays_names_which_is_where():
+    with pytest.raises(minidl.BackendError) as err:
+        backend.array_module(np.zeros(2), _FakeDeviceArray(), np.ones(1))
+    msg = str(err.value)
+    assert "arguments [0, 2] are NumPy (CPU)" in msg and "arguments [1] are CuPy (GPU)" in msg
+
+
+def test_default_rng_is_explicit_and_reproducible():
+    a = minidl.default_rng(7).standard_normal(3)
+    b = minidl.default_rng(7).standard_normal(3)
+    np.testing.assert_array_equal(a, b)
+
+
+def test_model_moves_and_state_dict_is_host(on_backend):
+    layer = Linear(4, 3, rng=minidl.default_rng(0))
+    layer.to_backend()
+    assert minidl.array_module(layer.params["W"]) is minidl.xp()
+    sd = layer.state_dict()
+    assert all(isinstance(v, np.ndarray) for v in sd.values())
