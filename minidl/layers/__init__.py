@@ -4,3 +4,8 @@ from .linear import Linear
 from .activations import ReLU, LeakyReLU, Sigmoid, Tanh
 from .flatten import Flatten
 from .sequential import Sequential
+from .batchnorm import BatchNorm1d, BatchNorm2d
+from .layernorm import LayerNorm
+from .groupnorm import GroupNorm
+from .dropout import Dropout
+from .residual import Residual

@@ -1,0 +1,277 @@
+"""Batch normalisation (Ioffe & Szegedy 2015): BatchNorm1d and BatchNorm2d.
+
+Reference: S. Ioffe, C. Szegedy, "Batch Normalization: Accelerating Deep Network Training
+by Reducing Internal Covariate Shift", ICML 2015; notation of the seed BNP/BN slides
+(Lange, Helfrich, Ye), where g_j = (h_j - mu_A) / sigma_A.
+
+Forward. For each channel c the statistics run over the M values of that channel in the
+batch (M = N for (N, C), M = N*H*W for (N, C, H, W)); "mean" below is the mean over them::
+
+    mu    = mean(x)                          batch mean
+    var   = mean((x - mu)^2)                 biased batch variance
+    sigma = sqrt(var + eps)
+    x_hat = (x - mu) / sigma
+    out   = gamma * x_hat + beta
+
+In eval mode mu and var are the running estimates instead, updated in train mode as in
+PyTorch: running = (1 - momentum) * running + momentum * batch, where the variance that
+enters ``running_var`` is the unbiased one, var * M / (M - 1).
+
+Backward (compact closed form). With dx_hat = gamma * dout, the chain rule through
+mu and sigma gives d mu / dx = 1/M and d sigma / dx = x_hat / M, hence::
+
+    dx_hat = gamma * dout
+    dx     = (dx_hat - mean(dx_hat) - x_hat * mean(dx_hat * x_hat)) / sigma  =:  P(dx_hat)
+    dgamma = sum(dout * x_hat)
+    dbeta  = sum(dout)
+
+Derivation: x_hat_i = (x_i - mu) / sigma, so d x_hat_i / d x_k = (delta_ik - 1/M) / sigma
+- x_hat_i (x_hat_k / M) / sigma (using d sigma / d x_k = (x_k - mu) / (M sigma)). Contracting
+with dx_hat_i gives the line above. P is symmetric: P = (I - 1 1^T / M - x_hat x_hat^T / M)
+/ sigma, and it is also the Jacobian of x -> x_hat. In eval mode mu and sigma are constants
+and P(v) = v / sigma.
+
+R-operator (curvature tools), with tangents Rx, Rgamma, Rbeta (train mode)::
+
+    Rsigma = mean(x_hat * Rx)                 (d sigma = mean((x - mu) dx) / sigma)
+    Rx_hat = P(Rx)
+    Rout   = gamma * Rx_hat + Rgamma * x_hat + Rbeta
+
+and for the backward pass, with R{dx_hat} = gamma * Rdout + Rgamma * dout::
+
+    R{dx}     = P(R{dx_hat}) - (Rsigma / sigma) * dx
+                - (Rx_hat * mean(x_hat * dx_hat) + x_hat * mean(Rx_hat * dx_hat)) / sigma
+    R{dgamma} = sum(Rdout * x_hat + dout * Rx_hat)
+    R{dbeta}  = sum(Rdout)
+
+(the second and third terms are R{P} applied to the fixed dx_hat; in eval mode Rsigma = 0
+and R{P} = 0, so the layer is affine).
+
+LayerNorm and GroupNorm (layernorm.py, groupnorm.py) are the same maths with the mean
+taken over other axes, so they share ``Normalization`` below: one code path for all three.
+"""
+from .. import backend
+from .base import Layer, expect_dim, expect_ndim
+
+__all__ = ["BatchNorm1d", "BatchNorm2d", "Normalization"]
+
+
+class Normalization(Layer):
+    """Shared passes for out = gamma * x_hat + beta with x_hat normalised over some axes.
+
+    Subclasses say where the statistics are taken (``stat_view``, ``stat_axes``), how
+    ``gamma``/``beta`` broadcast against x (``param_view``) and which axes of x are summed
+    for their gradients (``param_axes``). Statistics are computed in the "stat view" of x,
+    a reshape of x (GroupNorm splits channels into groups there); everything else works
+    on x's own shape.
+    """
+
+    def __init__(self, eps):
+        super().__init__()
+        if not float(eps) > 0:
+            raise ValueError(f"{type(self).__name__} expects eps > 0, got eps={eps}")
+        self.eps = float(eps)
+
+    # -- what subclasses give ----------------------------------------------------------
+    def check_input(self, x):
+        """Raise ``ValueError`` for an input of the wrong layout."""
+        raise NotImplementedError
+
+    def stat_view(self, a):
+        """``a`` (shape of x) reshaped so that statistics reduce over ``stat_axes``."""
+        return a
+
+    def stat_axes(self, x):
+        """Axes of ``stat_view(x)`` the mean and variance run over."""
+        raise NotImplementedError
+
+    def param_view(self, p, x):
+        """``gamma`` or ``beta`` reshaped to broadcast against x."""
+        raise NotImplementedError
+
+    def param_axes(self, x):
+        """Axes of x summed to give dgamma and dbeta."""
+        raise NotImplementedError
+
+    def fixed_stats(self, x):
+        """``(mu, var)`` broadcastable in the stat view, or None to use batch statistics."""
+        return None
+
+    def record_batch_stats(self, mu, var, count):
+        """Hook for BatchNorm's running statistics; ``count`` values entered each mean."""
+
+    # -- the maths, in the stat view -------------------------------------------------------
+    def _mean(self, a):
+        return a.mean(axis=self.cache["axes"], keepdims=True)
+
+    def _project(self, v):
+        """P(v) = (v - mean(v) - x_hat * mean(x_hat * v)) / sigma, or v / sigma in eval."""
+        x_hat, sigma = self.stat_view(self.cache["x_hat"]), self.cache["sigma"]
+        vs = self.stat_view(v)  # stat view of v
+        if self.cache["batch_stats"]:
+            vs = vs - self._mean(vs) - x_hat * self._mean(x_hat * vs)  # stat view
+        return (vs / sigma).reshape(v.shape)  # shape of x
+
+    def forward(self, x):
+        self.check_input(x)
+        gamma, beta = self.params["gamma"], self.params["beta"]
+        backend.check_same_device(f"{type(self).__name__}.forward(x)", x, gamma)
+        xs = self.stat_view(x)  # stat view of x
+        axes = self.stat_axes(x)
+        stats = self.fixed_stats(x)
+        if stats is None:
+            mu = xs.mean(axis=axes, keepdims=True)  # stat view, 1 along axes
+            var = ((xs - mu) ** 2).mean(axis=axes, keepdims=True)  # same shape as mu
+            self.record_batch_stats(mu, var, xs.size // mu.size)
+        else:
+            mu, var = stats
+        sigma = (var + self.eps) ** 0.5  # same shape as mu
+        x_hat = ((xs - mu) / sigma).reshape(x.shape)  # shape of x
+        self.cache = {"x": x, "x_hat": x_hat, "mu": mu, "sigma": sigma, "axes": axes,
+                      "batch_stats": stats is None}
+        return self.param_view(gamma, x) * x_hat + self.param_view(beta, x)  # shape of x
+
+    def backward(self, dout):
+        x, x_hat = self.cache["x"], self.cache["x_hat"]
+        self.cache["dout"] = dout
+        axes = self.param_axes(x)
+        gamma_shape = self.params["gamma"].shape
+        self.grads["gamma"] = (dout * x_hat).sum(axis=axes).reshape(gamma_shape)  # (C,)
+        self.grads["beta"] = dout.sum(axis=axes).reshape(gamma_shape)  # (C,)
+        dx_hat = self.param_view(self.params["gamma"], x) * dout  # shape of x
+        return self._project(dx_hat)  # shape of x
+
+    def jvp(self, Rx):
+        x, x_hat = self.cache["x"], self.cache["x_hat"]
+        Rx_hat = self._project(Rx)  # shape of x
+        self.cache["Rx"], self.cache["Rx_hat"] = Rx, Rx_hat
+        if self.cache["batch_stats"]:
+            xs_hat = self.stat_view(x_hat)
+            self.cache["Rsigma"] = self._mean(xs_hat * self.stat_view(Rx))  # shape of sigma
+        Rout = self.param_view(self.params["gamma"], x) * Rx_hat  # shape of x
+        if "gamma" in self.Rparams:
+            Rout = Rout + self.param_view(self.Rparams["gamma"], x) * x_hat
+        if "beta" in self.Rparams:
+            Rout = Rout + self.param_view(self.Rparams["beta"], x)
+        return Rout
+
+    def backward_rop(self, Rdout):
+        x, x_hat, dout = self.cache["x"], self.cache["x_hat"], self.cache["dout"]
+        Rx_hat, sigma = self.cache["Rx_hat"], self.cache["sigma"]
+        axes = self.param_axes(x)
+        gamma = self.param_view(self.params["gamma"], x)
+        gamma_shape = self.params["gamma"].shape
+        self.Rgrads["gamma"] = (Rdout * x_hat + dout * Rx_hat).sum(axis=axes).reshape(
+            gamma_shape)  # (C,)
+        self.Rgrads["beta"] = Rdout.sum(axis=axes).reshape(gamma_shape)  # (C,)
+        Rdx_hat = gamma * Rdout  # shape of x
+        if "gamma" in self.Rparams:
+            Rdx_hat = Rdx_hat + self.param_view(self.Rparams["gamma"], x) * dout
+        Rdx = self._project(Rdx_hat)  # shape of x
+        if not self.cache["batch_stats"]:
+            return Rdx
+        # R{P} applied to the fixed dx_hat: sigma, x_hat (and so P) move with x
+        dx_hat = self.stat_view(gamma * dout)  # stat view
+        dx = self.stat_view(self._project(gamma * dout))  # stat view
+        xs_hat, Rxs_hat = self.stat_view(x_hat), self.stat_view(Rx_hat)
+        RP = (-(self.cache["Rsigma"] / sigma) * dx
+              - (Rxs_hat * self._mean(xs_hat * dx_hat)
+                 + xs_hat * self._mean(Rxs_hat * dx_hat)) / sigma)  # stat view
+        return Rdx + RP.reshape(x.shape)
+
+    def extra_repr(self):
+        return f"eps={self.eps:g}"
+
+
+class _BatchNorm(Normalization):
+    """Per-channel statistics over every axis but the channel axis 1."""
+
+    layout = ""
+    ndims = ()
+
+    def __init__(self, num_features, eps=1e-5, momentum=0.1):
+        super().__init__(eps)
+        if int(num_features) <= 0:
+            raise ValueError(f"{type(self).__name__} expects num_features > 0, "
+                             f"got {num_features}")
+        if not 0.0 <= float(momentum) <= 1.0:
+            raise ValueError(f"{type(self).__name__} expects momentum in [0, 1], got "
+                             f"{momentum}; running = (1 - momentum) * running + momentum * batch")
+        self.num_features = int(num_features)
+        self.momentum = float(momentum)
+        xp, dtype = backend.xp(), backend.get_default_dtype()
+        self.params["gamma"] = xp.ones(self.num_features, dtype=dtype)  # (C,)
+        self.params["beta"] = xp.zeros(self.num_features, dtype=dtype)  # (C,)
+        self.buffers["running_mean"] = xp.zeros(self.num_features, dtype=dtype)  # (C,)
+        self.buffers["running_var"] = xp.ones(self.num_features, dtype=dtype)  # (C,)
+
+    def check_input(self, x):
+        expect_ndim(self, x, self.ndims, self.layout)
+        expect_dim(self, x, 1, self.num_features, "num_features (channels C)")
+        if self.training:
+            count = x.size // x.shape[1]
+            if count < 2:
+                raise ValueError(
+                    f"{type(self).__name__} in train mode expects more than 1 value per "
+                    f"channel (N*H*W > 1), got input of shape {tuple(x.shape)}; use a batch "
+                    f"of 2 or more, or call .eval() to use the running statistics")
+
+    def stat_axes(self, x):
+        return (0,) + tuple(range(2, x.ndim))
+
+    param_axes = stat_axes
+
+    def param_view(self, p, x):
+        return p.reshape((1, -1) + (1,) * (x.ndim - 2))  # (1, C, 1, ...)
+
+    def fixed_stats(self, x):
+        if self.training:
+            return None
+        backend.check_same_device(f"{type(self).__name__}.forward(x) in eval mode", x,
+                                  self.buffers["running_mean"])
+        mu = self.param_view(self.buffers["running_mean"], x)  # (1, C, 1, ...)
+        var = self.param_view(self.buffers["running_var"], x)  # (1, C, 1, ...)
+        return mu, var
+
+    def record_batch_stats(self, mu, var, count):
+        m = self.momentum
+        running_mean, running_var = self.buffers["running_mean"], self.buffers["running_var"]
+        var_unbiased = var.reshape(-1) * (count / (count - 1))  # (C,)
+        # new arrays, not in-place updates: a snapshot of the buffers stays valid
+        self.buffers["running_mean"] = ((1 - m) * running_mean + m * mu.reshape(-1)).astype(
+            running_mean.dtype)  # (C,)
+        self.buffers["running_var"] = ((1 - m) * running_var + m * var_unbiased).astype(
+            running_var.dtype)  # (C,)
+
+    def extra_repr(self):
+        return f"{self.num_features}, eps={self.eps:g}, momentum={self.momentum:g}"
+
+
+class BatchNorm1d(_BatchNorm):
+    """Batch normalisation of (N, C) features (or (N, C, L) sequences), as PyTorch's.
+
+    Args:
+        num_features: number of channels C.
+        eps: added to the variance before the square root.
+        momentum: weight of the new batch in the running statistics.
+
+    Shapes: x and out (N, C) or (N, C, L); gamma, beta, running_mean, running_var (C,).
+    """
+
+    layout = "(N, C) or (N, C, L)"
+    ndims = (2, 3)
+
+
+class BatchNorm2d(_BatchNorm):
+    """Batch normalisation of (N, C, H, W) images, statistics over N, H and W.
+
+    Args:
+        num_features: number of channels C.
+        eps: added to the variance before the square root.
+        momentum: weight of the new batch in the running statistics.
+
+    Shapes: x and out (N, C, H, W); gamma, beta, running_mean, running_var (C,).
+    """
+
+    layout = "(N, C, H, W)"
+    ndims = (4,)
