@@ -9,3 +9,5 @@ from .layernorm import LayerNorm
 from .groupnorm import GroupNorm
 from .dropout import Dropout
 from .residual import Residual
+from .conv import Conv2d
+from .pooling import MaxPool2d, AvgPool2d, GlobalAvgPool2d

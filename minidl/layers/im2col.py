@@ -1,0 +1,143 @@
+"""im2col / col2im: a 2-D convolution as one matrix product (Chellapilla et al. 2006).
+
+For an input x (N, C, H, W), a kernel of size (kh, kw), stride (sh, sw) and zero padding
+(ph, pw), the output has spatial size::
+
+    Ho = (H + 2 ph - kh) // sh + 1,    Wo = (W + 2 pw - kw) // sw + 1
+
+and output pixel (ho, wo) sees the window of the padded input x_pad starting at
+(sh ho, sw wo). im2col writes every window as one column::
+
+    cols[n, (c, i, j), (ho, wo)] = x_pad[n, c, sh ho + i, sw wo + j]      (N, C kh kw, Ho Wo)
+
+with the row index (c, i, j) in C order, the same order as ``W.reshape(F, -1)`` of a
+convolution weight W (F, C, kh, kw). A convolution is then one batched product,
+``out[n] = W.reshape(F, -1) @ cols[n]``.
+
+The windows are read as a strided *view* of x_pad (``as_strided`` with strides
+(sN, sC, sH, sW, sh sH, sw sW)); reshaping that view to (N, C kh kw, Ho Wo) makes the one
+copy. col2im is the adjoint of im2col (its transpose as a linear map): each column entry is
+added back to the pixel it was read from, so pixels shared by overlapping windows sum their
+contributions::
+
+    dx_pad[n, c, sh ho + i, sw wo + j] += dcols[n, (c, i, j), (ho, wo)]
+
+done as kh kw strided adds of whole (N, C, Ho, Wo) slabs, one per kernel offset (i, j),
+then the padding border is cut off. Pooling layers use the same windows.
+
+Reference: K. Chellapilla, S. Puri, P. Simard, "High Performance Convolutional Neural
+Networks for Document Processing", 2006; CS231n's im2col notes.
+"""
+from .. import backend
+
+__all__ = ["pair", "output_size", "pad2d", "sliding_windows", "im2col", "col2im"]
+
+
+def pair(value, name, owner, minimum):
+    """Read an int-or-pair hyperparameter (kernel_size, stride, padding) as ``(a, b)``.
+
+    Args:
+        value: an int, or a tuple/list of two ints.
+        name: the argument's name, for the error message.
+        owner: the layer's class name, for the error message.
+        minimum: the smallest allowed value (1 for sizes and strides, 0 for padding).
+
+    Returns:
+        ``(int, int)``.
+    """
+    if isinstance(value, (tuple, list)):
+        items = tuple(value)
+    else:
+        items = (value, value)
+    if len(items) != 2 or not all(_is_int(v) for v in items):
+        raise TypeError(f"{owner} expects {name} as an int or a pair of ints (h, w), "
+                        f"got {value!r}")
+    if min(items) < minimum:
+        raise ValueError(f"{owner} expects {name} >= {minimum}, got {value!r}")
+    return int(items[0]), int(items[1])
+
+
+def _is_int(v):
+    return not isinstance(v, bool) and hasattr(v, "__index__")
+
+
+def output_size(H, W, kernel, stride, padding):
+    """``(Ho, Wo)`` of a window sweep over an (H, W) image (floor division, as PyTorch)."""
+    (kh, kw), (sh, sw), (ph, pw) = kernel, stride, padding
+    return (H + 2 * ph - kh) // sh + 1, (W + 2 * pw - kw) // sw + 1
+
+
+def pad2d(x, padding):
+    """Zero-pad the two spatial axes of x (N, C, H, W) by ``padding = (ph, pw)``.
+
+    Returns x itself when there is no padding.
+    """
+    ph, pw = padding
+    if ph == 0 and pw == 0:
+        return x
+    xp = backend.array_module(x)
+    N, C, H, W = x.shape
+    x_pad = xp.zeros((N, C, H + 2 * ph, W + 2 * pw), dtype=x.dtype)  # (N, C, Hp, Wp)
+    x_pad[:, :, ph:ph + H, pw:pw + W] = x
+    return x_pad
+
+
+def sliding_windows(x_pad, kernel, stride):
+    """A read-only strided view of every window: (N, C, kh, kw, Ho, Wo), no copy.
+
+    ``view[n, c, i, j, ho, wo] = x_pad[n, c, sh ho + i, sw wo + j]``. Never write into it:
+    its elements alias each other where windows overlap.
+    """
+    (kh, kw), (sh, sw) = kernel, stride
+    N, C, Hp, Wp = x_pad.shape
+    Ho, Wo = output_size(Hp, Wp, kernel, stride, (0, 0))
+    sN, sC, sH, sW = x_pad.strides
+    as_strided = backend.array_module(x_pad).lib.stride_tricks.as_strided
+    return as_strided(x_pad, shape=(N, C, kh, kw, Ho, Wo),
+                      strides=(sN, sC, sH, sW, sh * sH, sw * sW))  # (N, C, kh, kw, Ho, Wo)
+
+
+def im2col(x, kernel, stride, padding):
+    """The columns of every window of x, ready for one batched matrix product.
+
+    Args:
+        x: input (N, C, H, W).
+        kernel, stride, padding: pairs ``(kh, kw)``, ``(sh, sw)``, ``(ph, pw)``.
+
+    Returns:
+        cols (N, C*kh*kw, Ho*Wo), rows in (c, i, j) C order.
+    """
+    (kh, kw) = kernel
+    N, C = x.shape[:2]
+    windows = sliding_windows(pad2d(x, padding), kernel, stride)  # (N, C, kh, kw, Ho, Wo)
+    Ho, Wo = windows.shape[4:]
+    return windows.reshape(N, C * kh * kw, Ho * Wo)  # (N, C kh kw, Ho Wo): the one copy
+
+
+def col2im(cols, x_shape, kernel, stride, padding):
+    """Adjoint of ``im2col``: add every column entry back to the pixel it came from.
+
+    Args:
+        cols: (N, C*kh*kw, Ho*Wo), or any array with that many elements in that order.
+        x_shape: (N, C, H, W) of the image the columns were taken from.
+        kernel, stride, padding: the pairs used by ``im2col``.
+
+    Returns:
+        dx (N, C, H, W), C-contiguous.
+    """
+    N, C, H, W = x_shape
+    (kh, kw), (sh, sw), (ph, pw) = kernel, stride, padding
+    Ho, Wo = output_size(H, W, kernel, stride, padding)
+    xp = backend.array_module(cols)
+    dcols = cols.reshape(N, C, kh, kw, Ho, Wo)  # (N, C, kh, kw, Ho, Wo)
+    dx_pad = xp.zeros((N, C, H + 2 * ph, W + 2 * pw), dtype=cols.dtype)  # (N, C, Hp, Wp)
+    # one strided add per kernel offset: the rows (or columns) hit by offset i are
+    # i, i + sh, ..., i + sh (Ho - 1); overlapping windows accumulate
+    for i in range(kh):
+        rows = slice(i, i + sh * (Ho - 1) + 1, sh)
+        for j in range(kw):
+            columns = slice(j, j + sw * (Wo - 1) + 1, sw)
+            dx_pad[:, :, rows, columns] += dcols[:, :, i, j]
+    if ph == 0 and pw == 0:
+        return dx_pad
+    return xp.ascontiguousarray(dx_pad[:, :, ph:ph + H, pw:pw + W])  # (N, C, H, W)

@@ -1,0 +1,171 @@
+"""Pooling over NCHW images: MaxPool2d, AvgPool2d, GlobalAvgPool2d.
+
+With windows of size (kh, kw) moved by stride (sh, sw) (default: the kernel size, so the
+windows tile the image) and no padding, Ho = (H - kh) // sh + 1, Wo likewise (floor, as
+PyTorch with ceil_mode=False). Write win[n, c, k, ho, wo] for element k = (i, j) of the
+window of output pixel (ho, wo), i.e. x[n, c, sh ho + i, sw wo + j], and K = kh kw.
+
+Max pooling::
+
+    out[n, c, ho, wo] = win[n, c, a, ho, wo],   a = argmax_k win[n, c, k, ho, wo]
+    dx = col2im(onehot(a) * dout)       the gradient goes to the argmax only
+
+On ties the argmax is the first maximum in row-major window order, as PyTorch does; the
+function has a kink there and any element of the subgradient is correct. Max pooling is
+piecewise linear, so Rout = Rx gathered at the same argmax, and backward_rop is the
+backward scatter applied to Rdout (no second-order term).
+
+Average pooling (linear in x)::
+
+    out = (1/K) sum_k win[:, :, k]       dx = col2im(dout / K broadcast over k)
+
+Global average pooling: out[n, c] = mean_{h, w} x[n, c, h, w] (N, C), and
+dx[n, c, h, w] = dout[n, c] / (H W).
+
+For the linear layers, jvp is the forward map applied to Rx and backward_rop the backward
+map applied to Rdout. Windows come from a strided view (see ``im2col``) and gradients are
+put back with ``col2im``, so nothing loops over pixels or examples.
+
+Reference: CS231n "Convolutional Networks" notes (pooling layer); PyTorch
+``torch.nn.MaxPool2d`` / ``AvgPool2d`` for the conventions.
+"""
+from .. import backend
+from .base import Layer, expect_ndim
+from .im2col import col2im, pair, sliding_windows
+
+__all__ = ["MaxPool2d", "AvgPool2d", "GlobalAvgPool2d"]
+
+
+class _Pool2d(Layer):
+    """Shared arguments and input checks of the windowed pools."""
+
+    def __init__(self, kernel_size, stride=None):
+        super().__init__()
+        owner = type(self).__name__
+        self.kernel_size = pair(kernel_size, "kernel_size", owner, 1)
+        self.stride = pair(kernel_size if stride is None else stride, "stride", owner, 1)
+
+    def _check_input(self, x):
+        expect_ndim(self, x, (4,), "(N, C, H, W); add a batch axis with x[None]")
+        H, W = x.shape[2:]
+        kh, kw = self.kernel_size
+        if kh > H or kw > W:
+            raise ValueError(f"{type(self).__name__}: kernel_size {(kh, kw)} is larger than "
+                             f"the input {(H, W)}; use a smaller kernel or a larger image")
+
+    def _windows(self, x):
+        """(N, C, K, Ho, Wo): the K = kh kw elements of every window (a copy)."""
+        view = sliding_windows(x, self.kernel_size, self.stride)  # (N, C, kh, kw, Ho, Wo)
+        N, C, kh, kw, Ho, Wo = view.shape
+        return view.reshape(N, C, kh * kw, Ho, Wo)  # (N, C, K, Ho, Wo)
+
+    def _col2im(self, cols, x_shape):
+        """Add (N, C, K, Ho, Wo) window gradients back onto the image (N, C, H, W)."""
+        return col2im(cols, x_shape, self.kernel_size, self.stride, (0, 0))
+
+    def extra_repr(self):
+        return f"kernel_size={self.kernel_size}, stride={self.stride}"
+
+
+class MaxPool2d(_Pool2d):
+    """Max over each (kh, kw) window; the gradient goes to the (first) argmax.
+
+    Args:
+        kernel_size: int or pair (kh, kw).
+        stride: int or pair (sh, sw); defaults to ``kernel_size``.
+    """
+
+    def forward(self, x):
+        self._check_input(x)
+        xp = backend.array_module(x)
+        win = self._windows(x)  # (N, C, K, Ho, Wo)
+        argmax = win.argmax(axis=2)  # (N, C, Ho, Wo), first maximum on ties
+        self.cache["x"], self.cache["argmax"] = x, argmax
+        return xp.take_along_axis(win, argmax[:, :, None], axis=2)[:, :, 0]  # (N, C, Ho, Wo)
+
+    def _scatter(self, dout):
+        """Send each dout[n, c, ho, wo] to the argmax of its window: dx (N, C, H, W)."""
+        x, argmax = self.cache["x"], self.cache["argmax"]
+        xp = backend.array_module(dout)
+        K = self.kernel_size[0] * self.kernel_size[1]
+        k = xp.arange(K)[:, None, None]  # (K, 1, 1)
+        onehot = k == argmax[:, :, None]  # (N, C, K, Ho, Wo)
+        cols = xp.where(onehot, dout[:, :, None], 0).astype(dout.dtype, copy=False)
+        return self._col2im(cols, x.shape)  # (N, C, H, W)
+
+    def backward(self, dout):
+        self.cache["dout"] = dout
+        return self._scatter(dout)
+
+    def jvp(self, Rx):
+        xp = backend.array_module(Rx)
+        Rwin = self._windows(Rx)  # (N, C, K, Ho, Wo)
+        argmax = self.cache["argmax"]
+        return xp.take_along_axis(Rwin, argmax[:, :, None], axis=2)[:, :, 0]  # (N, C, Ho, Wo)
+
+    def backward_rop(self, Rdout):
+        return self._scatter(Rdout)
+
+
+class AvgPool2d(_Pool2d):
+    """Mean over each (kh, kw) window.
+
+    Args:
+        kernel_size: int or pair (kh, kw).
+        stride: int or pair (sh, sw); defaults to ``kernel_size``.
+    """
+
+    def _mean(self, x):
+        view = sliding_windows(x, self.kernel_size, self.stride)  # (N, C, kh, kw, Ho, Wo)
+        K = self.kernel_size[0] * self.kernel_size[1]
+        return view.sum(axis=(2, 3)) / K  # (N, C, Ho, Wo), summed on the view: no copy
+
+    def _spread(self, dout):
+        """Give each window element dout / K and add them onto the image (N, C, H, W)."""
+        xp = backend.array_module(dout)
+        N, C, Ho, Wo = dout.shape
+        K = self.kernel_size[0] * self.kernel_size[1]
+        cols = xp.broadcast_to((dout / K)[:, :, None], (N, C, K, Ho, Wo))  # (N, C, K, Ho, Wo)
+        return self._col2im(cols, self.cache["x"].shape)  # (N, C, H, W)
+
+    def forward(self, x):
+        self._check_input(x)
+        self.cache["x"] = x
+        return self._mean(x)  # (N, C, Ho, Wo)
+
+    def backward(self, dout):
+        self.cache["dout"] = dout
+        return self._spread(dout)
+
+    def jvp(self, Rx):
+        return self._mean(Rx)  # (N, C, Ho, Wo)
+
+    def backward_rop(self, Rdout):
+        return self._spread(Rdout)
+
+
+class GlobalAvgPool2d(Layer):
+    """Mean over all pixels of each channel: (N, C, H, W) -> (N, C)."""
+
+    def forward(self, x):
+        expect_ndim(self, x, (4,), "(N, C, H, W); add a batch axis with x[None]")
+        self.cache["x"] = x
+        return x.mean(axis=(2, 3))  # (N, C)
+
+    def _spread(self, dout):
+        x = self.cache["x"]
+        xp = backend.array_module(dout)
+        H, W = x.shape[2:]
+        dx = xp.empty(x.shape, dtype=dout.dtype)  # (N, C, H, W)
+        dx[...] = (dout / (H * W))[:, :, None, None]
+        return dx
+
+    def backward(self, dout):
+        self.cache["dout"] = dout
+        return self._spread(dout)
+
+    def jvp(self, Rx):
+        return Rx.mean(axis=(2, 3))  # (N, C)
+
+    def backward_rop(self, Rdout):
+        return self._spread(Rdout)
