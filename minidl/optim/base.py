@@ -1,0 +1,210 @@
+"""The ``Optimizer`` protocol shared by SGD, AdaGrad, RMSProp, Adam, AdamW and Rprop.
+
+A first-order method turns the gradient g_k of the loss at theta_k into a step::
+
+    theta_{k+1} = theta_k - lr * d_k,     d_k = a function of g_1 .. g_k (the method's state)
+
+Each method writes one function, ``update(theta, g, s)``, for one parameter array: ``theta``
+is the array in ``layer.params`` (changed in place, so NumPy and CuPy arrays both work), ``g``
+its gradient in ``layer.grads`` (never changed) and ``s`` the method's state for that
+parameter (a dict of arrays on the parameter's device, plus ``s["step"]``, the number of
+updates this parameter has had, counted from 1 as the lecture's k and PyTorch's ``step``).
+
+The training loop is the same for every method (and for a preconditioner, which rewrites
+``layer.grads`` between the backward pass and ``opt.step()``)::
+
+    out = model.forward(x)
+    loss_value = crit.forward(out, y)
+    model.backward(crit.backward())
+    opt.step()
+
+Checkpoints: ``state_dict()`` is a flat dict of host NumPy arrays and plain numbers with
+string keys, ``"t"``, ``"lr"`` and ``"state.<qualified parameter name>.<slot>"``, so it can
+go into an ``.npz`` file without pickle; ``load_state_dict`` puts the arrays back on the
+device of each parameter.
+"""
+import math
+import numbers
+
+from .. import backend
+
+__all__ = ["Optimizer", "check_number"]
+
+
+def check_number(owner, name, value, low=None, high=None, low_open=False, high_open=False,
+                 allowed=None):
+    """Return ``float(value)`` or raise ``ValueError`` saying what is allowed.
+
+    Args:
+        owner: the class name that goes into the message (``"Adam"``).
+        name: the hyperparameter's name (``"lr"``, ``"betas[0]"``).
+        value: what the caller passed.
+        low, high: bounds (None for none).
+        low_open, high_open: exclude the bound itself.
+        allowed: the allowed range in words for the message, e.g. ``"[0, 1)"``.
+
+    Returns:
+        The value as a Python float.
+    """
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise ValueError(f"{owner}: {name} must be a real number, got {value!r} "
+                         f"({type(value).__name__})")
+    x = float(value)
+    bad = not math.isfinite(x)
+    if low is not None:
+        bad = bad or (x <= low if low_open else x < low)
+    if high is not None:
+        bad = bad or (x >= high if high_open else x > high)
+    if bad:
+        if allowed is None:
+            lo = "-inf" if low is None else f"{low:g}"
+            hi = "inf" if high is None else f"{high:g}"
+            allowed = ("(" if low_open or low is None else "[") + f"{lo}, {hi}" + (
+                ")" if high_open or high is None else "]")
+        raise ValueError(f"{owner}: {name} must lie in {allowed}, got {value!r}")
+    return x
+
+
+class Optimizer:
+    """Base class: parameter bookkeeping, the step loop, zero_grad and checkpoints.
+
+    Subclasses set their hyperparameters in ``__init__`` (validated with
+    ``check_number``), and write ``init_state(theta)`` and ``update(theta, g, s)``.
+
+    Args:
+        model: the network (a ``Layer``); every entry of ``model.parameters()`` is optimised.
+        lr: the learning rate (step size) lr >= 0. It is a plain settable attribute, so a
+            schedule can set ``opt.lr = schedule(k)`` between steps.
+
+    Attributes:
+        t: the number of ``step()`` calls so far.
+        state: ``{qualified parameter name: {slot: array or number}}``, made on the first
+            step in which the parameter has a gradient (as PyTorch does).
+    """
+
+    def __init__(self, model, lr):
+        if not hasattr(model, "parameters"):
+            raise TypeError(f"{type(self).__name__} expects a model (a minidl Layer with "
+                            f".parameters()), got {type(model).__name__}")
+        self.model = model
+        self.param_list = model.parameters()  # [(qualified_name, layer, key), ...]
+        if not self.param_list:
+            raise ValueError(f"{type(self).__name__}: the model has no trainable parameters "
+                             "(model.parameters() is empty), so there is nothing to optimise")
+        self.lr = lr
+        self.t = 0
+        self.state = {}
+
+    # -- the learning rate ---------------------------------------------------------------
+    @property
+    def lr(self):
+        """The learning rate used by the next ``step()``; set it to follow a schedule."""
+        return self._lr
+
+    @lr.setter
+    def lr(self, value):
+        self._lr = check_number(type(self).__name__, "lr", value, low=0.0, allowed="[0, inf)")
+
+    # -- what subclasses write -----------------------------------------------------------
+    def init_state(self, theta):
+        """The state of one parameter before its first update: ``{slot: array}``."""
+        raise NotImplementedError
+
+    def update(self, theta, g, s):
+        """Change ``theta`` in place by one step of the method; update the state ``s``."""
+        raise NotImplementedError
+
+    # -- the step ------------------------------------------------------------------------
+    def step(self):
+        """Update every parameter that has a gradient; parameters without one are skipped."""
+        self.t += 1
+        for name, layer, key in self.param_list:
+            if key not in layer.grads:
+                continue
+            theta, g = layer.params[key], layer.grads[key]
+            if tuple(g.shape) != tuple(theta.shape):
+                raise ValueError(f"{type(self).__name__}.step(): gradient of {name} has shape "
+                                 f"{tuple(g.shape)}, the parameter {tuple(theta.shape)}")
+            backend.check_same_device(f"{type(self).__name__}.step() on {name}", theta, g)
+            if name not in self.state:
+                self.state[name] = dict(self.init_state(theta), step=0)
+            s = self.state[name]
+            s["step"] += 1
+            self.update(theta, g, s)
+
+    def zero_grad(self, set_to_none=False):
+        """Reset the gradients before the next backward pass.
+
+        Args:
+            set_to_none: remove the gradients instead of writing zeros, so that a parameter
+                whose backward pass does not run is skipped by ``step()`` (PyTorch's default)
+                rather than updated with a zero gradient (which still moves it under
+                momentum or Adam).
+        """
+        if set_to_none:
+            for _, layer, key in self.param_list:
+                layer.grads.pop(key, None)
+        else:
+            self.model.zero_grad()
+
+    # -- checkpoints ---------------------------------------------------------------------
+    def state_dict(self):
+        """``{"t": int, "lr": float, "state.<name>.<slot>": host array or int}``."""
+        out = {"t": int(self.t), "lr": float(self.lr)}
+        for name, s in self.state.items():
+            for slot, value in s.items():
+                if backend.is_array(value):
+                    out[f"state.{name}.{slot}"] = backend.to_numpy(value).copy()
+                else:
+                    out[f"state.{name}.{slot}"] = value
+        return out
+
+    def load_state_dict(self, state):
+        """Restore what ``state_dict`` wrote (also after a round trip through ``.npz``).
+
+        Arrays go to the device of their parameter. Unknown parameter names or shapes that
+        do not match raise ``ValueError`` and leave the optimizer unchanged.
+        """
+        owner = f"{type(self).__name__}.load_state_dict"
+        params = {name: layer.params[key] for name, layer, key in self.param_list}
+        new = {}
+        for entry, value in state.items():
+            if entry in ("t", "lr"):
+                continue
+            head, _, rest = entry.partition(".")
+            name, _, slot = rest.rpartition(".")
+            if head != "state" or not name or not slot:
+                raise ValueError(f"{owner}: entry {entry!r} is not 't', 'lr' or "
+                                 "'state.<parameter name>.<slot>'")
+            if name not in params:
+                raise ValueError(f"{owner}: entry {entry!r} names parameter {name!r}, which the "
+                                 f"model does not have; it has {sorted(params)}")
+            theta = params[name]
+            host = backend.to_numpy(value)
+            if slot == "step":
+                new.setdefault(name, {})[slot] = int(host)
+                continue
+            if tuple(host.shape) != tuple(theta.shape):
+                raise ValueError(f"{owner}: entry {entry!r} has shape {tuple(host.shape)}, "
+                                 f"parameter {name} has shape {tuple(theta.shape)}")
+            xp = backend.array_module(theta)
+            if xp is backend.xp():
+                new.setdefault(name, {})[slot] = backend.asarray(host, dtype=host.dtype)
+            else:
+                new.setdefault(name, {})[slot] = xp.asarray(host, dtype=host.dtype)
+        for name, s in new.items():
+            if "step" not in s:
+                raise ValueError(f"{owner}: parameter {name} has state but no "
+                                 f"'state.{name}.step' entry")
+        self.state = new
+        self.t = int(backend.to_numpy(state["t"])) if "t" in state else 0
+        if "lr" in state:
+            self.lr = float(backend.to_numpy(state["lr"]))
+        return self
+
+    def extra_repr(self):
+        """The hyperparameters shown by ``repr``; subclasses extend it."""
+        return f"lr={self.lr:g}"
+
+    def __repr__(self):
+        return f"{type(self).__name__}({self.extra_repr()})"

@@ -1,0 +1,129 @@
+"""Exponential moving average (EMA) of the parameters, for evaluating a smoothed model.
+
+Mini-batch gradients are noisy, so the iterates theta_t keep jittering around an optimum.
+Averaging them smooths that out (lecture 4, "model fine-tuning"). After each optimizer
+step t = 1, 2, ...::
+
+    theta'_t = gamma theta'_{t-1} + (1 - gamma) theta_t,        theta'_0 = theta_0
+
+with gamma in [0, 1) close to 1 (0.99 to 0.9999): the average spans roughly the last
+1 / (1 - gamma) steps. Training keeps updating theta; the average is only swapped in to
+evaluate or to save the final model::
+
+    ema = EMA(model, gamma=0.999)
+    for x, y in loader:
+        ...; opt.step(); ema.update()
+    with ema.averaged():             # the model holds theta' inside the block
+        evaluate(model)
+    # theta is back, bit for bit
+
+Only trainable parameters are averaged; buffers (BatchNorm running statistics) are left
+as they are. The swap copies values into the existing arrays, so optimizers and
+preconditioners that hold the parameter arrays keep seeing the same objects.
+
+Reference: B. T. Polyak, A. B. Juditsky, "Acceleration of stochastic approximation by
+averaging", SIAM J. Control Optim. 1992 (iterate averaging).
+"""
+import contextlib
+
+from .. import backend
+from .base import check_number
+
+__all__ = ["EMA"]
+
+
+class EMA:
+    """An exponential moving average theta' of a model's parameters.
+
+    Args:
+        model: the network (a ``Layer``).
+        gamma: the decay in [0, 1); theta' starts as a copy of the current parameters.
+
+    Attributes:
+        averages: ``{qualified parameter name: theta'}``, on each parameter's device.
+        t: the number of ``update()`` calls.
+    """
+
+    def __init__(self, model, gamma=0.999):
+        self.gamma = check_number("EMA", "gamma", gamma, 0.0, 1.0, high_open=True)
+        self.model = model
+        self.param_list = model.parameters()  # [(qualified_name, layer, key), ...]
+        self.averages = {name: layer.params[key].copy()  # same shape as theta
+                         for name, layer, key in self.param_list}
+        self.t = 0
+        self._swapped = False
+
+    def update(self):
+        """theta' <- gamma theta' + (1 - gamma) theta, after an optimizer step."""
+        if self._swapped:
+            raise RuntimeError("EMA.update() inside ema.averaged(): the model holds the "
+                               "averages; leave the block (or call swap()) first")
+        self.t += 1
+        for name, layer, key in self.param_list:
+            theta = layer.params[key]
+            self.averages[name] = self.gamma * self.averages[name] + (1 - self.gamma) * theta
+
+    def swap(self):
+        """Exchange the model's parameters with the averages, in place (twice restores)."""
+        for name, layer, key in self.param_list:
+            theta = layer.params[key]
+            saved = theta.copy()  # same shape as theta
+            theta[...] = self.averages[name]
+            self.averages[name] = saved
+        self._swapped = not self._swapped
+
+    @contextlib.contextmanager
+    def averaged(self):
+        """Context manager: the model holds theta' inside, theta again on leaving."""
+        if self._swapped:
+            raise RuntimeError("EMA.averaged(): the averages are already swapped in")
+        self.swap()
+        try:
+            yield self.model
+        finally:
+            self.swap()
+
+    def copy_to(self, model=None):
+        """Write the averages into ``model`` (default: the tracked model), for saving."""
+        if self._swapped:
+            raise RuntimeError("EMA.copy_to(): call it outside ema.averaged()")
+        model = self.model if model is None else model
+        targets = {name: layer.params[key] for name, layer, key in model.parameters()}
+        for name, average in self.averages.items():
+            if name not in targets or tuple(targets[name].shape) != tuple(average.shape):
+                raise ValueError(f"EMA.copy_to(): the model has no parameter {name} of shape "
+                                 f"{tuple(average.shape)}")
+            targets[name][...] = average
+        return model
+
+    def state_dict(self):
+        """``{"t": int, "gamma": float, "ema.<name>": host array}``."""
+        if self._swapped:
+            raise RuntimeError("EMA.state_dict(): call it outside ema.averaged()")
+        out = {"t": int(self.t), "gamma": float(self.gamma)}
+        for name, average in self.averages.items():
+            out[f"ema.{name}"] = backend.to_numpy(average).copy()
+        return out
+
+    def load_state_dict(self, state):
+        """Restore what ``state_dict`` wrote; arrays go to each parameter's device."""
+        new = {}
+        for name, layer, key in self.param_list:
+            entry = f"ema.{name}"
+            theta = layer.params[key]
+            if entry not in state:
+                raise ValueError(f"EMA.load_state_dict: missing entry {entry!r}")
+            host = backend.to_numpy(state[entry])
+            if tuple(host.shape) != tuple(theta.shape):
+                raise ValueError(f"EMA.load_state_dict: {entry!r} has shape "
+                                 f"{tuple(host.shape)}, the parameter {tuple(theta.shape)}")
+            new[name] = backend.array_module(theta).asarray(host, dtype=theta.dtype)
+        self.averages = new
+        self.t = int(backend.to_numpy(state.get("t", 0)))
+        if "gamma" in state:
+            self.gamma = check_number("EMA", "gamma", float(backend.to_numpy(state["gamma"])),
+                                      0.0, 1.0, high_open=True)
+        return self
+
+    def __repr__(self):
+        return f"EMA(gamma={self.gamma:g}, t={self.t}, {len(self.averages)} parameters)"
