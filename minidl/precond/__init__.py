@@ -1,2 +1,5 @@
 """Second-order preconditioners (see each file's docstring for the method's equations)."""
 from .base import Preconditioner, CoverageWarning
+from .mbf import MBF
+from .bnp import BNP
+from .bdf import BDF, cosine_similarity
