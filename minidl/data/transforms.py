@@ -1,0 +1,287 @@
+"""Input transforms from the lecture: scaling, standardisation, PCA/ZCA whitening, and
+random crops and flips for image batches.
+
+* ``normalise(x)``: uint8 pixels 0..255 -> floats in [0, 1] (``x / 255``), optionally
+  then ``(x - mean) / std``.
+* ``Standardise``: fit the mean and standard deviation on the training set, apply the same
+  numbers to the test set, ``z = (x - mu) / sqrt(var + eps)``. Per feature by default
+  (``axis=0``), per channel for NCHW images with ``axis=(0, 2, 3)``.
+* ``PCAWhiten`` and ``ZCAWhiten`` (Bell and Sejnowski 1997; Krizhevsky 2009, appendix A):
+  with X the centred training data (N, D) and its covariance
+  ``C = X^T X / N = U diag(l) U^T``,
+
+  - PCA whitening ``z = x U diag(1 / sqrt(l + eps))`` rotates onto the principal axes and
+    rescales them (optionally keeping the top k);
+  - ZCA whitening ``z = x U diag(1 / sqrt(l + eps)) U^T`` rotates back, so the whitened
+    data stays as close as possible to the input (Bell and Sejnowski's "zero-phase").
+
+  Both give covariance ``diag(l / (l + eps))`` (PCA) or ``U diag(l / (l + eps)) U^T``
+  (ZCA): the identity on directions whose variance is much larger than eps. A larger eps
+  damps the noisy low-variance directions.
+* ``random_crop`` (pad with zeros, cut a random window) and ``random_hflip`` (mirror left
+  to right with probability p) for NCHW batches, drawing offsets from an explicit host
+  generator so that a seed gives the same batch on either backend.
+
+Fitted statistics live in attributes ending in ``_`` (scikit-learn's convention) on the
+device of the data they were fitted on. Fits run in float64; outputs are in the default
+floating dtype (``backend.get_default_dtype``) unless the input is already floating.
+"""
+from .. import backend
+
+__all__ = ["to_float", "normalise", "Standardise", "PCAWhiten", "ZCAWhiten", "random_crop",
+           "random_hflip"]
+
+
+def _float_dtype(x, dtype=None):
+    """The dtype a transform outputs: ``dtype``, x's own if floating, else the default."""
+    if dtype is not None:
+        return backend.host().dtype(dtype)
+    if x.dtype.kind == "f":
+        return x.dtype
+    return backend.get_default_dtype()
+
+
+def to_float(x, dtype=None):
+    """Pixels to floats in [0, 1]: ``x / 255``, on the device ``x`` lives on.
+
+    Args:
+        x: array of uint8 pixels 0..255, any shape.
+        dtype: output dtype; default the default floating dtype.
+
+    Returns:
+        array of the same shape with values in [0, 1].
+    """
+    xp = backend.array_module(x)
+    dtype = backend.get_default_dtype() if dtype is None else backend.host().dtype(dtype)
+    return xp.asarray(x, dtype=dtype) * dtype.type(1.0 / 255.0)  # same shape as x
+
+
+def normalise(x, mean=None, std=None, dtype=None):
+    """Scale uint8 pixels to [0, 1], then optionally standardise with given statistics.
+
+    Args:
+        x: uint8 array 0..255, e.g. (N, 1, 28, 28).
+        mean: None, a number, or an array broadcastable to x (e.g. (1, C, 1, 1) per channel),
+            in the [0, 1] scale. Usually computed on the training set.
+        std: like mean; both or neither.
+        dtype: output dtype; default the default floating dtype.
+
+    Returns:
+        float array of x's shape: x / 255, or (x / 255 - mean) / std.
+    """
+    if (mean is None) != (std is None):
+        raise ValueError("normalise: give both mean and std, or neither")
+    out = to_float(x, dtype)
+    if mean is None:
+        return out
+    xp = backend.array_module(out)
+    mean = xp.asarray(mean, dtype=out.dtype)
+    std = xp.asarray(std, dtype=out.dtype)
+    return (out - mean) / std  # same shape as x
+
+
+class Standardise:
+    """z = (x - mean) / sqrt(var + eps), with mean and var fitted on training data.
+
+    Args:
+        axis: the axes averaged over: 0 for per-feature statistics of (N, D) data,
+            (0, 2, 3) for per-channel statistics of NCHW images, None for one scalar.
+        eps: added to the variance so constant features do not divide by zero.
+    """
+
+    def __init__(self, axis=0, eps=1e-8):
+        if eps < 0:
+            raise ValueError(f"Standardise: eps must be >= 0, got {eps}")
+        self.axis = axis
+        self.eps = eps
+
+    def fit(self, x):
+        """Compute ``mean_`` and ``std_`` of the training data x; returns self."""
+        xp = backend.array_module(x)
+        x64 = xp.asarray(x, dtype="float64")
+        self.mean_ = x64.mean(axis=self.axis, keepdims=True)  # x's shape, reduced axes -> 1
+        var = ((x64 - self.mean_) ** 2).mean(axis=self.axis, keepdims=True)  # like mean_
+        self.std_ = xp.sqrt(var + self.eps)  # like mean_
+        self.shape_ = x.shape
+        return self
+
+    def _check(self, x, name):
+        if not hasattr(self, "mean_"):
+            raise RuntimeError(f"Standardise.{name}: call fit(x_train) first")
+        if x.ndim != len(self.shape_):
+            raise ValueError(f"Standardise.{name}: fitted on {len(self.shape_)}-d data "
+                             f"{self.shape_}, got shape {x.shape}")
+        return backend.check_same_device(f"Standardise.{name}", x, self.mean_)
+
+    def transform(self, x):
+        """(x - mean_) / std_ in the output float dtype; x's shape is kept."""
+        self._check(x, "transform")
+        dtype = _float_dtype(x)
+        return (x.astype(dtype) - self.mean_.astype(dtype)) / self.std_.astype(dtype)
+
+    def fit_transform(self, x):
+        """fit(x) then transform(x)."""
+        return self.fit(x).transform(x)
+
+    def inverse_transform(self, z):
+        """z * std_ + mean_: back to the original scale."""
+        self._check(z, "inverse_transform")
+        dtype = _float_dtype(z)
+        return z.astype(dtype) * self.std_.astype(dtype) + self.mean_.astype(dtype)
+
+
+def _fit_covariance(x, name):
+    """Mean (D,), eigenvalues (D,) descending and eigenvectors (D, D) of x's covariance."""
+    if x.ndim < 2 or x.shape[0] < 2:
+        raise ValueError(f"{name}.fit expects x of shape (N, ...) with N >= 2, got {x.shape}")
+    xp = backend.array_module(x)
+    X = xp.asarray(x, dtype="float64").reshape(x.shape[0], -1)  # (N, D)
+    mean = X.mean(axis=0)  # (D,)
+    Xc = X - mean  # (N, D)
+    C = Xc.T @ Xc / X.shape[0]  # (D, D)
+    eigenvalues, U = xp.linalg.eigh(C)  # (D,) ascending, (D, D) columns are eigenvectors
+    eigenvalues = xp.maximum(eigenvalues[::-1], 0.0)  # (D,) descending; clip round-off < 0
+    U = U[:, ::-1]  # (D, D) matching order
+    return mean, eigenvalues, U
+
+
+class _Whiten:
+    """Shared transform for the linear whitening maps z = (x - mean_) @ W_."""
+
+    def _check(self, x, name):
+        cls = type(self).__name__
+        if not hasattr(self, "W_"):
+            raise RuntimeError(f"{cls}.{name}: call fit(x_train) first")
+        D = self.mean_.shape[0]
+        if x.ndim < 2 or x[0].size != D:
+            raise ValueError(f"{cls}.{name}: fitted on {D} features per example, got x of "
+                             f"shape {x.shape}")
+        backend.check_same_device(f"{cls}.{name}", x, self.W_)
+
+    def _apply(self, x):
+        dtype = _float_dtype(x)
+        X = x.reshape(x.shape[0], -1).astype(dtype)  # (N, D)
+        return (X - self.mean_.astype(dtype)) @ self.W_.astype(dtype)  # (N, k)
+
+    def fit_transform(self, x):
+        """fit(x) then transform(x)."""
+        return self.fit(x).transform(x)
+
+
+class PCAWhiten(_Whiten):
+    """PCA whitening: z = (x - mean) U_k diag(1 / sqrt(l_k + eps)).
+
+    Args:
+        n_components: number of principal directions kept (k); None keeps all D.
+        eps: added to each eigenvalue before the inverse square root.
+    """
+
+    def __init__(self, n_components=None, eps=1e-5):
+        if eps < 0:
+            raise ValueError(f"PCAWhiten: eps must be >= 0, got {eps}")
+        if n_components is not None and n_components < 1:
+            raise ValueError(f"PCAWhiten: n_components must be >= 1 or None, got {n_components}")
+        self.n_components = n_components
+        self.eps = eps
+
+    def fit(self, x):
+        """Fit mean_, eigenvalues_ (D,), components_ (D, k) and W_ (D, k) on x (N, ...)."""
+        xp = backend.array_module(x)
+        self.mean_, self.eigenvalues_, U = _fit_covariance(x, "PCAWhiten")
+        D = U.shape[0]
+        k = D if self.n_components is None else self.n_components
+        if k > D:
+            raise ValueError(f"PCAWhiten: n_components={k} but the data has only {D} features")
+        self.components_ = U[:, :k]  # (D, k)
+        self.W_ = self.components_ / xp.sqrt(self.eigenvalues_[:k] + self.eps)  # (D, k)
+        return self
+
+    def transform(self, x):
+        """Whiten x (N, ...) -> (N, k)."""
+        self._check(x, "transform")
+        return self._apply(x)  # (N, k)
+
+
+class ZCAWhiten(_Whiten):
+    """ZCA whitening: z = (x - mean) U diag(1 / sqrt(l + eps)) U^T, reshaped like x.
+
+    Args:
+        eps: added to each eigenvalue before the inverse square root.
+    """
+
+    def __init__(self, eps=1e-5):
+        if eps < 0:
+            raise ValueError(f"ZCAWhiten: eps must be >= 0, got {eps}")
+        self.eps = eps
+
+    def fit(self, x):
+        """Fit mean_ (D,), eigenvalues_ (D,), components_ (D, D) and W_ (D, D) on x (N, ...)."""
+        xp = backend.array_module(x)
+        self.mean_, self.eigenvalues_, self.components_ = _fit_covariance(x, "ZCAWhiten")
+        U = self.components_
+        self.W_ = (U / xp.sqrt(self.eigenvalues_ + self.eps)) @ U.T  # (D, D), symmetric
+        return self
+
+    def transform(self, x):
+        """Whiten x (N, ...) -> the same shape."""
+        self._check(x, "transform")
+        return self._apply(x).reshape(x.shape)  # (N, ...) like x
+
+
+def _check_images(x, name):
+    if not backend.is_array(x) or x.ndim != 4:
+        shape = getattr(x, "shape", type(x).__name__)
+        raise ValueError(f"{name} expects an NCHW batch (N, C, H, W), got {shape}")
+
+
+def random_crop(x, size, rng, padding=0):
+    """Pad each image with zeros, then cut a random window of ``size`` (one per image).
+
+    Args:
+        x: batch (N, C, H, W), on either backend.
+        size: output (h, w), or one int for a square.
+        rng: host generator (``backend.default_rng(seed)``) that draws the offsets.
+        padding: zeros added on each side of H and W before cropping.
+
+    Returns:
+        (N, C, h, w) array on x's device, same dtype.
+    """
+    _check_images(x, "random_crop")
+    h, w = (size, size) if isinstance(size, int) else tuple(size)
+    if padding < 0:
+        raise ValueError(f"random_crop: padding must be >= 0, got {padding}")
+    N, C, H, W = x.shape
+    Hp, Wp = H + 2 * padding, W + 2 * padding
+    if not (0 < h <= Hp and 0 < w <= Wp):
+        raise ValueError(f"random_crop: window {(h, w)} does not fit images of {(H, W)} "
+                         f"padded by {padding} to {(Hp, Wp)}")
+    xp = backend.array_module(x)
+    np = backend.host()
+    pad = ((0, 0), (0, 0), (padding, padding), (padding, padding))
+    padded = xp.pad(x, pad) if padding else x  # (N, C, Hp, Wp)
+    top = rng.integers(0, Hp - h + 1, size=N)  # (N,) host
+    left = rng.integers(0, Wp - w + 1, size=N)  # (N,) host
+    rows = xp.asarray(top[:, None] + np.arange(h))  # (N, h)
+    cols = xp.asarray(left[:, None] + np.arange(w))  # (N, w)
+    n = xp.arange(N)[:, None, None, None]  # (N, 1, 1, 1)
+    c = xp.arange(C)[None, :, None, None]  # (1, C, 1, 1)
+    return padded[n, c, rows[:, None, :, None], cols[:, None, None, :]]  # (N, C, h, w)
+
+
+def random_hflip(x, rng, p=0.5):
+    """Mirror each image left to right with probability p.
+
+    Args:
+        x: batch (N, C, H, W), on either backend.
+        rng: host generator that draws which images flip.
+        p: flip probability in [0, 1].
+
+    Returns:
+        (N, C, H, W) array on x's device, same dtype.
+    """
+    _check_images(x, "random_hflip")
+    if not 0.0 <= p <= 1.0:
+        raise ValueError(f"random_hflip: p must be in [0, 1], got {p}")
+    xp = backend.array_module(x)
+    flip = xp.asarray(rng.random(x.shape[0]) < p)  # (N,) bool
+    return xp.where(flip[:, None, None, None], x[:, :, :, ::-1], x)  # (N, C, H, W)
