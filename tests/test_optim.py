@@ -385,7 +385,8 @@ def test_zero_grad_and_inplace_updates():
     minidl_step(model, MSELoss(), opt, x, y)
     assert model[0].params["W"] is W, "updates must be in place"
     opt.zero_grad()
-    assert all(not g.any() for _, layer, k in model.parameters() for g in [layer.grads[k]])
+    for _, layer, key in model.parameters():
+        assert not layer.grads[key].any()
     opt.zero_grad(set_to_none=True)
     assert all(not layer.grads for layer in (model[0], model[2]))
 
@@ -457,9 +458,8 @@ def test_bad_lr_assignment_and_model():
         opt.lr = -1.0
     with pytest.raises(TypeError, match="expects a model"):
         Adam([1, 2, 3])
-    from minidl.layers import Tanh as T
     with pytest.raises(ValueError, match="no trainable parameters"):
-        Adam(T())
+        Adam(Tanh())
 
 
 def test_gradient_shape_mismatch_is_named():
