@@ -59,7 +59,7 @@ class DataLoader:
                              f"{type(transform).__name__}")
         if rng is None or isinstance(rng, int):
             rng = backend.default_rng(0 if rng is None else rng)
-        elif not hasattr(rng, "permutation"):
+        elif not isinstance(rng, backend.host().random.Generator):
             raise ValueError(f"DataLoader: rng must be a Generator from backend.default_rng "
                              f"or an int seed, got {type(rng).__name__}")
         self.x, self.y = x, y
