@@ -24,19 +24,11 @@ two directions flattened in the same order (arrays, dicts of arrays such as
 BatchNorm and other layers without ``per_example_grads`` are left to the optimizer.
 """
 from .. import backend
+from ..layers.conv import Conv2d
 from ..layers.linear import Linear
 from .base import Preconditioner
 
 __all__ = ["BDF", "cosine_similarity"]
-
-
-def _conv2d_types():
-    """``[Conv2d]`` when the convolution layer is available, else ``[]``."""
-    try:
-        from ..layers.conv import Conv2d
-    except ImportError:
-        return []
-    return [Conv2d]
 
 
 def _flatten(direction):
@@ -111,7 +103,7 @@ class BDF(Preconditioner):
             self.state[i]["P"] = xp.zeros((size, size), dtype=W.dtype)  # (p, p)
 
     def covered_types(self):
-        return [Linear] + _conv2d_types()
+        return [Linear, Conv2d]
 
     def _flat_per_example(self, layer):
         """Per-example gradients g_n of each example's own loss, shape (N, p)."""

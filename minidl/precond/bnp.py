@@ -49,20 +49,11 @@ Choices where the slides say nothing ([unverified] in the reference; all tunable
 
 Cost: O(m) memory per layer, O(N m + n m) time per step.
 """
-from .. import backend
+from ..layers.conv import Conv2d
 from ..layers.linear import Linear
 from .base import Preconditioner
 
 __all__ = ["BNP"]
-
-
-def _conv2d_types():
-    """``[Conv2d]`` when the convolution layer is available, else ``[]``."""
-    try:
-        from ..layers.conv import Conv2d
-    except ImportError:
-        return []
-    return [Conv2d]
 
 
 class BNP(Preconditioner):
@@ -90,7 +81,7 @@ class BNP(Preconditioner):
         super().__init__(model, T1=T1, T2=T2, warn=warn)
 
     def covered_types(self):
-        return [Linear] + _conv2d_types()
+        return [Linear, Conv2d]
 
     @staticmethod
     def _batch_stats(x):

@@ -32,8 +32,8 @@ Warm start (the paper: one pass over the data before training, from the TNT code
 average over the epoch; see ``warm_start`` and ``warm_start_step``. Without it the first
 steps are about ``lr * g / lambda`` long, because F starts at zero.
 
-Normalisation layers (BatchNorm, LayerNorm, GroupNorm: any leaf whose parameters are
-``gamma``/``beta``) get Adam's direction, as in the paper: size-1 blocks, divided by
+Normalisation layers (BatchNorm1d/2d, LayerNorm, GroupNorm, with parameters ``gamma``,
+``beta``) get Adam's direction, as in the paper: size-1 blocks, divided by
 their square root, ``d = m / (sqrt(v) + norm_eps)`` with v the same moving average of g^2.
 ``norm_params="skip"`` leaves them to the optimizer instead.
 
@@ -62,24 +62,12 @@ Cost per dense layer: memory n (m+1)^2, inversion O(n (m+1)^3) every T2 steps; p
 layer: memory F C k^4, inversion O(F C k^6).
 """
 from .. import backend
+from ..layers.batchnorm import Normalization
+from ..layers.conv import Conv2d
 from ..layers.linear import Linear
 from .base import Preconditioner
 
 __all__ = ["MBF"]
-
-
-def _conv2d_types():
-    """``[Conv2d]`` when the convolution layer is available, else ``[]``."""
-    try:
-        from ..layers.conv import Conv2d
-    except ImportError:
-        return []
-    return [Conv2d]
-
-
-def _is_norm_layer(layer):
-    """Normalisation layers are recognised by their documented parameters gamma, beta."""
-    return "gamma" in layer.params and set(layer.params) <= {"gamma", "beta"}
 
 
 def _logits_from_loss(loss):
@@ -165,12 +153,7 @@ class MBF(Preconditioner):
 
     # -- which layers, which blocks --------------------------------------------------------
     def covered_types(self):
-        return [Linear] + _conv2d_types()
-
-    def applies_to(self, layer):
-        if self.norm_params == "adam" and _is_norm_layer(layer):
-            return True
-        return isinstance(layer, tuple(self.covered_types()))
+        return [Linear, Conv2d] + ([Normalization] if self.norm_params == "adam" else [])
 
     def _kind(self, layer):
         """``"dense"``, ``"dense_avg"`` (spatial averaging), ``"conv"`` or ``"norm"``."""
@@ -179,9 +162,9 @@ class MBF(Preconditioner):
             d = m + ("b" in layer.params)
             big = self.spatial_threshold is not None and n * d * d > self.spatial_threshold
             return "dense_avg" if self.spatial_average or big else "dense"
-        if _is_norm_layer(layer):
-            return "norm"
-        return "conv"
+        if isinstance(layer, Conv2d):
+            return "conv"
+        return "norm"
 
     def _init_state(self, i, layer):
         """Zero statistics and inverses from the start, so ``state_dict`` has every key."""
