@@ -392,7 +392,8 @@ def test_malicious_pickle_is_refused(data_dir, tmp_path):
     batch = _cifar_batch(2, 0)
     batch[b"labels"] = _Evil(str(marker))
     (folder / "test_batch").write_bytes(pickle.dumps(batch, protocol=2))
-    with pytest.raises(data.UnsafePickleError, match="refusing to load global '(posix|os|nt).mkdir'"):
+    refused = "refusing to load global '(posix|os|nt).mkdir'"
+    with pytest.raises(data.UnsafePickleError, match=refused):
         data.cifar10("test", download=False)
     assert not marker.exists()
 

@@ -26,3 +26,11 @@ from .registry import load, load_default, default_dataset, DATASETS
 from .transforms import (to_float, normalise, Standardise, PCAWhiten, ZCAWhiten, random_crop,
                          random_hflip)
 from . import transforms
+
+__all__ = ["DataLoader", "DataNotFoundError", "RemoteFile", "fetch", "data_home", "cache_home",
+           "read_idx", "IDXFormatError", "mnist", "fashion_mnist", "MNIST_CLASSES",
+           "FASHION_MNIST_CLASSES", "cifar10", "cifar100", "UnsafePickleError",
+           "CIFAR10_CLASSES", "read_mat5", "MatFileError", "svhn", "bundled_mnist", "load",
+           "load_default", "default_dataset", "DATASETS", "to_float", "normalise",
+           "Standardise", "PCAWhiten", "ZCAWhiten", "random_crop", "random_hflip",
+           "transforms"]

@@ -32,10 +32,8 @@ __all__ = ["to_float", "normalise", "Standardise", "PCAWhiten", "ZCAWhiten", "ra
            "random_hflip"]
 
 
-def _float_dtype(x, dtype=None):
-    """The dtype a transform outputs: ``dtype``, x's own if floating, else the default."""
-    if dtype is not None:
-        return backend.host().dtype(dtype)
+def _float_dtype(x):
+    """The dtype a transform outputs: x's own if floating, else the default float dtype."""
     if x.dtype.kind == "f":
         return x.dtype
     return backend.get_default_dtype()
