@@ -1,0 +1,168 @@
+"""Training methods by name: an optimizer, an optional preconditioner and a default rate.
+
+``minidl compare`` and ``minidl train`` accept a method name; this table says what each
+name means, in one place. A first-order method is an optimizer alone; a second-order
+method is a preconditioner (``minidl.precond``) that rewrites the gradients, followed by
+an optimizer (usually SGD with momentum) that takes the step::
+
+    model.backward(loss.backward());  precond.step();  optimizer.step()
+
+=============  ==========================================  ===========================
+name           optimizer (defaults)                        preconditioner (defaults)
+=============  ==========================================  ===========================
+sgd            SGD, lr 0.1                                 -
+momentum       SGD momentum 0.9, lr 0.05                   -
+nesterov       SGD Nesterov momentum 0.9, lr 0.05          -
+adam           Adam, lr 1e-3                               -
+adamw          AdamW, lr 1e-3, weight decay 1e-2           -
+adagrad        AdaGrad, lr 1e-2                            -
+rmsprop        RMSProp, lr 1e-3                            -
+rprop          Rprop, lr 1e-3 (a full-batch method)        -
+kfac           SGD momentum 0.9, lr 0.01                   KFAC damping 0.03
+shampoo        SGD momentum 0.9, lr 0.01                   Shampoo
+kfra           SGD momentum 0.9, lr 0.01                   KFRA damping 0.03 (loss=)
+kflr           SGD momentum 0.9, lr 0.01                   KFLR damping 0.03 (loss=)
+mbf            SGD momentum 0.9, lr 3e-4                   MBF damping 3e-3
+bnp            SGD momentum 0.9, lr 0.05                   BNP
+bdf            SGD momentum 0.9, lr 0.01                   BDF damping 1e-3
+=============  ==========================================  ===========================
+
+The default rates suit the small MNIST classifiers of the command line (batch 128, mean
+cross-entropy); other problems want their own (``--lr``). Preconditioner keywords that a
+class does not accept are dropped, and ``loss=`` is passed to the classes that take it,
+so the table keeps working while the preconditioners evolve. A method whose class is not
+in ``minidl.precond`` is reported as unavailable rather than failing at import.
+"""
+import dataclasses
+import difflib
+import inspect
+
+__all__ = ["Method", "METHODS", "DEFAULT_COMPARE", "get_method", "available_methods",
+           "build"]
+
+
+@dataclasses.dataclass(frozen=True)
+class Method:
+    """One named training method.
+
+    Attributes:
+        name: the name used on the command line.
+        optimizer: a key of ``minidl.optim.OPTIMIZERS``.
+        lr: the default learning rate.
+        optimizer_kw: other optimizer hyperparameters.
+        precond: the class name in ``minidl.precond`` (None for first-order methods).
+        precond_kw: preconditioner hyperparameters (dropped when not accepted).
+        note: one line for ``--help``.
+    """
+    name: str
+    optimizer: str
+    lr: float
+    optimizer_kw: dict = dataclasses.field(default_factory=dict)
+    precond: str = None
+    precond_kw: dict = dataclasses.field(default_factory=dict)
+    note: str = ""
+
+
+_MOMENTUM = {"momentum": 0.9}
+
+METHODS = {m.name: m for m in (
+    Method("sgd", "sgd", 0.1, note="plain stochastic gradient descent"),
+    Method("momentum", "sgd", 0.05, _MOMENTUM, note="SGD with heavy-ball momentum 0.9"),
+    Method("nesterov", "sgd", 0.05, {"momentum": 0.9, "nesterov": True},
+           note="SGD with Nesterov momentum 0.9"),
+    Method("adam", "adam", 1e-3, note="Adam (Kingma and Ba 2015)"),
+    Method("adamw", "adamw", 1e-3, {"weight_decay": 1e-2}, note="Adam, decoupled decay"),
+    Method("adagrad", "adagrad", 1e-2, note="AdaGrad"),
+    Method("rmsprop", "rmsprop", 1e-3, note="RMSProp"),
+    Method("rprop", "rprop", 1e-3, note="Rprop (meant for full batches)"),
+    Method("kfac", "sgd", 0.01, _MOMENTUM, "KFAC", {"damping": 0.03},
+           note="K-FAC preconditioner + SGD momentum"),
+    Method("shampoo", "sgd", 0.01, _MOMENTUM, "Shampoo", {},
+           note="Shampoo preconditioner + SGD momentum"),
+    Method("kfra", "sgd", 0.01, _MOMENTUM, "KFRA", {"damping": 0.03},
+           note="KFRA preconditioner + SGD momentum"),
+    Method("kflr", "sgd", 0.01, _MOMENTUM, "KFLR", {"damping": 0.03},
+           note="KFLR preconditioner + SGD momentum"),
+    Method("mbf", "sgd", 3e-4, _MOMENTUM, "MBF", {"damping": 3e-3},
+           note="mini-block Fisher + SGD momentum"),
+    Method("bnp", "sgd", 0.05, _MOMENTUM, "BNP", {}, note="BN-like preconditioner + SGD "
+                                                           "momentum"),
+    Method("bdf", "sgd", 0.01, _MOMENTUM, "BDF", {"damping": 1e-3},
+           note="block-diagonal Fisher + SGD momentum"),
+)}
+
+# what ``minidl compare`` runs with no --methods (the unavailable ones are skipped)
+DEFAULT_COMPARE = ("sgd", "momentum", "adam", "kfac")
+
+
+def _precond_class(method):
+    from . import precond
+    return getattr(precond, method.precond, None)
+
+
+def is_available(name):
+    """True when the method's preconditioner class exists in ``minidl.precond``."""
+    method = METHODS[name]
+    return method.precond is None or _precond_class(method) is not None
+
+
+def available_methods():
+    """Names of the methods this installation can run."""
+    return [name for name in METHODS if is_available(name)]
+
+
+def get_method(name):
+    """The ``Method`` called ``name``; a ValueError naming the valid ones otherwise."""
+    key = str(name).strip().lower()
+    if key not in METHODS:
+        close = difflib.get_close_matches(key, list(METHODS), n=1)
+        hint = f" (did you mean {close[0]!r}?)" if close else ""
+        raise ValueError(f"unknown method {name!r}{hint}; choose from "
+                         f"{', '.join(available_methods())}")
+    if not is_available(key):
+        raise ValueError(f"method {key!r} needs minidl.precond.{METHODS[key].precond}, which "
+                         f"this version of minidl does not have; available: "
+                         f"{', '.join(available_methods())}")
+    return METHODS[key]
+
+
+def _accepted(cls, kw):
+    """The entries of ``kw`` that ``cls.__init__`` accepts by name."""
+    params = inspect.signature(cls).parameters
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
+        return dict(kw)
+    return {k: v for k, v in kw.items() if k in params}
+
+
+def build(name, model, loss, lr=None, rng=None, **overrides):
+    """Make the optimizer and preconditioner of method ``name`` for ``model``.
+
+    Args:
+        name: a key of ``METHODS``.
+        model: the network.
+        loss: the loss object (passed as ``loss=`` to preconditioners that take it).
+        lr: the learning rate; None uses the method's default.
+        rng: generator handed to preconditioners that sample (``rng=``), if they take one.
+        **overrides: optimizer hyperparameters replacing the table's (``momentum=0.5``).
+
+    Returns:
+        ``(optimizer, precond)``; ``precond`` is None for first-order methods.
+    """
+    import warnings
+
+    from .optim import make_optimizer
+    from .precond import CoverageWarning
+    method = get_method(name)
+    lr = method.lr if lr is None else lr
+    kw = dict(method.optimizer_kw, **overrides)
+    optimizer = make_optimizer(method.optimizer, model, lr=lr, **kw)
+    precond = None
+    if method.precond is not None:
+        cls = _precond_class(method)
+        pkw = dict(method.precond_kw, loss=loss)
+        if rng is not None:
+            pkw["rng"] = rng
+        with warnings.catch_warnings():  # uncovered layers are expected (BatchNorm, ...)
+            warnings.simplefilter("ignore", CoverageWarning)
+            precond = cls(model, **_accepted(cls, pkw))
+    return optimizer, precond
