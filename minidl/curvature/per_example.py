@@ -28,6 +28,9 @@ Per-example gradients exist only when example n's output depends on example n al
 BatchNorm in train mode normalises with batch statistics, which couples the examples,
 so both methods raise a ``ValueError`` for it: call ``model.eval()`` first. (Dropout in
 train mode draws a new mask on every pass; put it in eval mode too.)
+
+The "layers" method covers layers that define ``per_example_grads()`` (Linear, Conv2d);
+a model with any other parameterised layer (the normalisation layers) takes the loop.
 """
 from .. import backend
 from . import flat

@@ -24,7 +24,8 @@ products are N times (cross-entropy) or N D times (MSE, BCE with D outputs per e
 those of ``reduction="mean"``.
 
 The input is held fixed (its tangent is zero). The model must compute the same function
-on every call: put Dropout in eval mode. BatchNorm in train mode is allowed here (its
+on every call: put Dropout in eval mode, or freeze its mask (``with d.frozen_mask():``
+after one forward). BatchNorm in train mode is allowed here (its
 batch statistics make H couple the examples, and that is the Hessian of the batch loss),
 and its running statistics are restored after each call.
 
