@@ -6,7 +6,8 @@ import scipy.linalg
 import minidl
 from minidl import backend
 from minidl.layers import (BatchNorm1d, Conv2d, Flatten, Linear, Sequential, Tanh)
-from minidl.losses import MSELoss, SoftmaxCrossEntropy
+from minidl.losses import BCEWithLogits, MSELoss, SoftmaxCrossEntropy
+from minidl.optim import SGD
 from minidl.precond import MBF, CoverageWarning
 
 
@@ -271,6 +272,22 @@ def test_mbf_true_uses_sampled_labels_and_restores_the_model(rng):
     np.testing.assert_array_equal(loss.backward(), loss.backward())  # loss usable again
 
 
+@pytest.mark.parametrize("make_loss, target", [
+    (MSELoss, lambda rng, N: rng.standard_normal((N, 3))),
+    (BCEWithLogits, lambda rng, N: rng.integers(0, 2, (N, 3)).astype(float))])
+def test_mbf_true_with_other_losses_preconditions_the_true_label_gradient(rng, make_loss,
+                                                                          target):
+    model, loss = mlp(rng), make_loss()
+    pre = MBF(model, damping=1e9, fisher="true", loss=loss, rng=minidl.default_rng(1))
+    x, y = backend.asarray(rng.standard_normal((5, 4))), backend.asarray(target(rng, 5))
+    loss.forward(model.forward(x), y)
+    model.backward(loss.backward())
+    g = flat_grads(model)
+    pre.step()
+    np.testing.assert_allclose(flat_grads(model) * 1e9, g, rtol=1e-6)
+    assert np.abs(pre.state[0]["F"]).max() > 0
+
+
 def test_warm_start_is_the_epoch_average(rng):
     model, loss = mlp(rng), SoftmaxCrossEntropy()
     batches = [data(rng, (4,)) for _ in range(3)]
@@ -304,6 +321,46 @@ def test_normalisation_layers_get_adams_direction(rng):
     np.testing.assert_allclose(model[1].grads["gamma"], expected, rtol=1e-12)
     with pytest.warns(CoverageWarning, match="BatchNorm1d"):
         MBF(model, norm_params="skip")
+
+
+# -- composing with the optimizer ---------------------------------------------------------
+def flat_params(model):
+    return np.concatenate([backend.to_numpy(layer.params[k]).ravel()
+                           for _, layer, k in model.parameters()])
+
+
+def test_algorithm_2_is_mbf_momentum_then_sgd_with_weight_decay(rng):
+    """theta <- (1 - lr gamma) theta - lr P m, m <- mu m + g: MBF(momentum) + SGD(wd)."""
+    model, loss, lr, gamma = mlp(rng), SoftmaxCrossEntropy(), 0.05, 0.1
+    pre = MBF(model, damping=1e-2, beta=0.9, T1=1, T2=2, momentum=0.9)
+    opt = SGD(model, lr=lr, weight_decay=gamma)
+    ref = ReferenceMBF(mbf_blocks(model), 1e-2, 0.9, T1=1, T2=2, momentum=0.9)
+    theta = flat_params(model)
+    for _ in range(5):
+        x, y = data(rng, (4,))
+        loss.forward(model.forward(x), y)
+        model.backward(loss.backward())
+        theta = (1 - lr * gamma) * theta - lr * ref.direction(flat_grads(model))
+        pre.step()
+        opt.step()
+        np.testing.assert_allclose(flat_params(model), theta, rtol=1e-10)
+
+
+def test_optimizer_momentum_equals_preconditioned_momentum_while_P_is_fixed(rng):
+    """P fixed after step 0 (T1 = T2 = 100): sum_k mu^k P g_k = P m."""
+    batches = [data(rng, (4,)) for _ in range(5)]
+    results = []
+    for mbf_momentum, sgd_momentum in ((0.0, 0.9), (0.9, 0.0)):
+        model, loss = mlp(minidl.default_rng(0)), SoftmaxCrossEntropy()
+        pre = MBF(model, T1=100, T2=100, momentum=mbf_momentum)
+        opt = SGD(model, lr=1e-3, momentum=sgd_momentum)
+        for x, y in batches:
+            loss.forward(model.forward(x), y)
+            model.backward(loss.backward())
+            pre.step()
+            opt.step()
+        results.append(flat_params(model))
+    np.testing.assert_allclose(results[0], results[1], rtol=1e-10)
 
 
 def test_bad_arguments_say_what_to_do(rng):

@@ -55,7 +55,9 @@ How Algorithm 2 maps onto ``precond.step(); opt.step()``:
   ``MBF(momentum=0.9)`` followed by ``SGD(lr, momentum=0, weight_decay=gamma)``.
 
 The learning rates are small (1e-5 ... 1e-3): there is no square root, so the step scales
-like g / (g^2 + lambda). Defaults: lambda = 3e-3 (the paper's CNN value), beta = 0.9,
+like g / (g^2 + lambda); where the gradient is small (g^2 << lambda, typical for a mean
+loss) d ~ g / lambda, so MBF moves like SGD with learning rate lr / lambda (lr = 3e-4 with
+lambda = 3e-3 is SGD at 0.1 there). Defaults: lambda = 3e-3 (the paper's CNN value), beta = 0.9,
 T1 = 1, T2 = 20 (the paper's autoencoders; its CNNs used T1 = 10, T2 = 100).
 
 Cost per dense layer: memory n (m+1)^2, inversion O(n (m+1)^3) every T2 steps; per conv
