@@ -219,7 +219,8 @@ class _BatchNorm(Normalization):
     def stat_axes(self, x):
         return (0,) + tuple(range(2, x.ndim))
 
-    param_axes = stat_axes
+    def param_axes(self, x):
+        return (0,) + tuple(range(2, x.ndim))  # gamma is per channel, like the statistics
 
     def param_view(self, p, x):
         return p.reshape((1, -1) + (1,) * (x.ndim - 2))  # (1, C, 1, ...)
