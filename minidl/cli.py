@@ -26,7 +26,7 @@ import sys
 import time
 
 from . import backend
-from .methods import DEFAULT_COMPARE, METHODS, available_methods, get_method
+from .methods import DEFAULT_COMPARE, METHODS, get_method
 
 __all__ = ["main", "build_parser", "UsageError"]
 

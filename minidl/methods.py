@@ -85,8 +85,8 @@ METHODS = {m.name: m for m in (
            note="KFLR preconditioner + SGD momentum"),
     Method("mbf", "sgd", 3e-4, _MOMENTUM, "MBF", {"damping": 3e-3},
            note="mini-block Fisher + SGD momentum"),
-    Method("bnp", "sgd", 0.05, _MOMENTUM, "BNP", {}, note="BN-like preconditioner + SGD "
-                                                           "momentum"),
+    Method("bnp", "sgd", 0.05, _MOMENTUM, "BNP", {},
+           note="BN-like preconditioner + SGD momentum"),
     Method("bdf", "sgd", 0.01, _MOMENTUM, "BDF", {"damping": 1e-3},
            note="block-diagonal Fisher + SGD momentum"),
 )}

@@ -1,0 +1,146 @@
+"""Tests for minidl.models: parameter counts against published/independent counts, output
+shapes, forward/backward smoke runs on tiny inputs, seeds, and the registry."""
+import numpy as np
+import pytest
+
+import minidl
+from minidl import gradcheck, models
+from minidl.layers import BatchNorm1d, BatchNorm2d, Conv2d, Dropout, Linear
+
+# Counts worked out from the layer shapes and checked against PyTorch builds of the same
+# networks (ResNet-20 with option A is the "0.27M" of He et al.'s Table 6; VGG-16-BN for
+# CIFAR-10 is the usual 14.7M; simple_cnn is TensorFlow's deep-MNIST network, 3,274,634).
+COUNTS = [
+    ("mlp 784-100-100-100-10", lambda r: models.mlp((784, 100, 100, 100, 10), rng=r), 99_710),
+    ("mlp 3072-100x3-10", lambda r: models.mlp((3072, 100, 100, 100, 10), rng=r), 328_510),
+    ("cnn5 cifar", lambda r: models.cnn5((3, 32, 32), rng=r), 104_810),
+    ("simple_cnn mnist", lambda r: models.simple_cnn((1, 28, 28), rng=r), 3_274_634),
+    ("autoencoder mnist", lambda r: models.autoencoder("mnist", rng=r), 2_837_314),
+    ("autoencoder curves", lambda r: models.autoencoder("curves", rng=r), 842_340),
+    ("autoencoder faces", lambda r: models.autoencoder("faces", rng=r), 7_537_655),
+    ("resnet20 A", lambda r: models.resnet(20, rng=r), 269_722),
+    ("resnet20 B", lambda r: models.resnet(20, shortcut="B", rng=r), 272_474),
+    ("resnet32 A", lambda r: models.resnet(32, rng=r), 464_154),
+    ("resnet110 A", lambda r: models.resnet(110, rng=r), 1_727_962),
+    ("vgg11 bn", lambda r: models.vgg(11, rng=r), 9_231_114),
+    ("vgg16 bn", lambda r: models.vgg(16, rng=r), 14_728_266),
+    ("vgg16", lambda r: models.vgg(16, batchnorm=False, rng=r), 14_719_818),
+]
+
+
+@pytest.mark.parametrize("name, build, count", COUNTS, ids=[c[0] for c in COUNTS])
+def test_parameter_counts(name, build, count):
+    assert build(minidl.default_rng(0)).num_params() == count
+
+
+def test_autoencoder_widths_and_linear_code_layer():
+    model = models.autoencoder("curves", rng=minidl.default_rng(0))
+    linears = [layer for layer in model.leaves() if isinstance(layer, Linear)]
+    widths = [linears[0].in_features] + [layer.out_features for layer in linears]
+    assert widths == [784, 400, 200, 100, 50, 25, 6, 25, 50, 100, 200, 400, 784]
+    kinds = [type(layer).__name__ for layer in model.leaves()]
+    code = kinds.index("Linear", 1 + 2 * 5)  # the 6th Linear maps 25 -> 6
+    assert kinds[code + 1] == "Linear"  # no activation after the code layer
+    assert kinds[-1] == "Linear"        # linear outputs (logits)
+    assert isinstance(models.autoencoder_loss("faces"), minidl.losses.MSELoss)
+    assert isinstance(models.autoencoder_loss("mnist"), minidl.losses.BCEWithLogits)
+
+
+def _forward_backward(model, x):
+    out = model.forward(x)
+    dx = model.backward(np.ones_like(out))
+    assert dx.shape == x.shape
+    for _, layer, key in model.parameters():
+        assert layer.grads[key].shape == layer.params[key].shape
+        assert np.isfinite(layer.grads[key]).all()
+    return out
+
+
+SMOKE = [
+    ("mlp", lambda r: models.mlp((12, 7, 5, 3), batchnorm=True, dropout=0.1, rng=r),
+     (4, 3, 2, 2), (4, 3)),
+    ("cnn5", lambda r: models.cnn5((3, 16, 16), num_classes=4, hidden=8, rng=r),
+     (2, 3, 16, 16), (2, 4)),
+    ("cnn5 bn", lambda r: models.cnn5((1, 8, 8), hidden=8, batchnorm=True, rng=r),
+     (3, 1, 8, 8), (3, 10)),
+    ("simple_cnn", lambda r: models.simple_cnn((1, 12, 12), num_classes=3, rng=r),
+     (2, 1, 12, 12), (2, 3)),
+    ("autoencoder", lambda r: models.autoencoder("curves", batchnorm=True, rng=r),
+     (3, 784), (3, 784)),
+    ("resnet20 A", lambda r: models.resnet(20, (3, 8, 8), num_classes=5, rng=r),
+     (2, 3, 8, 8), (2, 5)),
+    ("resnet8 B no bn", lambda r: models.resnet(8, (1, 8, 8), shortcut="B", batchnorm=False,
+                                                rng=r), (2, 1, 8, 8), (2, 10)),
+    ("vgg11", lambda r: models.vgg(11, (3, 32, 32), num_classes=2, rng=r),
+     (2, 3, 32, 32), (2, 2)),
+]
+
+
+@pytest.mark.parametrize("name, build, x_shape, out_shape", SMOKE, ids=[s[0] for s in SMOKE])
+def test_forward_backward_shapes(name, build, x_shape, out_shape):
+    model = build(minidl.default_rng(0))
+    x = np.random.default_rng(1).standard_normal(x_shape).astype(np.float32)
+    out = _forward_backward(model, x)
+    assert out.shape == out_shape and out.dtype == np.float32
+    model.eval()
+    assert model.forward(x[:1]).shape == (1,) + out_shape[1:]  # eval: a batch of one works
+
+
+def test_batchnorm_option_adds_normalisation():
+    r = minidl.default_rng(0)
+    plain = models.cnn5((3, 32, 32), rng=r)
+    with_bn = models.cnn5((3, 32, 32), batchnorm=True, rng=r)
+    assert not any(isinstance(m, (BatchNorm1d, BatchNorm2d)) for m in plain.leaves())
+    assert sum(isinstance(m, BatchNorm2d) for m in with_bn.leaves()) == 3
+    assert sum(isinstance(m, BatchNorm1d) for m in with_bn.leaves()) == 1
+    convs = [m for m in with_bn.leaves() if isinstance(m, Conv2d)]
+    assert all("b" not in c.params for c in convs)  # BN's beta replaces the conv bias
+    mlp = models.mlp((8, 4, 2), batchnorm=True, dropout=0.5, rng=r)
+    kinds = [type(m).__name__ for m in mlp.leaves()]
+    assert kinds == ["Flatten", "Linear", "BatchNorm1d", "ReLU", "Dropout", "Linear"]
+    assert isinstance(mlp[4], Dropout)
+
+
+def test_resnet_structure():
+    model = models.resnet(20, rng=minidl.default_rng(0))
+    convs = [m for m in model.leaves() if isinstance(m, Conv2d)]
+    assert len(convs) == 19  # 1 + 3 stages x 3 blocks x 2; plus the dense layer = 20
+    assert [c.out_channels for c in convs[::6]] == [16, 16, 32, 64]
+    pads = [m for m in model.leaves() if isinstance(m, models.ZeroPadShortcut)]
+    assert len(pads) == 2
+    with pytest.raises(ValueError, match="6n"):
+        models.resnet(21)
+
+
+def test_zero_pad_shortcut_gradients():
+    layer = models.ZeroPadShortcut(2, 6, stride=2)
+    x = np.random.default_rng(0).standard_normal((2, 2, 5, 5))  # odd size: ceil(5/2) = 3
+    out = layer.forward(x)
+    assert out.shape == (2, 6, 3, 3)
+    assert np.array_equal(out[:, 2:4], x[:, :, ::2, ::2]) and not out[:, :2].any()
+    report = gradcheck.check_layer(layer, x)
+    assert report.ok, str(report)
+
+
+def test_same_seed_same_weights_different_seed_different():
+    def weights(seed):
+        return models.resnet(8, (3, 8, 8), rng=minidl.default_rng(seed)).state_dict()
+    a, b, c = weights(0), weights(0), weights(1)
+    assert all(np.array_equal(a[k], b[k]) for k in a)
+    assert not all(np.array_equal(a[k], c[k]) for k in a if k.endswith("W"))
+
+
+def test_get_model_registry():
+    r = minidl.default_rng(0)
+    model = models.get_model("mlp", (1, 28, 28), 10, r, hidden=(32,))
+    assert model.num_params() == 784 * 32 + 32 + 32 * 10 + 10
+    assert models.get_model("resnet20", (3, 32, 32), 100, r).num_params() == 269_722 + 64 * 90 + 90
+    assert models.get_model("cnn5", (1, 28, 28), 10, r).num_params() == 75_562
+    with pytest.raises(ValueError, match="unknown model 'resnet7'"):
+        models.get_model("resnet7", (3, 32, 32), 10, r)
+    with pytest.raises(ValueError, match="784"):
+        models.get_model("autoencoder-mnist", (3, 32, 32), 10, r)
+    with pytest.raises(ValueError, match="multiples of 32"):
+        models.get_model("vgg11", (1, 28, 28), 10, r)
+    assert set(models.MODELS) >= {"mlp", "cnn5", "simple_cnn", "resnet20", "resnet32",
+                                  "resnet110", "vgg11", "vgg16", "autoencoder-mnist"}
