@@ -122,7 +122,7 @@ def _torch_reference(torch, model, loss_name, reduction, x, target):
     def total(th):
         return lossf(_torch_forward(torch, model, th, xt), tt)
 
-    H = func.hessian(total)(theta)  # (P, P)
+    H = torch.autograd.functional.hessian(total, theta, vectorize=True)  # (P, P)
     g = func.grad(total)(theta)  # (P,)
     z = _torch_forward(torch, model, theta, xt)  # (N, K)
     J = func.jacrev(lambda th: _torch_forward(torch, model, th, xt).reshape(-1))(theta)
