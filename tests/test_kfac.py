@@ -221,8 +221,8 @@ def test_true_fisher_uses_the_real_gradient_and_restores_the_model(rng):
     loss = SoftmaxCrossEntropy()
     x, y = rng.standard_normal((5, 3)), rng.integers(0, 3, 5)
     forward_backward(model, loss, x, y)
-    g = {id(l): {k: backend.to_numpy(v).copy() for k, v in l.grads.items()}
-         for l in model.leaves()}
+    g = {id(leaf): {k: backend.to_numpy(v).copy() for k, v in leaf.grads.items()}
+         for leaf in model.leaves()}
     dlogits = backend.to_numpy(loss.backward()).copy()
     with pytest.warns(CoverageWarning, match="BatchNorm1d"):
         p = KFAC(model, loss=loss, fisher="true", rng=minidl.default_rng(0), damping=1e9,
@@ -351,7 +351,7 @@ def test_state_dict_round_trip_continues_identically(rng):
     models = [mlp(minidl.default_rng(5)) for _ in range(2)]
     losses = [SoftmaxCrossEntropy() for _ in range(2)]
     opts = [SGD(m, lr=0.1, momentum=0.9) for m in models]
-    ps = [KFAC(m, loss=l, lr=o, T1=2, T2=3) for m, l, o in zip(models, losses, opts)]
+    ps = [KFAC(m, loss=crit, lr=o, T1=2, T2=3) for m, crit, o in zip(models, losses, opts)]
 
     def step(k, x, y):
         forward_backward(models[k], losses[k], x, y)

@@ -236,12 +236,12 @@ def test_direction_is_the_dense_damped_solve(rng, method):
     x, y = make_data(rng, "ce", 5, (3,), 3)
     loss.forward(model.forward(x), y)
     model.backward(loss.backward())
-    raw = {id(l): {k: backend.to_numpy(v).copy() for k, v in l.grads.items()}
-           for l in model.leaves()}
+    raw = {id(leaf): {k: backend.to_numpy(v).copy() for k, v in leaf.grads.items()}
+           for leaf in model.leaves()}
     lam = 0.05
     for mode in ("eigen", "factored"):
-        for l in model.leaves():
-            l.grads = {k: backend.asarray(v) for k, v in raw[id(l)].items()}
+        for leaf in model.leaves():
+            leaf.grads = {k: backend.asarray(v) for k, v in raw[id(leaf)].items()}
         p = method(model, loss=loss, damping=lam, damping_mode=mode)
         p.step()
         for i, layer in enumerate(p.layers):
@@ -282,14 +282,14 @@ def test_extra_backward_passes_leave_the_model_as_it_was(rng):
     loss.forward(model.forward(x), y)
     model.backward(loss.backward())
     bn_grads = {k: backend.to_numpy(v).copy() for k, v in model[1].grads.items()}
-    douts = [backend.to_numpy(l.cache["dout"]).copy() for l in (model[0], model[3])]
+    douts = [backend.to_numpy(leaf.cache["dout"]).copy() for leaf in (model[0], model[3])]
     with pytest.warns(CoverageWarning, match="BatchNorm1d"):
         p = KFLR(model, loss=loss)
     p.step()
     for k, v in bn_grads.items():
         np.testing.assert_array_equal(backend.to_numpy(model[1].grads[k]), v)
-    for l, d in zip((model[0], model[3]), douts):
-        np.testing.assert_array_equal(backend.to_numpy(l.cache["dout"]), d)
+    for leaf, d in zip((model[0], model[3]), douts):
+        np.testing.assert_array_equal(backend.to_numpy(leaf.cache["dout"]), d)
     np.testing.assert_allclose(backend.to_numpy(loss.backward()),
                                backend.to_numpy(model[3].cache["dout"]))
 
@@ -315,7 +315,6 @@ def test_loss_is_required(rng, method):
 # -- checkpoints and backends -------------------------------------------------------------
 @pytest.mark.parametrize("method", [KFLR, KFRA])
 def test_state_dict_round_trip_continues_identically(rng, method):
-    x, y = make_data(rng, "ce", 5, (3,), 3)
     batches = [make_data(rng, "ce", 5, (3,), 3) for _ in range(4)]
 
     def step(model, p, loss, xb, yb):
@@ -327,7 +326,7 @@ def test_state_dict_round_trip_continues_identically(rng, method):
 
     models = [mlp(minidl.default_rng(7), Tanh) for _ in range(2)]
     losses = [SoftmaxCrossEntropy() for _ in range(2)]
-    ps = [method(m, loss=l, T2=3) for m, l in zip(models, losses)]
+    ps = [method(m, loss=crit, T2=3) for m, crit in zip(models, losses)]
     for xb, yb in batches[:2]:
         step(models[0], ps[0], losses[0], xb, yb)
     buf = io.BytesIO()
@@ -337,8 +336,8 @@ def test_state_dict_round_trip_continues_identically(rng, method):
     models[1].load_state_dict(model_state)
     ps[1].load_state_dict(dict(np.load(buf)))
     for xb, yb in batches[2:]:
-        for m, p, l in zip(models, ps, losses):
-            step(m, p, l, xb, yb)
+        for m, p, crit in zip(models, ps, losses):
+            step(m, p, crit, xb, yb)
     for a, b in zip(models[0].parameters(), models[1].parameters()):
         np.testing.assert_array_equal(backend.to_numpy(a[1].params[a[2]]),
                                       backend.to_numpy(b[1].params[b[2]]))

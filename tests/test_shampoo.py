@@ -1,0 +1,265 @@
+"""Shampoo: the matrix update against its Kronecker form and dense solves, coupled Newton
+against eigendecomposition roots, statistics restated, grafting, checkpoints, backends."""
+import io
+
+import numpy as np
+import pytest
+
+import minidl
+from minidl import backend
+from minidl.layers import BatchNorm1d, Conv2d, Flatten, Linear, Sequential, Tanh
+from minidl.losses import SoftmaxCrossEntropy
+from minidl.optim import SGD
+from minidl.precond import CoverageWarning, Shampoo
+from minidl.precond.linalg import inverse_root_eigh, inverse_root_newton
+
+
+def mat_power(M, power):
+    """M^power for symmetric PSD M, by numpy's eigh (the independent reference)."""
+    d, Q = np.linalg.eigh(M)
+    return (Q * d ** power) @ Q.T
+
+
+def mlp(rng):
+    return Sequential(Linear(3, 5, rng=rng), Tanh(), Linear(5, 4, rng=rng))
+
+
+def forward_backward(model, loss, x, y):
+    value = loss.forward(model.forward(x), y)
+    model.backward(loss.backward())
+    return value
+
+
+def raw_grads(model):
+    return {id(leaf): {k: backend.to_numpy(v).copy() for k, v in leaf.grads.items()}
+            for leaf in model.leaves()}
+
+
+@pytest.fixture(autouse=True)
+def _float64():
+    minidl.set_default_dtype("float64")
+
+
+@pytest.fixture
+def batch(rng):
+    return rng.standard_normal((6, 3)), rng.integers(0, 4, 6)
+
+
+# -- the inverse roots -------------------------------------------------------------------
+@pytest.mark.parametrize("p", [2, 4, 6])
+@pytest.mark.parametrize("cond", [1e1, 1e5])
+def test_coupled_newton_equals_eigen_root(rng, p, cond):
+    Q, _ = np.linalg.qr(rng.standard_normal((6, 6)))
+    M = (Q * np.geomspace(1.0, 1.0 / cond, 6)) @ Q.T
+    expected = mat_power(M + 1e-6 * np.eye(6), -1.0 / p)
+    np.testing.assert_allclose(inverse_root_newton(M, p, ridge=1e-6), expected, rtol=1e-5,
+                               atol=1e-8 * np.abs(expected).max())
+    np.testing.assert_allclose(inverse_root_eigh(M, p, ridge=1e-6), expected, rtol=1e-9)
+
+
+def test_coupled_newton_handles_a_singular_statistic(rng):
+    g = rng.standard_normal((5, 1))
+    M = g @ g.T  # rank one: only the ridge makes it invertible
+    expected = mat_power(M + 1e-2 * np.eye(5), -0.25)
+    np.testing.assert_allclose(inverse_root_newton(M, 4, ridge=1e-2), expected, rtol=1e-5)
+
+
+# -- the update --------------------------------------------------------------------------
+def test_matrix_update_equals_kronecker_form_and_dense_solve(rng, batch):
+    model = mlp(rng)
+    loss = SoftmaxCrossEntropy()
+    forward_backward(model, loss, *batch)
+    raw = raw_grads(model)
+    eps = 1e-3
+    p = Shampoo(model, eps=eps, grafting=None, root="eigh")
+    p.step()
+    for layer in p.layers:
+        G = raw[id(layer)]["W"]  # (F, k)
+        L_eps = G @ G.T + eps * np.eye(G.shape[0])
+        R_eps = G.T @ G + eps * np.eye(G.shape[1])
+        got = backend.to_numpy(layer.grads["W"])
+        matrix = mat_power(L_eps, -0.25) @ G @ mat_power(R_eps, -0.25)
+        kron = np.kron(mat_power(L_eps, -0.25), mat_power(R_eps, -0.25)) @ G.ravel()
+        solve = np.linalg.solve(np.kron(mat_power(L_eps, 0.25), mat_power(R_eps, 0.25)),
+                                G.ravel())
+        np.testing.assert_allclose(got, matrix, rtol=1e-8)
+        np.testing.assert_allclose(got.ravel(), kron, rtol=1e-8)
+        np.testing.assert_allclose(got.ravel(), solve, rtol=1e-7)
+        # the bias is its own order-1 tensor: full-matrix AdaGrad, exponent -1/2
+        g = raw[id(layer)]["b"]
+        Lb = np.outer(g, g) + eps * np.eye(len(g))
+        np.testing.assert_allclose(backend.to_numpy(layer.grads["b"]),
+                                   mat_power(Lb, -0.5) @ g, rtol=1e-8)
+
+
+def test_newton_and_eigh_directions_agree(rng, batch):
+    model = mlp(rng)
+    loss = SoftmaxCrossEntropy()
+    out = []
+    for root in ("newton", "eigh"):
+        forward_backward(model, loss, *batch)
+        Shampoo(model, eps=1e-3, grafting=None, root=root).step()
+        out.append([backend.to_numpy(layer.grads[k]).copy()
+                    for _, layer, k in model.parameters()])
+    for a, b in zip(*out):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-8 * np.abs(b).max())
+
+
+def test_statistics_sum_or_average_over_steps(rng):
+    batches = [(rng.standard_normal((6, 3)), rng.integers(0, 4, 6)) for _ in range(3)]
+    for beta2 in (1.0, 0.9):
+        model = mlp(minidl.default_rng(2))
+        loss = SoftmaxCrossEntropy()
+        p = Shampoo(model, beta2=beta2)
+        L = None
+        for x, y in batches:
+            forward_backward(model, loss, x, y)
+            G = backend.to_numpy(model[0].grads["W"])
+            new = G @ G.T
+            L = new if L is None else (L + new if beta2 == 1 else beta2 * L + (1 - beta2) * new)
+            p.step()
+        np.testing.assert_allclose(backend.to_numpy(p.state[0]["W.L"]), L, rtol=1e-12)
+
+
+def test_appended_bias_preconditions_the_whole_matrix(rng, batch):
+    model = mlp(rng)
+    loss = SoftmaxCrossEntropy()
+    forward_backward(model, loss, *batch)
+    raw = raw_grads(model)
+    Shampoo(model, eps=1e-3, grafting=None, root="eigh", bias="appended").step()
+    for layer in (model[0], model[2]):
+        G = np.concatenate([raw[id(layer)]["W"], raw[id(layer)]["b"][:, None]], axis=1)
+        P = (mat_power(G @ G.T + 1e-3 * np.eye(G.shape[0]), -0.25) @ G
+             @ mat_power(G.T @ G + 1e-3 * np.eye(G.shape[1]), -0.25))
+        np.testing.assert_allclose(backend.to_numpy(layer.grads["W"]), P[:, :-1], rtol=1e-8)
+        np.testing.assert_allclose(backend.to_numpy(layer.grads["b"]), P[:, -1], rtol=1e-8)
+
+
+def test_conv_kernel_is_reshaped_to_filters_by_patch(rng):
+    model = Sequential(Conv2d(2, 3, 2, rng=rng), Flatten(), Linear(12, 2, rng=rng))
+    loss = SoftmaxCrossEntropy()
+    x, y = rng.standard_normal((4, 2, 3, 3)), rng.integers(0, 2, 4)
+    forward_backward(model, loss, x, y)
+    gW = backend.to_numpy(model[0].grads["W"]).copy()  # (3, 2, 2, 2)
+    Shampoo(model, eps=1e-3, grafting=None, root="eigh").step()
+    G = gW.reshape(3, -1)  # (F, C kh kw)
+    P = (mat_power(G @ G.T + 1e-3 * np.eye(3), -0.25) @ G
+         @ mat_power(G.T @ G + 1e-3 * np.eye(8), -0.25))
+    np.testing.assert_allclose(backend.to_numpy(model[0].grads["W"]), P.reshape(gW.shape),
+                               rtol=1e-8)
+
+
+def test_psd_bound_of_gupta_et_al(rng):
+    """eps I + (1/r) sum_t g_t g_t^T <= (L^{1/2} kron R^{1/2}) with r = min(F, k), L and R
+    starting from eps I (row-major vec)."""
+    eps = 1e-2
+    Gs = [rng.standard_normal((3, 4)) for _ in range(5)]
+    L = eps * np.eye(3) + sum(G @ G.T for G in Gs)
+    R = eps * np.eye(4) + sum(G.T @ G for G in Gs)
+    lhs = eps * np.eye(12) + sum(np.outer(G.ravel(), G.ravel()) for G in Gs) / 3
+    gap = np.kron(mat_power(L, 0.5), mat_power(R, 0.5)) - lhs
+    assert np.linalg.eigvalsh(gap).min() > -1e-10
+
+
+# -- grafting, identity statistics, huge epsilon -----------------------------------------
+def test_grafting_takes_the_norm_of_sgd_or_adagrad(rng, batch):
+    model = mlp(rng)
+    loss = SoftmaxCrossEntropy()
+    for grafting in ("sgd", "adagrad"):
+        forward_backward(model, loss, *batch)
+        raw = raw_grads(model)
+        Shampoo(model, grafting=grafting, graft_eps=1e-6).step()
+        for layer in (model[0], model[2]):
+            for k in ("W", "b"):
+                g = raw[id(layer)][k]
+                D = g if grafting == "sgd" else g / (np.sqrt(g * g) + 1e-6)
+                np.testing.assert_allclose(np.linalg.norm(backend.to_numpy(layer.grads[k])),
+                                           np.linalg.norm(D), rtol=1e-10)
+
+
+def test_identity_statistics_and_huge_epsilon(rng, batch):
+    model = mlp(rng)
+    loss = SoftmaxCrossEntropy()
+    forward_backward(model, loss, *batch)
+    raw = raw_grads(model)
+    eps = 0.2
+    p = Shampoo(model, eps=eps, grafting=None)
+    for i, layer in enumerate(p.layers):
+        F, k = layer.params["W"].shape
+        p.state[i] = {"W.L": np.eye(F), "W.R": np.eye(k), "b.L": np.eye(F)}
+        p.update_inverse(i, layer)
+        p.precondition(i, layer)
+        np.testing.assert_allclose(backend.to_numpy(layer.grads["W"]),
+                                   raw[id(layer)]["W"] / (1 + eps) ** 0.5, rtol=1e-6)
+        np.testing.assert_allclose(backend.to_numpy(layer.grads["b"]),
+                                   raw[id(layer)]["b"] / (1 + eps) ** 0.5, rtol=1e-6)
+    forward_backward(model, loss, *batch)
+    Shampoo(model, eps=1e10, grafting=None).step()  # (eps I)^{-1/4} G (eps I)^{-1/4}
+    for layer in p.layers:
+        np.testing.assert_allclose(backend.to_numpy(layer.grads["W"]) * 1e5,
+                                   raw[id(layer)]["W"], rtol=1e-6)
+
+
+def test_uncovered_layers_keep_their_gradient(rng, batch):
+    model = Sequential(Linear(3, 5, rng=rng), BatchNorm1d(5), Tanh(), Linear(5, 4, rng=rng))
+    loss = SoftmaxCrossEntropy()
+    forward_backward(model, loss, *batch)
+    raw = raw_grads(model)
+    with pytest.warns(CoverageWarning, match="BatchNorm1d"):
+        p = Shampoo(model)
+    p.step()
+    for k, v in raw[id(model[1])].items():
+        np.testing.assert_array_equal(backend.to_numpy(model[1].grads[k]), v)
+
+
+def test_bad_arguments_say_what_is_allowed(rng):
+    with pytest.raises(ValueError, match="grafting"):
+        Shampoo(mlp(rng), grafting="adam")
+    with pytest.raises(ValueError, match="beta2"):
+        Shampoo(mlp(rng), beta2=0.0)
+
+
+# -- checkpoints and backends -------------------------------------------------------------
+def test_state_dict_round_trip_continues_identically(rng):
+    batches = [(rng.standard_normal((6, 3)), rng.integers(0, 4, 6)) for _ in range(6)]
+    models = [mlp(minidl.default_rng(9)) for _ in range(2)]
+    losses = [SoftmaxCrossEntropy() for _ in range(2)]
+    opts = [SGD(m, lr=0.1) for m in models]
+    ps = [Shampoo(m, grafting="adagrad", beta2=0.9, T2=2) for m in models]
+
+    def step(k, x, y):
+        forward_backward(models[k], losses[k], x, y)
+        ps[k].step()
+        opts[k].step()
+
+    for x, y in batches[:3]:
+        step(0, x, y)
+    buf = io.BytesIO()
+    np.savez(buf, **ps[0].state_dict())
+    buf.seek(0)
+    models[1].load_state_dict(models[0].state_dict())
+    opts[1].load_state_dict(opts[0].state_dict())
+    ps[1].load_state_dict(dict(np.load(buf)))
+    for x, y in batches[3:]:
+        step(0, x, y)
+        step(1, x, y)
+    for a, b in zip(models[0].parameters(), models[1].parameters()):
+        np.testing.assert_array_equal(backend.to_numpy(a[1].params[a[2]]),
+                                      backend.to_numpy(b[1].params[b[2]]))
+
+
+def test_runs_on_each_backend(on_backend):
+    rng = minidl.default_rng(6)
+    model = mlp(rng)
+    loss = SoftmaxCrossEntropy()
+    x = minidl.asarray(rng.standard_normal((6, 3)))
+    y = minidl.asarray(rng.integers(0, 4, 6))
+    forward_backward(model, loss, x, y)
+    raw = raw_grads(model)
+    Shampoo(model, eps=1e-3, grafting=None).step()
+    assert type(model[0].grads["W"]).__module__.split(".")[0] == on_backend
+    G = raw[id(model[0])]["W"]
+    P = (mat_power(G @ G.T + 1e-3 * np.eye(5), -0.25) @ G
+         @ mat_power(G.T @ G + 1e-3 * np.eye(3), -0.25))
+    np.testing.assert_allclose(backend.to_numpy(model[0].grads["W"]), P, rtol=1e-4,
+                               atol=1e-8 * np.abs(P).max())
