@@ -59,6 +59,10 @@ which bounds the predicted change lr^2 V'^T F V' of the model's outputs. It need
 optimizer's learning rate: pass ``lr`` (a number, or the optimizer itself, whose current
 ``lr`` is read at every step so schedules are followed). Without ``lr`` no clipping is done.
 
+Checkpoints: ``state_dict()`` holds the factors and their eigendecompositions or
+inverses and the step count; the generator of ``fisher="true"`` and ``lr`` belong to the
+caller (save the generator's ``bit_generator.state`` to resume a sampled run exactly).
+
 BatchNorm (and any other layer that is neither Linear nor Conv2d) is left to the
 optimizer with its plain gradient; the base class's ``CoverageWarning`` names those
 layers (the MBF paper treats BN parameters the same way).
