@@ -15,6 +15,9 @@ by hand for each loss. Logits of example n are flattened to a vector of K entrie
 * ``sample_target(rng)``: targets drawn from the model's own predictive distribution
   p(y | logits) (for the true Fisher, MBF-True and sampled KFAC).
 
+Every loss keeps the logits of the last forward pass in ``cache["logits"]`` (the
+preconditioners that sample targets from the model read them there).
+
 ``reduction="mean"`` averages over all elements as PyTorch does; ``"sum"`` sums.
 """
 
@@ -51,6 +54,10 @@ class Loss:
 
     def sample_target(self, rng):
         raise NotImplementedError
+
+    def logits(self):
+        """The logits of the last ``forward`` call (what ``sample_target`` draws around)."""
+        return self._need("logits")
 
     def _need(self, key):
         if key not in self.cache:

@@ -32,7 +32,7 @@ class BCEWithLogits(Loss):
         x = logits
         c = 1.0 / x.size if self.reduction == "mean" else 1.0
         s = Sigmoid().f(x)  # same shape as x
-        self.cache = {"s": s, "y": y, "c": c}
+        self.cache = {"s": s, "y": y, "c": c, "logits": x}
         l = xp.maximum(x, 0) - x * y + xp.log1p(xp.exp(-xp.abs(x)))
         return float(l.sum()) * c
 

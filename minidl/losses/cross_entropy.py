@@ -50,7 +50,7 @@ class SoftmaxCrossEntropy(Loss):
         Y = self._target_matrix(xp, logits, target)  # (N, K)
         logp = log_softmax(logits)  # (N, K)
         c = 1.0 / N if self.reduction == "mean" else 1.0
-        self.cache = {"p": xp.exp(logp), "Y": Y, "c": c}
+        self.cache = {"p": xp.exp(logp), "Y": Y, "c": c, "logits": logits}
         # 0 * log p is 0 even where p underflows, so mask instead of multiplying
         total = -(xp.where(Y != 0, Y * logp, 0.0)).sum()
         return float(total) * c

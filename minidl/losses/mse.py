@@ -26,7 +26,7 @@ class MSELoss(Loss):
                              f"(the prediction's), got {shape}")
         diff = logits - target.astype(logits.dtype)  # (N, ...)
         c = 1.0 / diff.size if self.reduction == "mean" else 1.0
-        self.cache = {"diff": diff, "c": c, "x": logits}
+        self.cache = {"diff": diff, "c": c, "x": logits, "logits": logits}
         return float(xp.sum(diff * diff)) * c
 
     def backward(self):

@@ -87,7 +87,7 @@ from .linalg import (damped_inverse, damped_kron_solve, kron_solve_factored, pi_
                      sym_eig)
 
 __all__ = ["KFAC", "KroneckerFactored", "layer_inputs", "output_grads", "grad_matrix",
-           "set_grad_matrix", "logits_from_loss"]
+           "set_grad_matrix"]
 
 
 # -- reading a Linear or Conv2d layer as a matrix product --------------------------------
@@ -134,33 +134,6 @@ def set_grad_matrix(layer, V):
     layer.grads["W"] = xp.ascontiguousarray(V[:, :m_in]).reshape(W.shape)  # W's shape
     if "b" in layer.params:
         layer.grads["b"] = xp.ascontiguousarray(V[:, m_in])  # (F,)
-
-
-def logits_from_loss(loss):
-    """The logits of the last ``loss.forward``, from what the loss object cached.
-
-    The loss objects keep what their backward needs: the logits themselves (``logits`` or
-    ``x``), or for softmax cross-entropy p (log p has the same softmax, and the loss
-    depends on the logits only through it), or for the sigmoid losses s = sigmoid(z),
-    from which z = log s - log(1 - s) (clipped so that saturated s stay finite).
-    """
-    cache = loss.cache
-    for key in ("logits", "x"):
-        if key in cache:
-            return cache[key]
-    if "p" in cache:
-        p = cache["p"]
-        xp = backend.array_module(p)
-        return xp.log(xp.maximum(p, xp.finfo(p.dtype).tiny))  # (N, K)
-    if "s" in cache:
-        s = cache["s"]
-        xp = backend.array_module(s)
-        eps = xp.finfo(s.dtype).eps
-        s = xp.clip(s, eps, 1 - eps)
-        return xp.log(s) - xp.log1p(-s)  # same shape as the logits
-    raise ValueError(f"cannot recover the logits from {type(loss).__name__}'s cache (keys "
-                     f"{sorted(cache)}); call loss.forward(logits, target) before "
-                     "precond.step()")
 
 
 def check_loss(method, loss):
@@ -344,7 +317,7 @@ class KFAC(KroneckerFactored):
         """
         samples = []
         with preserved_state(self.model, self.loss):
-            logits = logits_from_loss(self.loss)  # (N, K)
+            logits = self.loss.logits()  # (N, K)
             for _ in range(self.n_samples):
                 y_sampled = self.loss.sample_target(self.rng)
                 self.loss.forward(logits, y_sampled)

@@ -72,32 +72,6 @@ from .base import Preconditioner
 __all__ = ["MBF"]
 
 
-def _logits_from_loss(loss):
-    """The logits of the last ``loss.forward``, rebuilt from what the loss cached.
-
-    The loss objects keep what their backward needs, not always the logits themselves:
-    a cached ``logits`` or ``x`` is used as it is; softmax cross-entropy keeps p, and
-    log p has the same softmax; the sigmoid losses keep s = sigmoid(z), and z = logit(s).
-    """
-    cache = loss.cache
-    for key in ("logits", "x"):
-        if key in cache:
-            return cache[key]
-    if "p" in cache:
-        p = cache["p"]
-        xp = backend.array_module(p)
-        return xp.log(xp.maximum(p, xp.finfo(p.dtype).tiny))  # (N, K), softmax(.) = p
-    if "s" in cache:
-        s = cache["s"]
-        xp = backend.array_module(s)
-        tiny = xp.finfo(s.dtype).eps
-        s = xp.clip(s, tiny, 1 - tiny)
-        return xp.log(s) - xp.log1p(-s)  # (N, K), sigmoid(.) = s
-    raise ValueError(f"MBF(fisher='true') cannot recover the logits from "
-                     f"{type(loss).__name__}'s cache (keys {sorted(cache)}); call "
-                     "loss.forward(logits, target) before precond.step()")
-
-
 class MBF(Preconditioner):
     """Mini-Block Fisher preconditioner for Linear and Conv2d layers.
 
@@ -301,7 +275,7 @@ class MBF(Preconditioner):
                  for leaf in leaves]
         saved_loss = dict(self.loss.cache)
         try:
-            logits = _logits_from_loss(self.loss)  # (N, K)
+            logits = self.loss.logits()  # (N, K)
             y_sampled = self.loss.sample_target(self.rng)
             self.loss.forward(logits, y_sampled)
             self.model.backward(self.loss.backward())
