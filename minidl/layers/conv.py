@@ -5,27 +5,32 @@ Ho = (H + 2 ph - kh) // sh + 1 and Wo likewise (see ``im2col``)::
 
     out[n, f, ho, wo] = b[f] + sum_{c, i, j} W[f, c, i, j] x_pad[n, c, sh ho + i, sw wo + j]
 
-With cols = im2col(x) (N, C kh kw, L), L = Ho Wo, and W2 = W.reshape(F, C kh kw) this is
-one batched matrix product per example, ``out[n] = W2 @ cols[n] + b``. Backward, for
-dout = dL/dout (N, F, Ho, Wo) seen as (N, F, L)::
+With cols = im2col(x) (C kh kw, N L), L = Ho Wo, columns in (n, ho, wo) order, and
+W2 = W.reshape(F, C kh kw), the whole batch is one matrix product::
 
-    dW    = sum_n dout[n] @ cols[n]^T          (F, L) @ (L, C kh kw), summed over n
-    db    = sum_{n, ho, wo} dout[n, :, ho, wo]  (F,)
-    dcols = W2^T @ dout[n]                     (C kh kw, F) @ (F, L), for every n
-    dx    = col2im(dcols)                      the adjoint of im2col
+    out_T = W2 @ cols + b                    (F, C kh kw) @ (C kh kw, N L) -> (F, N L)
 
-Per-example gradients are the terms of the sums: dW_n = dout[n] @ cols[n]^T, db_n =
-sum_{ho, wo} dout[n]. R-operator (curvature) passes, with tangents Rx, RW, Rb
-(Rcols = im2col(Rx), since im2col is linear)::
+and out is out_T with its first two axes swapped. Backward, for dout = dL/dout
+(N, F, Ho, Wo) and dout_T, the same numbers as (F, N L)::
+
+    dW    = dout_T @ cols^T                  (F, N L) @ (N L, C kh kw): sums over n and pixels
+    db    = sum_{n, ho, wo} dout[n, :, ho, wo]                           (F,)
+    dcols = W2^T @ dout_T                    (C kh kw, F) @ (F, N L)
+    dx    = col2im(dcols)                    the adjoint of im2col       (N, C, H, W)
+
+Per-example gradients are the terms of the sum over n: dW_n = dout[n] @ cols_n^T with
+cols_n the L columns of example n, and db_n = sum_{ho, wo} dout[n]. R-operator
+(curvature) passes, with tangents Rx, RW, Rb (Rcols = im2col(Rx), since im2col is linear)::
 
     Rout  = W2 @ Rcols + RW2 @ cols + Rb
-    RdW   = sum_n (Rdout[n] @ cols[n]^T + dout[n] @ Rcols[n]^T)
+    RdW   = Rdout_T @ cols^T + dout_T @ Rcols^T
     Rdb   = sum Rdout
-    Rdx   = col2im(W2^T @ Rdout + RW2^T @ dout)
+    Rdx   = col2im(W2^T @ Rdout_T + RW2^T @ dout_T)
 
-Performance: the windows come from a strided view (no Python loop over pixels), each
-product is a BLAS GEMM with the patch matrix in the layout (N, C kh kw, L) so the output
-lands directly in NCHW without a transpose, and col2im is kh kw strided slab adds.
+Performance: the windows come from a strided view (no Python loop over pixels or
+examples); each of the three products is a single large BLAS GEMM over the whole batch
+(see ``im2col`` for why not one per example); col2im is kh kw strided slab adds. The two
+axis swaps (out_T -> out, dout -> dout_T) move contiguous runs of L values, which is cheap.
 
 References: CS231n "Convolutional Networks" notes; K. Chellapilla et al. 2006 (im2col);
 PyTorch ``torch.nn.Conv2d`` for the conventions and the default initialisation.
@@ -91,69 +96,72 @@ class Conv2d(Layer):
     def _col2im(self, dcols, x_shape):
         return col2im(dcols, x_shape, self.kernel_size, self.stride, self.padding)
 
-    def _out_shape(self, x):
+    def _to_nchw(self, out_T, x):
+        """(F, N L) -> (N, F, Ho, Wo), contiguous: swap the filter and batch axes."""
+        xp = backend.array_module(out_T)
+        N, F = x.shape[0], self.out_channels
         Ho, Wo = output_size(x.shape[2], x.shape[3], self.kernel_size, self.stride,
                              self.padding)
-        return x.shape[0], self.out_channels, Ho, Wo
+        out = out_T.reshape(F, N, Ho, Wo).transpose(1, 0, 2, 3)  # (N, F, Ho, Wo), a view
+        return xp.ascontiguousarray(out)  # (N, F, Ho, Wo)
+
+    @staticmethod
+    def _to_rows(dout):
+        """(N, F, Ho, Wo) -> (F, N L), the layout of the products (one copy)."""
+        return dout.transpose(1, 0, 2, 3).reshape(dout.shape[1], -1)  # (F, N L)
 
     # -- the passes ------------------------------------------------------------------
     def forward(self, x):
         self._check_input(x)
         W = self.params["W"]
         backend.check_same_device("Conv2d.forward(x)", x, W)
-        xp = backend.array_module(x)
-        cols = self._im2col(x)  # (N, C kh kw, L)
+        cols = self._im2col(x)  # (C kh kw, N L)
         self.cache["x"], self.cache["cols"] = x, cols
-        out = xp.matmul(W.reshape(self.out_channels, -1), cols)  # (F, CKK) @ (N, CKK, L)
+        out_T = W.reshape(self.out_channels, -1) @ cols  # (F, CKK) @ (CKK, N L) -> (F, N L)
         if "b" in self.params:
-            out += self.params["b"][:, None]  # (N, F, L) + (F, 1)
-        return out.reshape(self._out_shape(x))  # (N, F, Ho, Wo)
+            out_T += self.params["b"][:, None]  # (F, N L) + (F, 1)
+        return self._to_nchw(out_T, x)  # (N, F, Ho, Wo)
 
     def backward(self, dout):
         x, cols = self.cache["x"], self.cache["cols"]
         W = self.params["W"]
-        xp = backend.array_module(dout)
         self.cache["dout"] = dout
-        N, F, L = dout.shape[0], self.out_channels, cols.shape[2]
-        dout2 = dout.reshape(N, F, L)  # (N, F, L)
-        # per-example products (N small GEMMs) then a sum: no copy of the big cols
-        dW = xp.matmul(dout2, cols.transpose(0, 2, 1)).sum(axis=0)  # (F, C kh kw)
+        dout_T = self._to_rows(dout)  # (F, N L)
+        # computed as (cols @ dout_T^T)^T: the same numbers, and OpenBLAS runs this
+        # orientation of the long-inner-dimension product several times faster
+        dW = (cols @ dout_T.T).T  # ((CKK, N L) @ (N L, F))^T -> (F, C kh kw)
         self.grads["W"] = dW.reshape(W.shape)  # (F, C, kh, kw)
         if "b" in self.params:
-            self.grads["b"] = dout2.sum(axis=(0, 2))  # (F,)
-        dcols = xp.matmul(W.reshape(F, -1).T, dout2)  # (CKK, F) @ (N, F, L) -> (N, CKK, L)
+            self.grads["b"] = dout_T.sum(axis=1)  # (F,)
+        dcols = W.reshape(self.out_channels, -1).T @ dout_T  # (CKK, F) @ (F, N L)
         return self._col2im(dcols, x.shape)  # (N, C, H, W)
 
     def jvp(self, Rx):
         x, cols = self.cache["x"], self.cache["cols"]
         W = self.params["W"]
-        xp = backend.array_module(x)
         F = self.out_channels
-        Rcols = self._im2col(Rx)  # (N, C kh kw, L)
+        Rcols = self._im2col(Rx)  # (C kh kw, N L)
         self.cache["Rx"], self.cache["Rcols"] = Rx, Rcols
-        Rout = xp.matmul(W.reshape(F, -1), Rcols)  # (N, F, L)
+        Rout_T = W.reshape(F, -1) @ Rcols  # (F, N L)
         if "W" in self.Rparams:
-            Rout += xp.matmul(self.Rparams["W"].reshape(F, -1), cols)  # (N, F, L)
+            Rout_T += self.Rparams["W"].reshape(F, -1) @ cols  # (F, N L)
         if "b" in self.params and "b" in self.Rparams:
-            Rout += self.Rparams["b"][:, None]  # (N, F, L) + (F, 1)
-        return Rout.reshape(self._out_shape(x))  # (N, F, Ho, Wo)
+            Rout_T += self.Rparams["b"][:, None]  # (F, N L) + (F, 1)
+        return self._to_nchw(Rout_T, x)  # (N, F, Ho, Wo)
 
     def backward_rop(self, Rdout):
         x, cols, Rcols = self.cache["x"], self.cache["cols"], self.cache["Rcols"]
-        dout = self.cache["dout"]
         W = self.params["W"]
-        xp = backend.array_module(Rdout)
-        N, F, L = Rdout.shape[0], self.out_channels, cols.shape[2]
-        Rdout2 = Rdout.reshape(N, F, L)  # (N, F, L)
-        dout2 = dout.reshape(N, F, L)  # (N, F, L)
-        RdW = xp.matmul(Rdout2, cols.transpose(0, 2, 1)).sum(axis=0)  # (F, C kh kw)
-        RdW += xp.matmul(dout2, Rcols.transpose(0, 2, 1)).sum(axis=0)  # (F, C kh kw)
+        F = self.out_channels
+        Rdout_T = self._to_rows(Rdout)  # (F, N L)
+        dout_T = self._to_rows(self.cache["dout"])  # (F, N L)
+        RdW = (cols @ Rdout_T.T + Rcols @ dout_T.T).T  # (F, C kh kw)
         self.Rgrads["W"] = RdW.reshape(W.shape)  # (F, C, kh, kw)
         if "b" in self.params:
-            self.Rgrads["b"] = Rdout2.sum(axis=(0, 2))  # (F,)
-        Rdcols = xp.matmul(W.reshape(F, -1).T, Rdout2)  # (N, C kh kw, L)
+            self.Rgrads["b"] = Rdout_T.sum(axis=1)  # (F,)
+        Rdcols = W.reshape(F, -1).T @ Rdout_T  # (C kh kw, N L)
         if "W" in self.Rparams:
-            Rdcols += xp.matmul(self.Rparams["W"].reshape(F, -1).T, dout2)  # (N, CKK, L)
+            Rdcols += self.Rparams["W"].reshape(F, -1).T @ dout_T  # (C kh kw, N L)
         return self._col2im(Rdcols, x.shape)  # (N, C, H, W)
 
     def per_example_grads(self):
@@ -162,14 +170,15 @@ class Conv2d(Layer):
         They sum over n to ``grads``; for a mean loss, multiply by N to get the gradient
         of example n's own loss.
         """
-        cols, dout = self.cache["cols"], self.cache["dout"]
-        xp = backend.array_module(cols)
-        N, F, L = dout.shape[0], self.out_channels, cols.shape[2]
-        dout2 = dout.reshape(N, F, L)  # (N, F, L)
-        dW = xp.matmul(dout2, cols.transpose(0, 2, 1))  # (N, F, C kh kw)
+        dout = self.cache["dout"]
+        xp = backend.array_module(dout)
+        N, F = dout.shape[:2]
+        dout3 = dout.reshape(N, F, -1)  # (N, F, L)
+        patches = self.patches()  # (N, L, C kh kw)
+        dW = xp.matmul(dout3, patches)  # (N, F, L) @ (N, L, CKK) -> (N, F, C kh kw)
         out = {"W": dW.reshape((N,) + tuple(self.params["W"].shape))}  # (N, F, C, kh, kw)
         if "b" in self.params:
-            out["b"] = dout2.sum(axis=2)  # (N, F)
+            out["b"] = dout3.sum(axis=2)  # (N, F)
         return out
 
     def patches(self):
@@ -178,12 +187,15 @@ class Conv2d(Layer):
         Row (n, ho*Wo + wo) is the window that output pixel (ho, wo) of example n sees,
         flattened in the (C, kh, kw) order of ``W.reshape(F, -1)``, so that
         ``out[n, :, ho, wo] = W.reshape(F, -1) @ patches()[n, ho*Wo + wo] + b``. It is a
-        transposed view of ``cache["cols"]`` (no copy); do not write into it.
+        view of ``cache["cols"]`` (C kh kw, N L) with the axes reordered (no copy); do not
+        write into it.
         """
         if "cols" not in self.cache:
             raise RuntimeError("Conv2d.patches() needs a forward pass first: it returns "
                                "the patches of the cached input")
-        return self.cache["cols"].transpose(0, 2, 1)  # (N, L, C kh kw)
+        x, cols = self.cache["x"], self.cache["cols"]
+        N = x.shape[0]
+        return cols.reshape(cols.shape[0], N, -1).transpose(1, 2, 0)  # (N, L, C kh kw)
 
     def extra_repr(self):
         return (f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, "

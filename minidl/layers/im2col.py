@@ -6,31 +6,34 @@ For an input x (N, C, H, W), a kernel of size (kh, kw), stride (sh, sw) and zero
     Ho = (H + 2 ph - kh) // sh + 1,    Wo = (W + 2 pw - kw) // sw + 1
 
 and output pixel (ho, wo) sees the window of the padded input x_pad starting at
-(sh ho, sw wo). im2col writes every window as one column::
+(sh ho, sw wo). im2col writes every window of every example as one column::
 
-    cols[n, (c, i, j), (ho, wo)] = x_pad[n, c, sh ho + i, sw wo + j]      (N, C kh kw, Ho Wo)
+    cols[(c, i, j), (n, ho, wo)] = x_pad[n, c, sh ho + i, sw wo + j]      (C kh kw, N Ho Wo)
 
 with the row index (c, i, j) in C order, the same order as ``W.reshape(F, -1)`` of a
-convolution weight W (F, C, kh, kw). A convolution is then one batched product,
-``out[n] = W.reshape(F, -1) @ cols[n]``.
+convolution weight W (F, C, kh, kw). The whole batch's convolution is then ONE matrix
+product, ``W.reshape(F, -1) @ cols`` (F, N Ho Wo). One large product keeps BLAS efficient
+and its threads busy; N small per-example products each pay BLAS's threading cost and
+degrade badly on a loaded machine (measured with ``benchmarks/bench_conv.py``).
 
-The windows are read as a strided *view* of x_pad (``as_strided`` with strides
-(sN, sC, sH, sW, sh sH, sw sW)); reshaping that view to (N, C kh kw, Ho Wo) makes the one
-copy. col2im is the adjoint of im2col (its transpose as a linear map): each column entry is
-added back to the pixel it was read from, so pixels shared by overlapping windows sum their
-contributions::
+The windows are read as a strided *view* of x_pad (``as_strided``, shape
+(C, kh, kw, N, Ho, Wo), strides (sC, sH, sW, sN, sh sH, sw sW)); reshaping that view to
+(C kh kw, N Ho Wo) makes the one copy. col2im is the adjoint of im2col (its transpose as a
+linear map): each column entry is added back to the pixel it was read from, so pixels
+shared by overlapping windows sum their contributions::
 
-    dx_pad[n, c, sh ho + i, sw wo + j] += dcols[n, (c, i, j), (ho, wo)]
+    dx_pad[n, c, sh ho + i, sw wo + j] += dcols[(c, i, j), (n, ho, wo)]
 
-done as kh kw strided adds of whole (N, C, Ho, Wo) slabs, one per kernel offset (i, j),
-then the padding border is cut off. Pooling layers use the same windows.
+done as kh kw strided adds of whole (N, C, Ho, Wo) slabs, one per kernel offset (i, j)
+(``add_windows``), then the padding border is cut off. Pooling layers use the same windows.
 
 Reference: K. Chellapilla, S. Puri, P. Simard, "High Performance Convolutional Neural
 Networks for Document Processing", 2006; CS231n's im2col notes.
 """
 from .. import backend
 
-__all__ = ["pair", "output_size", "pad2d", "sliding_windows", "im2col", "col2im"]
+__all__ = ["pair", "output_size", "pad2d", "sliding_windows", "im2col", "col2im",
+           "add_windows"]
 
 
 def pair(value, name, owner, minimum):
@@ -98,27 +101,29 @@ def sliding_windows(x_pad, kernel, stride):
 
 
 def im2col(x, kernel, stride, padding):
-    """The columns of every window of x, ready for one batched matrix product.
+    """The columns of every window of the batch, ready for one matrix product.
 
     Args:
         x: input (N, C, H, W).
         kernel, stride, padding: pairs ``(kh, kw)``, ``(sh, sw)``, ``(ph, pw)``.
 
     Returns:
-        cols (N, C*kh*kw, Ho*Wo), rows in (c, i, j) C order.
+        cols (C*kh*kw, N*Ho*Wo): rows in (c, i, j) C order, columns in (n, ho, wo) order.
     """
     (kh, kw) = kernel
     N, C = x.shape[:2]
     windows = sliding_windows(pad2d(x, padding), kernel, stride)  # (N, C, kh, kw, Ho, Wo)
     Ho, Wo = windows.shape[4:]
-    return windows.reshape(N, C * kh * kw, Ho * Wo)  # (N, C kh kw, Ho Wo): the one copy
+    # the same view with the batch axis moved next to the pixels (no copy yet)
+    windows = windows.transpose(1, 2, 3, 0, 4, 5)  # (C, kh, kw, N, Ho, Wo)
+    return windows.reshape(C * kh * kw, N * Ho * Wo)  # (C kh kw, N Ho Wo): the one copy
 
 
 def col2im(cols, x_shape, kernel, stride, padding):
     """Adjoint of ``im2col``: add every column entry back to the pixel it came from.
 
     Args:
-        cols: (N, C*kh*kw, Ho*Wo), or any array with that many elements in that order.
+        cols: (C*kh*kw, N*Ho*Wo), laid out as ``im2col`` returns it.
         x_shape: (N, C, H, W) of the image the columns were taken from.
         kernel, stride, padding: the pairs used by ``im2col``.
 
@@ -126,18 +131,37 @@ def col2im(cols, x_shape, kernel, stride, padding):
         dx (N, C, H, W), C-contiguous.
     """
     N, C, H, W = x_shape
-    (kh, kw), (sh, sw), (ph, pw) = kernel, stride, padding
+    (kh, kw) = kernel
     Ho, Wo = output_size(H, W, kernel, stride, padding)
-    xp = backend.array_module(cols)
-    dcols = cols.reshape(N, C, kh, kw, Ho, Wo)  # (N, C, kh, kw, Ho, Wo)
-    dx_pad = xp.zeros((N, C, H + 2 * ph, W + 2 * pw), dtype=cols.dtype)  # (N, C, Hp, Wp)
+    dcols = cols.reshape(C, kh, kw, N, Ho, Wo)  # (C, kh, kw, N, Ho, Wo)
+    dwindows = dcols.transpose(3, 0, 1, 2, 4, 5)  # (N, C, kh, kw, Ho, Wo), a view
+    return add_windows(dwindows, x_shape, kernel, stride, padding)  # (N, C, H, W)
+
+
+def add_windows(dwindows, x_shape, kernel, stride, padding):
+    """Add window gradients back onto the image: the adjoint of ``sliding_windows``.
+
+    Args:
+        dwindows: (N, C, kh, kw, Ho, Wo), any strides; entry [n, c, i, j, ho, wo] belongs to
+            pixel (sh ho + i - ph, sw wo + j - pw) of example n, channel c.
+        x_shape: (N, C, H, W) of the image.
+        kernel, stride, padding: pairs ``(kh, kw)``, ``(sh, sw)``, ``(ph, pw)``.
+
+    Returns:
+        dx (N, C, H, W), C-contiguous.
+    """
+    N, C, H, W = x_shape
+    (kh, kw), (sh, sw), (ph, pw) = kernel, stride, padding
+    Ho, Wo = dwindows.shape[4:]
+    xp = backend.array_module(dwindows)
+    dx_pad = xp.zeros((N, C, H + 2 * ph, W + 2 * pw), dtype=dwindows.dtype)  # (N, C, Hp, Wp)
     # one strided add per kernel offset: the rows (or columns) hit by offset i are
     # i, i + sh, ..., i + sh (Ho - 1); overlapping windows accumulate
     for i in range(kh):
         rows = slice(i, i + sh * (Ho - 1) + 1, sh)
         for j in range(kw):
             columns = slice(j, j + sw * (Wo - 1) + 1, sw)
-            dx_pad[:, :, rows, columns] += dcols[:, :, i, j]
+            dx_pad[:, :, rows, columns] += dwindows[:, :, i, j]
     if ph == 0 and pw == 0:
         return dx_pad
     return xp.ascontiguousarray(dx_pad[:, :, ph:ph + H, pw:pw + W])  # (N, C, H, W)

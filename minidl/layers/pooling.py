@@ -8,7 +8,7 @@ window of output pixel (ho, wo), i.e. x[n, c, sh ho + i, sw wo + j], and K = kh 
 Max pooling::
 
     out[n, c, ho, wo] = win[n, c, a, ho, wo],   a = argmax_k win[n, c, k, ho, wo]
-    dx = col2im(onehot(a) * dout)       the gradient goes to the argmax only
+    dx = add_windows(onehot(a) * dout)   the gradient goes to the argmax only
 
 On ties the argmax is the first maximum in row-major window order, as PyTorch does; the
 function has a kink there and any element of the subgradient is correct. Max pooling is
@@ -17,21 +17,21 @@ backward scatter applied to Rdout (no second-order term).
 
 Average pooling (linear in x)::
 
-    out = (1/K) sum_k win[:, :, k]       dx = col2im(dout / K broadcast over k)
+    out = (1/K) sum_k win[:, :, k]       dx = add_windows(dout / K broadcast over k)
 
 Global average pooling: out[n, c] = mean_{h, w} x[n, c, h, w] (N, C), and
 dx[n, c, h, w] = dout[n, c] / (H W).
 
 For the linear layers, jvp is the forward map applied to Rx and backward_rop the backward
 map applied to Rdout. Windows come from a strided view (see ``im2col``) and gradients are
-put back with ``col2im``, so nothing loops over pixels or examples.
+put back with ``add_windows`` (col2im's core), so nothing loops over pixels or examples.
 
 Reference: CS231n "Convolutional Networks" notes (pooling layer); PyTorch
 ``torch.nn.MaxPool2d`` / ``AvgPool2d`` for the conventions.
 """
 from .. import backend
 from .base import Layer, expect_ndim
-from .im2col import col2im, pair, sliding_windows
+from .im2col import add_windows, pair, sliding_windows
 
 __all__ = ["MaxPool2d", "AvgPool2d", "GlobalAvgPool2d"]
 
@@ -59,9 +59,12 @@ class _Pool2d(Layer):
         N, C, kh, kw, Ho, Wo = view.shape
         return view.reshape(N, C, kh * kw, Ho, Wo)  # (N, C, K, Ho, Wo)
 
-    def _col2im(self, cols, x_shape):
+    def _add_windows(self, dwin, x_shape):
         """Add (N, C, K, Ho, Wo) window gradients back onto the image (N, C, H, W)."""
-        return col2im(cols, x_shape, self.kernel_size, self.stride, (0, 0))
+        N, C, K, Ho, Wo = dwin.shape
+        kh, kw = self.kernel_size
+        dwin = dwin.reshape(N, C, kh, kw, Ho, Wo)  # (N, C, kh, kw, Ho, Wo)
+        return add_windows(dwin, x_shape, self.kernel_size, self.stride, (0, 0))
 
     def extra_repr(self):
         return f"kernel_size={self.kernel_size}, stride={self.stride}"
@@ -90,8 +93,8 @@ class MaxPool2d(_Pool2d):
         K = self.kernel_size[0] * self.kernel_size[1]
         k = xp.arange(K)[:, None, None]  # (K, 1, 1)
         onehot = k == argmax[:, :, None]  # (N, C, K, Ho, Wo)
-        cols = xp.where(onehot, dout[:, :, None], 0).astype(dout.dtype, copy=False)
-        return self._col2im(cols, x.shape)  # (N, C, H, W)
+        dwin = xp.where(onehot, dout[:, :, None], 0)  # (N, C, K, Ho, Wo)
+        return self._add_windows(dwin, x.shape)  # (N, C, H, W)
 
     def backward(self, dout):
         self.cache["dout"] = dout
@@ -125,8 +128,8 @@ class AvgPool2d(_Pool2d):
         xp = backend.array_module(dout)
         N, C, Ho, Wo = dout.shape
         K = self.kernel_size[0] * self.kernel_size[1]
-        cols = xp.broadcast_to((dout / K)[:, :, None], (N, C, K, Ho, Wo))  # (N, C, K, Ho, Wo)
-        return self._col2im(cols, self.cache["x"].shape)  # (N, C, H, W)
+        dwin = xp.broadcast_to((dout / K)[:, :, None], (N, C, K, Ho, Wo))  # (N, C, K, Ho, Wo)
+        return self._add_windows(dwin, self.cache["x"].shape)  # (N, C, H, W)
 
     def forward(self, x):
         self._check_input(x)
