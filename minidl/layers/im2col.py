@@ -133,28 +133,32 @@ def col2im(cols, x_shape, kernel, stride, padding):
     N, C, H, W = x_shape
     (kh, kw) = kernel
     Ho, Wo = output_size(H, W, kernel, stride, padding)
-    dcols = cols.reshape(C, kh, kw, N, Ho, Wo)  # (C, kh, kw, N, Ho, Wo)
-    dwindows = dcols.transpose(3, 0, 1, 2, 4, 5)  # (N, C, kh, kw, Ho, Wo), a view
-    return add_windows(dwindows, x_shape, kernel, stride, padding)  # (N, C, H, W)
+    xp = backend.array_module(cols)
+    dwindows = cols.reshape(C, kh, kw, N, Ho, Wo).transpose(0, 3, 1, 2, 4, 5)  # a view
+    # accumulate channel-major, the order cols is stored in, so every strided add walks
+    # both arrays forwards; one copy at the end restores NCHW and drops the padding
+    dx_T = add_windows(dwindows, (C, N, H, W), kernel, stride, padding)  # (C, N, H, W)
+    return xp.ascontiguousarray(dx_T.transpose(1, 0, 2, 3))  # (N, C, H, W)
 
 
-def add_windows(dwindows, x_shape, kernel, stride, padding):
+def add_windows(dwindows, image_shape, kernel, stride, padding):
     """Add window gradients back onto the image: the adjoint of ``sliding_windows``.
 
     Args:
-        dwindows: (N, C, kh, kw, Ho, Wo), any strides; entry [n, c, i, j, ho, wo] belongs to
-            pixel (sh ho + i - ph, sw wo + j - pw) of example n, channel c.
-        x_shape: (N, C, H, W) of the image.
+        dwindows: (A, B, kh, kw, Ho, Wo), any strides, with (A, B) the two leading image
+            axes, (N, C) or (C, N); entry [a, b, i, j, ho, wo] belongs to pixel
+            (sh ho + i - ph, sw wo + j - pw) of image [a, b].
+        image_shape: (A, B, H, W) of the image.
         kernel, stride, padding: pairs ``(kh, kw)``, ``(sh, sw)``, ``(ph, pw)``.
 
     Returns:
-        dx (N, C, H, W), C-contiguous.
+        dx (A, B, H, W): a view of a padded accumulator (contiguous when no padding).
     """
-    N, C, H, W = x_shape
+    A, B, H, W = image_shape
     (kh, kw), (sh, sw), (ph, pw) = kernel, stride, padding
     Ho, Wo = dwindows.shape[4:]
     xp = backend.array_module(dwindows)
-    dx_pad = xp.zeros((N, C, H + 2 * ph, W + 2 * pw), dtype=dwindows.dtype)  # (N, C, Hp, Wp)
+    dx_pad = xp.zeros((A, B, H + 2 * ph, W + 2 * pw), dtype=dwindows.dtype)  # (A, B, Hp, Wp)
     # one strided add per kernel offset: the rows (or columns) hit by offset i are
     # i, i + sh, ..., i + sh (Ho - 1); overlapping windows accumulate
     for i in range(kh):
@@ -162,6 +166,4 @@ def add_windows(dwindows, x_shape, kernel, stride, padding):
         for j in range(kw):
             columns = slice(j, j + sw * (Wo - 1) + 1, sw)
             dx_pad[:, :, rows, columns] += dwindows[:, :, i, j]
-    if ph == 0 and pw == 0:
-        return dx_pad
-    return xp.ascontiguousarray(dx_pad[:, :, ph:ph + H, pw:pw + W])  # (N, C, H, W)
+    return dx_pad[:, :, ph:ph + H, pw:pw + W]  # (A, B, H, W)

@@ -64,7 +64,7 @@ class _Pool2d(Layer):
         N, C, K, Ho, Wo = dwin.shape
         kh, kw = self.kernel_size
         dwin = dwin.reshape(N, C, kh, kw, Ho, Wo)  # (N, C, kh, kw, Ho, Wo)
-        return add_windows(dwin, x_shape, self.kernel_size, self.stride, (0, 0))
+        return add_windows(dwin, x_shape, self.kernel_size, self.stride, (0, 0))  # no padding
 
     def extra_repr(self):
         return f"kernel_size={self.kernel_size}, stride={self.stride}"
