@@ -8,7 +8,7 @@ import pytest
 import minidl
 from minidl import backend
 from minidl.layers import BatchNorm1d, Conv2d, Flatten, Linear, Sequential, Tanh
-from minidl.losses import SoftmaxCrossEntropy
+from minidl.losses import MSELoss, SoftmaxCrossEntropy
 from minidl.optim import SGD
 from minidl.precond import CoverageWarning, Shampoo
 from minidl.precond.linalg import inverse_root_eigh, inverse_root_newton
@@ -147,6 +147,75 @@ def test_conv_kernel_is_reshaped_to_filters_by_patch(rng):
          @ mat_power(G.T @ G + 1e-3 * np.eye(8), -0.25))
     np.testing.assert_allclose(backend.to_numpy(model[0].grads["W"]), P.reshape(gW.shape),
                                rtol=1e-8)
+
+
+# Linear(m, n) has W (n, m): (4, 1) -> W (1, 4), (1, 5) -> W (5, 1), (1, 1) -> W (1, 1)
+@pytest.mark.parametrize("in_out, bias, has_bias, root", [
+    ((4, 1), "separate", True, "eigh"),    # W (1, 4) -> (4,), b (1,)
+    ((4, 1), "appended", True, "eigh"),    # [W | b] (1, 5) -> (5,)
+    ((4, 1), "appended", True, "newton"),
+    ((1, 5), "separate", False, "eigh"),   # W (5, 1) -> (5,)
+    ((1, 5), "separate", False, "newton"),
+    ((1, 1), "appended", True, "eigh"),    # [W | b] (1, 2) -> (2,)
+    ((1, 1), "separate", True, "eigh"),    # W (1, 1) -> (1,): a scalar
+], ids=["W(1,4)", "Wb(1,5)", "Wb(1,5)-newton", "W(5,1)", "W(5,1)-newton", "Wb(1,2)",
+        "W(1,1)"])
+def test_size_one_modes_are_dropped_to_full_matrix_adagrad(rng, in_out, bias, has_bias, root):
+    """A (1, k) or (F, 1) gradient is the order-1 tensor vec(G) (Anil et al.'s
+    merge_small_dims): exponent -1/(2 * 1), P = (sum_t g_t g_t^T + eps I)^{-1/2} g, over
+    several steps, and no second factor; not the matrix rule's quarter root."""
+    m, n = in_out
+    model = Linear(m, n, bias=has_bias, rng=rng)
+    loss = MSELoss()
+    eps = 1e-3
+    p = Shampoo(model, eps=eps, grafting=None, root=root, bias=bias)
+    S, S_b = 0.0, 0.0
+    rtol = 1e-8 if root == "eigh" else 1e-5
+    for _ in range(3):
+        x, y = rng.standard_normal((6, m)), rng.standard_normal((6, n))  # (6, m), (6, n)
+        forward_backward(model, loss, x, y)
+        raw = raw_grads(model)[id(model)]
+        if bias == "appended":
+            g = np.concatenate([raw["W"], raw["b"][:, None]], axis=1).ravel()  # (n (m+1),)
+        else:
+            g = raw["W"].ravel()  # (n m,)
+        S = S + np.outer(g, g)  # (n', n')
+        p.step()
+        P = mat_power(S + eps * np.eye(len(g)), -0.5) @ g  # (n',)
+        got = backend.to_numpy(model.grads["W"])
+        np.testing.assert_allclose(got.ravel(), P[:got.size], rtol=rtol)
+        assert got.shape == raw["W"].shape
+        if bias == "appended":
+            np.testing.assert_allclose(backend.to_numpy(model.grads["b"]), P[got.size:],
+                                       rtol=rtol)
+        elif has_bias:  # b (1,): its own order-1 tensor, as before
+            S_b = S_b + raw["b"] ** 2  # (1,)
+            np.testing.assert_allclose(backend.to_numpy(model.grads["b"]),
+                                       raw["b"] / np.sqrt(S_b + eps), rtol=rtol)
+    assert not any(key.endswith(".R") for key in p.state[0]), sorted(p.state[0])
+    quarter = mat_power(S + eps * np.eye(len(g)), -0.25) @ g
+    if len(g) > 1:  # the rule matters: the quarter root is another direction
+        cos = quarter @ P / np.linalg.norm(quarter) / np.linalg.norm(P)
+        assert cos < 1 - 1e-6
+
+
+def test_single_filter_conv_kernel_is_a_vector(rng):
+    """Conv2d with one filter: W (1, C, kh, kw) -> (C kh kw,), full-matrix AdaGrad. Three
+    steps, since on the first (a rank-one statistic) both rules give g / sqrt(|g|^2 + eps)."""
+    model = Sequential(Conv2d(2, 1, 2, bias=False, rng=rng), Flatten(), Linear(4, 2, rng=rng))
+    loss = SoftmaxCrossEntropy()
+    p = Shampoo(model, eps=1e-3, grafting=None, root="eigh")
+    S = 0.0
+    for _ in range(3):
+        x, y = rng.standard_normal((4, 2, 3, 3)), rng.integers(0, 2, 4)
+        forward_backward(model, loss, x, y)
+        gW = backend.to_numpy(model[0].grads["W"]).copy()  # (1, 2, 2, 2)
+        p.step()
+        g = gW.ravel()  # (8,)
+        S = S + np.outer(g, g)  # (8, 8)
+        P = mat_power(S + 1e-3 * np.eye(8), -0.5) @ g  # (8,)
+        np.testing.assert_allclose(backend.to_numpy(model[0].grads["W"]),
+                                   P.reshape(gW.shape), rtol=1e-8)
 
 
 def test_psd_bound_of_gupta_et_al(rng):

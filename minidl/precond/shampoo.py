@@ -17,6 +17,19 @@ An order-k tensor uses the exponent -1/(2k): -1/4 for the matrix's two modes, an
 for a vector. In the row-major vec, vec(L^{-1/4} G R^{-1/4}) = (L^{-1/4} kron R^{-1/4})
 vec(G), so Shampoo is the preconditioner (L^{1/4} kron R^{1/4})^{-1} on vec(G).
 
+Modes of size 1 are dropped first, as in Anil et al.'s ``merge_small_dims`` (a shape
+[1, 2, 768, 1, 2048] is preconditioned as [2, 768, 2048]): a piece G (1, k) (a Linear
+with one output, a Conv2d with one filter, or such a layer with ``bias="appended"``) or
+G (F, 1) (a Linear with one input and no bias) is the order-1 tensor g = vec(G) (n,)
+with n = max(F, k), one statistic L <- L + g g^T (n, n) and the direction::
+
+    P = (L + eps I)^{-1/2} g          (full-matrix AdaGrad on the layer, -1/(2 * 1))
+
+instead of the matrix rule, whose size-1 factor is a scalar that only rescales, leaving
+the other factor with the exponent -1/4: a quarter root of the second moments, which
+evens out the eigenvalue spread (on a log scale) only half as far as full-matrix AdaGrad.
+A (1, 1) piece is a vector of length 1: the scalar g / sqrt(L + eps).
+
 The bias (``bias=``):
 
 * ``"separate"`` (default, Gupta et al.: every parameter tensor on its own): b is an
@@ -58,7 +71,18 @@ from .base import Preconditioner
 from .kfac import grad_matrix
 from .linalg import inverse_root_eigh, inverse_root_newton
 
-__all__ = ["Shampoo"]
+__all__ = ["Shampoo", "drop_unit_modes"]
+
+
+def drop_unit_modes(g):
+    """A matrix (1, k) or (F, 1) as the vector (k,) or (F,); anything else unchanged.
+
+    Anil et al.'s rule of dropping modes of size 1 before choosing the exponent
+    -1/(2 order): such a matrix is an order-1 tensor (full-matrix AdaGrad, -1/2).
+    """
+    if g.ndim == 2 and 1 in g.shape:
+        return g.reshape(-1)  # (max(F, k),)
+    return g
 
 
 class Shampoo(Preconditioner):
@@ -104,20 +128,26 @@ class Shampoo(Preconditioner):
 
     # -- the gradient as matrices and vectors --------------------------------------------
     def pieces(self, layer):
-        """``{name: gradient piece}``: matrices (F, k) and, for a separate bias, (F,)."""
+        """``{name: gradient piece}``: matrices (F, k) and, for a separate bias, (F,).
+
+        A matrix with a mode of size 1, (1, k) or (F, 1), comes back as the vector
+        (k,) or (F,): size-1 modes are dropped (module docstring).
+        """
         gW = layer.grads["W"]
         if "b" not in layer.params:
-            return {"W": gW.reshape(gW.shape[0], -1)}  # (F, k)
-        if self.bias == "appended":
-            return {"Wb": grad_matrix(layer)}  # (F, k + 1)
-        return {"W": gW.reshape(gW.shape[0], -1), "b": layer.grads["b"]}  # (F, k), (F,)
+            out = {"W": gW.reshape(gW.shape[0], -1)}  # (F, k)
+        elif self.bias == "appended":
+            out = {"Wb": grad_matrix(layer)}  # (F, k + 1)
+        else:
+            out = {"W": gW.reshape(gW.shape[0], -1), "b": layer.grads["b"]}  # (F, k), (F,)
+        return {name: drop_unit_modes(g) for name, g in out.items()}
 
     def write(self, layer, pieces):
         """Put the preconditioned pieces back into ``layer.grads``."""
         xp = backend.array_module(layer.params["W"])
         W = layer.params["W"]
         if "Wb" in pieces:
-            P = pieces["Wb"]  # (F, k + 1)
+            P = pieces["Wb"].reshape(W.shape[0], -1)  # (F, k + 1), also from a vector
             layer.grads["W"] = xp.ascontiguousarray(P[:, :-1]).reshape(W.shape)
             layer.grads["b"] = xp.ascontiguousarray(P[:, -1])  # (F,)
             return
