@@ -60,9 +60,9 @@ Defaults: eps 1e-4 (absolute; the middle of the MBF paper's Shampoo damping grid
 (Gupta's sums), grafting "sgd", graft_eps 1e-6 (Anil et al.'s diagonal_eps), root
 "newton", T1 = T2 = 1 (the Google and Meta codes' defaults; raise T2 for big layers).
 
-Memory per weight: F^2 + k^2. Cost: statistics O(F k (F + k)) every T1 steps, two roots
-of O(F^3 + k^3) times about 10-20 p matrix products every T2 steps, the product
-O(F k (F + k)) every step.
+Memory per weight: F^2 + k^2 (n^2 for an order-1 piece). Cost: statistics O(F k (F + k))
+every T1 steps, two roots of O(F^3 + k^3) times about 10-20 p matrix products every T2
+steps, the product O(F k (F + k)) every step.
 """
 from .. import backend
 from ..layers.conv import Conv2d
