@@ -5,7 +5,8 @@ from hypothesis import given, strategies as st
 
 import minidl
 from minidl.gradcheck import check_backward_rop, check_jvp, check_layer
-from minidl.layers import Conv2d, Linear
+from minidl.layers import (AvgPool2d, Conv2d, Flatten, GlobalAvgPool2d, Linear, MaxPool2d,
+                           Sequential, Tanh)
 from minidl.layers.im2col import col2im, im2col
 
 from conftest import torch_or_skip
@@ -68,6 +69,19 @@ def test_conv_gradcheck_non_square_batch_one(rng):
     x = rng.standard_normal((1, 2, 5, 4))
     report = check_layer(layer, x, rng=rng)
     assert report.ok, str(report)
+
+
+def test_small_cnn_gradcheck(rng):
+    """Conv, pooling and dense layers chained: input, every parameter and both R-ops."""
+    model = Sequential(Conv2d(2, 3, 3, padding=1, rng=rng), Tanh(), MaxPool2d(2),
+                       Conv2d(3, 4, (2, 3), stride=(1, 2), padding=(0, 1), rng=rng), Tanh(),
+                       AvgPool2d(2, 1), Flatten(), Linear(4, 3, rng=rng))
+    x = rng.standard_normal((2, 2, 6, 8))
+    for check in (check_layer, check_jvp, check_backward_rop):
+        report = check(model, x, rng=rng)
+        assert report.ok, str(report)
+    gap = Sequential(Conv2d(2, 3, 3, rng=rng), GlobalAvgPool2d(), Linear(3, 2, rng=rng))
+    assert check_layer(gap, x, rng=rng).ok
 
 
 # -- reference comparisons ---------------------------------------------------------------

