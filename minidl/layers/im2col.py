@@ -86,10 +86,10 @@ def pad2d(x, padding):
 
 
 def sliding_windows(x_pad, kernel, stride):
-    """A read-only strided view of every window: (N, C, kh, kw, Ho, Wo), no copy.
+    """A strided view of every window: (N, C, kh, kw, Ho, Wo), no copy.
 
-    ``view[n, c, i, j, ho, wo] = x_pad[n, c, sh ho + i, sw wo + j]``. Never write into it:
-    its elements alias each other where windows overlap.
+    ``view[n, c, i, j, ho, wo] = x_pad[n, c, sh ho + i, sw wo + j]``. Only read it: it
+    shares memory with x_pad, and its elements alias each other where windows overlap.
     """
     (kh, kw), (sh, sw) = kernel, stride
     N, C, Hp, Wp = x_pad.shape
