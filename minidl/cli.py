@@ -23,6 +23,7 @@ import difflib
 import json
 import os
 import sys
+import textwrap
 import time
 
 from . import backend
@@ -44,8 +45,29 @@ class _Parser(argparse.ArgumentParser):
         self.exit(EXIT_USAGE, f"{self.prog}: error: {message} (see '{self.prog} --help')\n")
 
 
-def _formatter(prog):
-    return argparse.ArgumentDefaultsHelpFormatter(prog, max_help_position=32, width=100)
+class _HelpFormatter(argparse.RawDescriptionHelpFormatter):
+    """Keeps the method list's line breaks; appends "(default: X)" where the help lacks it."""
+
+    def __init__(self, prog):
+        super().__init__(prog, max_help_position=32, width=100)
+
+    def _get_help_string(self, action):
+        text = action.help or ""
+        empty = action.default is None or action.default is False or action.default == []
+        if "default" in text or empty or action.default == argparse.SUPPRESS:
+            return text
+        return text + " (default: %(default)s)"
+
+
+def _wrap(text):
+    return textwrap.fill(text, width=100)
+
+
+def _methods_epilog():
+    lines = ["methods (name: what it is, default learning rate):"]
+    for m in METHODS.values():
+        lines.append(f"  {m.name:<10} {m.note} (lr {m.lr:g})")
+    return "\n".join(lines)
 
 
 # -- the parser ----------------------------------------------------------------------------
@@ -56,7 +78,7 @@ def _add_common(p, epochs):
     model.add_argument("--model", default="mlp", metavar="NAME",
                        help=f"network: {', '.join(MODELS)}")
     model.add_argument("--hidden", type=int, nargs="+", default=[100, 100], metavar="N",
-                       help="hidden widths of --model mlp")
+                       help="hidden widths of --model mlp (default: 100 100)")
     model.add_argument("--batchnorm", action="store_true",
                        help="add BatchNorm after the hidden layers / convolutions")
 
@@ -85,25 +107,26 @@ def _add_common(p, epochs):
     run.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
                      help="progress bar on standard error (default: only on a terminal)")
     run.add_argument("--out", metavar="DIR", default=None,
-                     help="output folder (default: runs/<command>-<date>-<time>)")
+                     help="output folder (default: runs/<command>-<date>-<time>, printed at "
+                          "the end)")
     run.add_argument("--quiet", action="store_true", help="print only the final results")
 
 
 def build_parser():
     """The argument parser of ``minidl`` with its ``train`` and ``compare`` subcommands."""
-    methods_help = "; ".join(f"{m.name}: {m.note} (lr {m.lr:g})" for m in METHODS.values())
-    parser = _Parser(prog="minidl", formatter_class=_formatter,
-                     description="minidl: train a network, or compare training methods on "
-                                 "one network. Run 'minidl compare' with no arguments for a "
-                                 "one-minute demonstration on bundled MNIST digits.")
+    parser = _Parser(prog="minidl", formatter_class=_HelpFormatter,
+                     description=_wrap("minidl: train a network, or compare training methods on "
+                                       "one network. Run 'minidl compare' with no arguments "
+                                       "for a one-minute demonstration on bundled MNIST "
+                                       "digits."))
     sub = parser.add_subparsers(dest="command", metavar="{train,compare}")
 
     train = sub.add_parser(
-        "train", formatter_class=_formatter, help="train one model with one method",
-        description="Train one model with one method; print one line per epoch, write the "
-                    "history (JSON) and curves (PNG) to the output folder, optionally a "
-                    "checkpoint after every epoch.",
-        epilog=f"Methods: {methods_help}.")
+        "train", formatter_class=_HelpFormatter, help="train one model with one method",
+        description=_wrap("Train one model with one method; print one line per epoch, write "
+                          "the history (JSON) and curves (PNG) to the output folder, "
+                          "optionally a checkpoint after every epoch."),
+        epilog=_methods_epilog())
     _add_common(train, epochs=5)
     opt = train.add_argument_group("method")
     opt.add_argument("--method", default="adam", metavar="NAME",
@@ -123,12 +146,13 @@ def build_parser():
     train.set_defaults(func=cmd_train)
 
     compare = sub.add_parser(
-        "compare", formatter_class=_formatter,
+        "compare", formatter_class=_HelpFormatter,
         help="train one model with several methods and compare them",
-        description="Train one model with several methods, on the same data, from the same "
-                    "initial weights and with the same batch order; print a table and save "
-                    "the curves (loss against epochs and against seconds) and histories.",
-        epilog=f"Methods: {methods_help}.")
+        description=_wrap("Train one model with several methods, on the same data, from the "
+                          "same initial weights and with the same batch order; print a table "
+                          "and save the curves (loss against epochs and against seconds) and "
+                          "histories."),
+        epilog=_methods_epilog())
     _add_common(compare, epochs=5)
     comp = compare.add_argument_group("methods")
     comp.add_argument("--methods", nargs="+", default=None, metavar="NAME",
@@ -365,7 +389,7 @@ def cmd_compare(args):
                           meta={"label": name, "method": name, "lr": lr, "model": args.model,
                                 "data": args.data, "batch_size": args.batch_size,
                                 "seed": args.seed})
-        except (ValueError, RuntimeError, FloatingPointError, backend.BackendError) as err:
+        except (ValueError, RuntimeError, FloatingPointError, MemoryError) as err:
             print(f"minidl compare: method {name} failed: {type(err).__name__}: {err}",
                   file=sys.stderr)
             rows.append(_row(name, lr, None, error="failed"))

@@ -19,12 +19,13 @@ adagrad        AdaGrad, lr 1e-2                            -
 rmsprop        RMSProp, lr 1e-3                            -
 rprop          Rprop, lr 1e-3 (a full-batch method)        -
 kfac           SGD momentum 0.9, lr 0.01                   KFAC damping 0.03
-shampoo        SGD momentum 0.9, lr 0.01                   Shampoo
+shampoo        SGD momentum 0.9, lr 0.05                   Shampoo, roots every 20 steps
 kfra           SGD momentum 0.9, lr 0.01                   KFRA damping 0.03 (loss=)
 kflr           SGD momentum 0.9, lr 0.01                   KFLR damping 0.03 (loss=)
 mbf            SGD momentum 0.9, lr 3e-4                   MBF damping 3e-3
-bnp            SGD momentum 0.9, lr 0.05                   BNP
-bdf            SGD momentum 0.9, lr 0.01                   BDF damping 1e-3
+bnp            SGD momentum 0.9, lr 2e-3                   BNP
+bdf            SGD momentum 0.9, lr 0.01                   BDF damping 1e-3 (tiny models:
+                                                           a dense p x p block per layer)
 =============  ==========================================  ===========================
 
 The default rates suit the small MNIST classifiers of the command line (batch 128, mean
@@ -77,18 +78,18 @@ METHODS = {m.name: m for m in (
     Method("rprop", "rprop", 1e-3, note="Rprop (meant for full batches)"),
     Method("kfac", "sgd", 0.01, _MOMENTUM, "KFAC", {"damping": 0.03},
            note="K-FAC preconditioner + SGD momentum"),
-    Method("shampoo", "sgd", 0.01, _MOMENTUM, "Shampoo", {},
+    Method("shampoo", "sgd", 0.05, _MOMENTUM, "Shampoo", {"T2": 20},
            note="Shampoo preconditioner + SGD momentum"),
     Method("kfra", "sgd", 0.01, _MOMENTUM, "KFRA", {"damping": 0.03},
            note="KFRA preconditioner + SGD momentum"),
     Method("kflr", "sgd", 0.01, _MOMENTUM, "KFLR", {"damping": 0.03},
            note="KFLR preconditioner + SGD momentum"),
     Method("mbf", "sgd", 3e-4, _MOMENTUM, "MBF", {"damping": 3e-3},
-           note="mini-block Fisher + SGD momentum"),
-    Method("bnp", "sgd", 0.05, _MOMENTUM, "BNP", {},
+           note="mini-block Fisher + SGD momentum (slow on wide dense layers)"),
+    Method("bnp", "sgd", 2e-3, _MOMENTUM, "BNP", {},
            note="BN-like preconditioner + SGD momentum"),
     Method("bdf", "sgd", 0.01, _MOMENTUM, "BDF", {"damping": 1e-3},
-           note="block-diagonal Fisher + SGD momentum"),
+           note="exact per-layer Fisher + SGD momentum (tiny models only)"),
 )}
 
 # what ``minidl compare`` runs with no --methods (the unavailable ones are skipped)
