@@ -32,6 +32,8 @@ from .methods import DEFAULT_COMPARE, METHODS, get_method
 __all__ = ["main", "build_parser", "UsageError"]
 
 EXIT_USAGE = 2
+# the command line validates on the test split, so its curves say so
+_TEST_LABELS = {"val_loss": "test loss", "val_accuracy": "test accuracy"}
 
 
 class UsageError(Exception):
@@ -110,6 +112,10 @@ def _add_common(p, epochs):
                      help="output folder (default: runs/<command>-<date>-<time>, printed at "
                           "the end)")
     run.add_argument("--quiet", action="store_true", help="print only the final results")
+    run.add_argument("--threads", type=int, default=None, metavar="N",
+                     help="BLAS threads for the CPU backend (needs the threadpoolctl package; "
+                          "or set OPENBLAS_NUM_THREADS=N before starting). On a busy machine "
+                          "1 can be many times faster than the default of one per core")
 
 
 def build_parser():
@@ -238,6 +244,16 @@ def _setup_backend(args):
     except backend.BackendError as err:
         raise UsageError(f"--backend {args.backend}: {err}") from None
     backend.set_default_dtype(args.dtype)
+    if args.threads is not None:
+        if args.threads < 1:
+            raise UsageError(f"--threads must be an integer >= 1, got {args.threads}")
+        try:
+            from threadpoolctl import threadpool_limits
+        except ImportError:
+            raise UsageError("--threads needs the threadpoolctl package (pip install "
+                             "threadpoolctl); or set OPENBLAS_NUM_THREADS=N (also "
+                             "OMP_NUM_THREADS, MKL_NUM_THREADS) before starting") from None
+        threadpool_limits(limits=args.threads, user_api="blas")  # for the rest of the process
 
 
 def _load_data(args):
@@ -408,7 +424,8 @@ def cmd_compare(args):
         keys = ("train_loss", "val_accuracy") if "val_accuracy" in \
             next(iter(histories.values())).keys() else ("train_loss", "val_loss")
         plots.plot_histories(histories, os.path.join(out, "curves.png"), keys=keys,
-                             title=f"{args.model} on {args.data}, batch {args.batch_size}")
+                             title=f"{args.model} on {args.data}, batch {args.batch_size}",
+                             ylabels=_TEST_LABELS)
     print(f"\nresults in {out}/: summary.txt, summary.json, curves.png, histories/*.json")
     return 0 if histories else 1
 
@@ -460,8 +477,9 @@ def cmd_train(args):
     history.to_json(os.path.join(out, "history.json"))
     keys = ("train_loss", "val_accuracy") if "val_accuracy" in history.keys() \
         else ("train_loss", "val_loss")
-    plots.plot_histories({name: history}, os.path.join(out, "curves.png"), keys=keys)
-    print(format_table([_row(name, lr, history)]))
+    plots.plot_histories({name: history}, os.path.join(out, "curves.png"), keys=keys,
+                         ylabels=_TEST_LABELS)
+    print(("" if args.quiet else "\n") + format_table([_row(name, lr, history)]))
     print(f"\nresults in {out}/: history.json, curves.png"
           + (f"; checkpoint {args.checkpoint}" if args.checkpoint else ""))
     return 0

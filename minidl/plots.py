@@ -38,7 +38,7 @@ def _finite_pairs(xs, ys):
     return [p[0] for p in pairs], [p[1] for p in pairs]
 
 
-def plot_curves(ax, histories, key="train_loss", x="epoch", logy=None):
+def plot_curves(ax, histories, key="train_loss", x="epoch", logy=None, ylabel=None):
     """Draw one line per run onto a matplotlib ``Axes``.
 
     Args:
@@ -48,6 +48,7 @@ def plot_curves(ax, histories, key="train_loss", x="epoch", logy=None):
             ``"step_loss"`` for the per-step mini-batch losses.
         x: ``"epoch"`` or ``"time"`` (training seconds).
         logy: log-scale the y axis; None chooses it for losses whose values are positive.
+        ylabel: the y axis label (default: the key with spaces).
     """
     positive = True
     drawn = False
@@ -82,14 +83,15 @@ def plot_curves(ax, histories, key="train_loss", x="epoch", logy=None):
     if logy:
         ax.set_yscale("log")
     ax.set_xlabel("epoch" if x == "epoch" else "training time (s)")
-    ax.set_ylabel(key.replace("_", " "))
+    ax.set_ylabel(ylabel or key.replace("_", " "))
     ax.grid(True, alpha=0.3)
     if drawn:
         ax.legend(fontsize="small")
     return drawn
 
 
-def plot_histories(histories, path=None, keys=("train_loss",), title=None, dpi=120):
+def plot_histories(histories, path=None, keys=("train_loss",), title=None, dpi=120,
+                   ylabels=None):
     """One figure: a row per metric, columns against epochs and against seconds.
 
     Args:
@@ -99,6 +101,7 @@ def plot_histories(histories, path=None, keys=("train_loss",), title=None, dpi=1
         keys: metrics to plot, one row each, e.g. ``("train_loss", "val_accuracy")``.
         title: figure title.
         dpi: resolution of the saved image.
+        ylabels: ``{key: label}`` for the y axes, e.g. ``{"val_accuracy": "test accuracy"}``.
 
     Returns:
         The matplotlib ``Figure`` (shown inline by Jupyter; no window is ever opened).
@@ -113,7 +116,8 @@ def plot_histories(histories, path=None, keys=("train_loss",), title=None, dpi=1
     axes = fig.subplots(len(keys), 2, squeeze=False)
     for row, key in enumerate(keys):
         for col, x in enumerate(("epoch", "time")):
-            plot_curves(axes[row][col], histories, key=key, x=x)
+            plot_curves(axes[row][col], histories, key=key, x=x,
+                        ylabel=(ylabels or {}).get(key))
     if title:
         fig.suptitle(title)
     fig.tight_layout()

@@ -218,7 +218,8 @@ def evaluate(model, loss, loader, metrics=None):
             n = int(x.shape[0])
             out = model.forward(x)
             value = loss.forward(out, y)
-            total += value * n if loss.reduction == "mean" else value
+            mean = getattr(loss, "reduction", "mean") == "mean"
+            total += value * n if mean else value  # the batch's sum over examples
             if with_acc:
                 correct += batch_accuracy(out, y)
             seen += n
@@ -342,8 +343,8 @@ def fit(model, loss, optimizer, train_loader, epochs=1, precond=None, val_loader
         diverged = False
         tick = time.perf_counter()
         for x, y in train_loader:
-            if schedule is not None:
-                optimizer.lr = schedule(optimizer.t)
+            if schedule is not None:  # k = updates taken so far (restored on resume)
+                optimizer.lr = schedule(getattr(optimizer, "t", len(history.steps["step"])))
             n = int(x.shape[0])
             out = model.forward(x)                      # (N, K) scores
             loss_value = loss.forward(out, y)           # a float: the mean over the batch
@@ -397,15 +398,12 @@ def fit(model, loss, optimizer, train_loader, epochs=1, precond=None, val_loader
                 history.stop_reason = (f"early stopping: {monitor} has not improved for "
                                        f"{early_stopping} epochs (best {best_value:.4g} "
                                        f"at epoch {best_epoch})")
+        record["wall"] = wall_offset + time.perf_counter() - wall_start
+        history.epochs.append(record)
         if checkpoint is not None:
             from . import checkpoint as ckpt
-            record["wall"] = wall_offset + time.perf_counter() - wall_start
-            history.epochs.append(record)
             ckpt.save(checkpoint, model, optimizer, precond, epoch=epoch, rng=generators,
                       extra={"history": history.to_dict()})
-        else:
-            history.epochs.append(record)
-        record["wall"] = wall_offset + time.perf_counter() - wall_start
         if not quiet:
             log(_summary(record, epochs))
         if history.stop_reason is not None:

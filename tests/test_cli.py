@@ -55,6 +55,7 @@ def test_train_help_lists_its_options(capsys):
     (["compare", "--epochs", "two"], "invalid int value"),        # argparse's own error
     (["compare", "--frobnicate"], "unrecognized arguments"),       # argparse's own error
     (["train", "--resume", "/no/such/checkpoint.npz"], "no such file"),
+    (["compare", "--threads", "0", "--limit", "10"], "--threads must be an integer >= 1"),
 ])
 def test_bad_arguments_give_one_line_and_status_2(capsys, argv, expected):
     assert cli.main(argv) == 2
