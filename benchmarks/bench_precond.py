@@ -1,0 +1,141 @@
+"""Time per training step of each preconditioner relative to Adam, and its memory.
+
+Two problems from the seed papers, each in float32 on the active backend:
+
+* the MNIST deep autoencoder 784-1000-500-250-30-250-500-1000-784 (ReLU, sigmoid
+  cross-entropy), batch 1000, with the autoencoder update periods T1=1, T2=20;
+* BNP's 5-layer CNN (3x3 convs 32-64-32 + 2 dense) on 3x32x32 images, batch 128, with
+  the CNN update periods T1=10, T2=100.
+
+A "step" is forward + loss + backward + precond.step() + optimizer.step(). Each method
+runs a whole number of T2 periods after a warm-up, so the inverse cost is amortised as in
+training; the median over repeats of the mean step time is reported, with the ratio to
+Adam's. Memory is what the preconditioner and the optimizer keep between steps.
+
+Run:  python benchmarks/bench_precond.py [--quick] [--problems autoencoder cnn5]
+Image content does not change the timings: the autoencoder reads real MNIST from
+MINIDL_DATA (or the bundled subset), the CNN uses random images.
+"""
+import argparse
+import statistics
+import time
+import warnings
+
+import numpy as np
+
+import minidl
+from minidl import backend, models
+from minidl.losses import BCEWithLogits, SoftmaxCrossEntropy
+from minidl.optim import SGD, Adam
+from minidl import precond as P
+
+METHODS = ["adam", "bnp", "mbf", "kfac", "shampoo", "kfra", "kflr"]
+
+
+def make_precond(name, model, crit, T1, T2):
+    """The preconditioner of ``name`` with the papers' update periods (None for Adam)."""
+    rng = minidl.default_rng(0)
+    if name == "adam":
+        return None
+    if name == "bnp":
+        return P.BNP(model)
+    if name == "mbf":
+        # dense layers above 2e7 block entries share one spatially averaged block (MBF §5)
+        return P.MBF(model, T1=T1, T2=T2, spatial_threshold=2e7)
+    if name == "kfac":
+        return P.KFAC(model, loss=crit, T1=T1, T2=T2, damping=0.03, rng=rng)
+    if name == "shampoo":
+        return P.Shampoo(model, T1=T1, T2=T2)
+    if name == "kfra":
+        return P.KFRA(model, loss=crit, T1=T1, T2=T2)
+    if name == "kflr":
+        return P.KFLR(model, loss=crit, T1=T1, T2=T2)
+    raise ValueError(name)
+
+
+def nbytes(state):
+    total = 0
+    for value in state.values():
+        if hasattr(value, "nbytes"):
+            total += int(value.nbytes)
+    return total
+
+
+def problem(name, rng):
+    if name == "autoencoder":
+        from minidl.data import load_default
+        x, _ = load_default("train")
+        x = x[:1000].reshape(1000, -1).astype("float32") / 255.0  # (1000, 784)
+        model = models.autoencoder("mnist", rng=rng)
+        return model, BCEWithLogits(), x, x.copy(), 1, 20
+    x = rng.standard_normal((128, 3, 32, 32)).astype("float32")  # (128, 3, 32, 32)
+    y = rng.integers(0, 10, 128)
+    model = models.cnn5((3, 32, 32), 10, rng=rng)
+    return model, SoftmaxCrossEntropy(), x, y, 10, 100
+
+
+def time_method(name, prob, repeats, periods):
+    model, crit, x, y, T1, T2 = problem(prob, minidl.default_rng(0))
+    model.to_backend()
+    x, y = backend.asarray(x), backend.asarray(y)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        try:
+            pre = make_precond(name, model, crit, T1, T2)
+        except ValueError as err:
+            return None, str(err).split(";")[0]
+    opt = Adam(model, lr=1e-4) if name == "adam" else SGD(model, lr=1e-4, momentum=0.9)
+
+    def step():
+        crit.forward(model.forward(x), y)
+        model.backward(crit.backward())
+        if pre is not None:
+            pre.step()
+        opt.step()
+
+    steps = T2 * periods
+    step()  # warm-up: allocates statistics, first inverse
+    sync()
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        for _ in range(steps):
+            step()
+        sync()
+        times.append((time.perf_counter() - t0) / steps)
+    memory = nbytes(opt.state_dict()) + (nbytes(pre.state_dict()) if pre else 0)
+    return statistics.median(times), memory
+
+
+def sync():
+    if backend.get_backend() == "cupy":
+        backend.xp().cuda.Device().synchronize()
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--problems", nargs="+", default=["autoencoder", "cnn5"])
+    p.add_argument("--methods", nargs="+", default=METHODS)
+    p.add_argument("--repeats", type=int, default=3, help="repeats for the median (3)")
+    p.add_argument("--periods", type=int, default=1, help="T2 periods per repeat (1)")
+    p.add_argument("--quick", action="store_true", help="1 repeat (a smoke run)")
+    args = p.parse_args(argv)
+    repeats = 1 if args.quick else args.repeats
+    print(f"backend {backend.get_backend()}, float32, median of {repeats} repeat(s)")
+    for prob in args.problems:
+        print(f"\n{prob}")
+        print(f"{'method':<9} {'ms/step':>9} {'x Adam':>7} {'memory MB':>10}")
+        base = None
+        for name in args.methods:
+            t, mem = time_method(name, prob, repeats, args.periods)
+            if t is None:
+                print(f"{name:<9} {'n/a':>9}  ({mem})")
+                continue
+            base = t if name == "adam" else base
+            ratio = f"{t / base:7.2f}" if base else "    n/a"
+            print(f"{name:<9} {1e3 * t:9.1f} {ratio} {mem / 2**20:10.1f}")
+
+
+if __name__ == "__main__":
+    np.set_printoptions(precision=3)
+    main()
