@@ -20,6 +20,8 @@ A failing element is re-examined: if its one-sided slopes (f(x+h)-f(x))/h and
 (f(x)-f(x-h))/h differ by much more than a smooth function allows, and still do at h/10,
 the element sits on a kink and is reported as skipped, not failed.
 """
+import contextlib
+
 from . import backend
 from .layers.base import expect_finite
 
@@ -175,14 +177,45 @@ def _float64_copy(a):
     return backend.array_module(a).array(a, dtype="float64")
 
 
-def _snapshot(layer):
-    return [(leaf, dict(leaf.buffers), dict(leaf.params)) for leaf in layer.leaves()]
+@contextlib.contextmanager
+def _float64_session(layer):
+    """Run a check on float64 copies of a layer's parameters and buffers.
+
+    Yields ``reset()``, which puts the buffers back to their values at the start, so that
+    repeated forward passes cannot drift through BatchNorm's running statistics. On exit
+    the original arrays (and dtypes) come back and everything the passes cached is dropped:
+    a check leaves the layer as it found it.
+    """
+    leaves = layer.leaves()
+    saved = [(leaf, dict(leaf.params), dict(leaf.buffers)) for leaf in leaves]
+    try:
+        for leaf in leaves:
+            for group in (leaf.params, leaf.buffers):
+                for key, value in group.items():
+                    if value.dtype.kind == "f":
+                        group[key] = _float64_copy(value)
+        start = [(leaf, {k: v.copy() for k, v in leaf.buffers.items()}) for leaf in leaves]
+
+        def reset():
+            for leaf, buffers in start:
+                for k, v in buffers.items():
+                    leaf.buffers[k] = v.copy()
+
+        yield reset
+    finally:
+        for leaf, params, buffers in saved:
+            leaf.params.update(params)
+            leaf.buffers.update(buffers)
+            leaf.grads, leaf.cache, leaf.Rparams, leaf.Rgrads = {}, {}, {}, {}
 
 
-def _restore(snap):
-    for leaf, buffers, params in snap:
-        leaf.buffers.update(buffers)
-        leaf.params.update(params)
+def _compare_all(f, x, dx, model, eps, rtol, atol):
+    """Checks of the input gradient dx and of every parameter gradient now in ``grads``."""
+    grads = [(name, leaf, key, leaf.grads[key].copy()) for name, leaf, key in model.parameters()]
+    checks = [_compare("x", f, x, dx.copy(), eps, rtol, atol)]
+    for name, leaf, key, g in grads:
+        checks.append(_compare(name, f, leaf.params[key], g, eps, rtol, atol))
+    return checks
 
 
 def check_layer(layer, x, dout=None, rng=None, eps=1e-6, rtol=1e-5, atol=1e-7,
@@ -207,16 +240,8 @@ def check_layer(layer, x, dout=None, rng=None, eps=1e-6, rtol=1e-5, atol=1e-7,
     if check_finite:
         expect_finite(f"check_layer({type(layer).__name__}): input x", x)
     rng = rng if rng is not None else backend.default_rng(0)
-    snap = _snapshot(layer)
-    try:
-        for leaf in layer.leaves():
-            for group in (leaf.params, leaf.buffers):
-                for key, value in group.items():
-                    if value.dtype.kind == "f":
-                        group[key] = _float64_copy(value)
+    with _float64_session(layer) as reset:
         x = _float64_copy(x)
-        buffers0 = [(leaf, {k: v.copy() for k, v in leaf.buffers.items()})
-                    for leaf in layer.leaves()]
         out = layer.forward(x)
         xp = backend.array_module(out)
         if dout is None:
@@ -224,24 +249,12 @@ def check_layer(layer, x, dout=None, rng=None, eps=1e-6, rtol=1e-5, atol=1e-7,
         dout = _float64_copy(dout)
 
         def f():
-            for leaf, bufs in buffers0:  # forward must not drift through running stats
-                for k, v in bufs.items():
-                    leaf.buffers[k] = v.copy()
+            reset()
             return float((layer.forward(x) * dout).sum())
 
         f()
         dx = layer.backward(dout)
-        grads = [(name, leaf, key, leaf.grads[key].copy()) for name, leaf, key in
-                 layer.parameters()]
-        dx = dx.copy()
-        checks = [_compare("x", f, x, dx, eps, rtol, atol)]
-        for name, leaf, key, g in grads:
-            checks.append(_compare(name, f, leaf.params[key], g, eps, rtol, atol))
-    finally:
-        _restore(snap)
-        for leaf in layer.leaves():
-            leaf.grads = {}
-            leaf.cache = {}
+        checks = _compare_all(f, x, dx, layer, eps, rtol, atol)
     return GradCheckReport(type(layer).__name__, checks, rtol, atol, eps)
 
 
@@ -260,60 +273,47 @@ def check_loss(loss, logits, target, eps=1e-6, rtol=1e-5, atol=1e-8):
 def check_model(model, loss, x, target, eps=1e-6, rtol=1e-5, atol=1e-8):
     """Check the gradients of ``loss(model(x), target)`` for the input and every parameter."""
     expect_finite(f"check_model({type(model).__name__}): input x", x)
-    snap = _snapshot(model)
-    try:
-        for leaf in model.leaves():
-            for group in (leaf.params, leaf.buffers):
-                for key, value in group.items():
-                    if value.dtype.kind == "f":
-                        group[key] = _float64_copy(value)
+    with _float64_session(model) as reset:
         x = _float64_copy(x)
         if target.dtype.kind == "f":
             target = _float64_copy(target)
-        buffers0 = [(leaf, {k: v.copy() for k, v in leaf.buffers.items()})
-                    for leaf in model.leaves()]
 
         def f():
-            for leaf, bufs in buffers0:
-                for k, v in bufs.items():
-                    leaf.buffers[k] = v.copy()
+            reset()
             return loss.forward(model.forward(x), target)
 
         f()
-        dx = model.backward(loss.backward()).copy()
-        grads = [(name, leaf, key, leaf.grads[key].copy()) for name, leaf, key in
-                 model.parameters()]
-        checks = [_compare("x", f, x, dx, eps, rtol, atol)]
-        for name, leaf, key, g in grads:
-            checks.append(_compare(name, f, leaf.params[key], g, eps, rtol, atol))
-    finally:
-        _restore(snap)
-        for leaf in model.leaves():
-            leaf.grads = {}
-            leaf.cache = {}
+        dx = model.backward(loss.backward())
+        checks = _compare_all(f, x, dx, model, eps, rtol, atol)
     return GradCheckReport(f"{type(model).__name__} + {type(loss).__name__}", checks,
                            rtol, atol, eps)
 
 
-def _directional(layer, x, Rx, V, h, run):
-    """Central difference along (Rx, V) of ``run()``'s arrays, with params moved by h V."""
-    leaves = [(leaf, key, leaf.params[key]) for _, leaf, key in layer.parameters()]
+def _random_tangents(layer, x, rng):
+    """Random Rx (shape of x) and one random V per parameter, on x's device."""
+    xp = backend.array_module(x)
+    Rx = xp.asarray(rng.standard_normal(x.shape))  # same shape as x
+    V = [xp.asarray(rng.standard_normal(leaf.params[key].shape))
+         for _, leaf, key in layer.parameters()]
+    return Rx, V
+
+
+def _central(layer, V, h, run):
+    """(run(+h) - run(-h)) / 2h with the parameters moved by +-h V; ``run(r)`` -> arrays."""
+    params = [(leaf, key, leaf.params[key]) for _, leaf, key in layer.parameters()]
     results = []
-    for sign in (+1, -1):
-        for (leaf, key, p0), v in zip(leaves, V):
-            leaf.params[key] = p0 + sign * h * v
-        results.append(run(x + sign * h * Rx))
-    for leaf, key, p0 in leaves:
+    for r in (+h, -h):
+        for (leaf, key, p0), v in zip(params, V):
+            leaf.params[key] = p0 + r * v
+        results.append(run(r))
+    for leaf, key, p0 in params:
         leaf.params[key] = p0
     return [(a - b) / (2 * h) for a, b in zip(*results)]
 
 
-def _as_float64(layer):
-    for leaf in layer.leaves():
-        for group in (leaf.params, leaf.buffers):
-            for key, value in group.items():
-                if value.dtype.kind == "f":
-                    group[key] = _float64_copy(value)
+def _set_rparams(layer, V):
+    for (_, leaf, key), v in zip(layer.parameters(), V):
+        leaf.Rparams[key] = v
 
 
 def check_jvp(layer, x, rng=None, h=1e-6, rtol=1e-5, atol=1e-7):
@@ -323,37 +323,19 @@ def check_jvp(layer, x, rng=None, h=1e-6, rtol=1e-5, atol=1e-7):
     (forward(x + h Rx; theta + h V) - forward(x - h Rx; theta - h V)) / (2h).
     """
     rng = rng if rng is not None else backend.default_rng(0)
-    snap = _snapshot(layer)
-    try:
-        _as_float64(layer)
+    with _float64_session(layer) as reset:
         x = _float64_copy(x)
-        xp = backend.array_module(x)
-        bufs = [(leaf, {k: v.copy() for k, v in leaf.buffers.items()}) for leaf in layer.leaves()]
+        Rx, V = _random_tangents(layer, x, rng)
 
-        def reset():
-            for leaf, b in bufs:
-                for k, v in b.items():
-                    leaf.buffers[k] = v.copy()
-
-        Rx = xp.asarray(rng.standard_normal(x.shape))  # same shape as x
-        V = [xp.asarray(rng.standard_normal(leaf.params[key].shape))
-             for _, leaf, key in layer.parameters()]
-
-        def run(xx):
+        def run(r):
             reset()
-            return [layer.forward(xx)]
+            return [layer.forward(x + r * Rx)]
 
-        (numeric,) = _directional(layer, x, Rx, V, h, run)
+        (numeric,) = _central(layer, V, h, run)
         reset()
         layer.forward(x)
-        for (_, leaf, key), v in zip(layer.parameters(), V):
-            leaf.Rparams[key] = v
-        analytic = layer.jvp(Rx)
-        checks = [ArrayCheck("Rout", analytic, numeric, rtol, atol, [])]
-    finally:
-        _restore(snap)
-        for leaf in layer.leaves():
-            leaf.grads, leaf.cache, leaf.Rparams, leaf.Rgrads = {}, {}, {}, {}
+        _set_rparams(layer, V)
+        checks = [ArrayCheck("Rout", layer.jvp(Rx), numeric, rtol, atol, [])]
     return GradCheckReport(f"{type(layer).__name__}.jvp", checks, rtol, atol, h)
 
 
@@ -366,57 +348,30 @@ def check_backward_rop(layer, x, rng=None, h=1e-6, rtol=1e-5, atol=1e-7):
     backward and jvp at r = 0).
     """
     rng = rng if rng is not None else backend.default_rng(0)
-    snap = _snapshot(layer)
-    try:
-        _as_float64(layer)
+    with _float64_session(layer) as reset:
         x = _float64_copy(x)
         xp = backend.array_module(x)
-        bufs = [(leaf, {k: v.copy() for k, v in leaf.buffers.items()}) for leaf in layer.leaves()]
-
-        def reset():
-            for leaf, b in bufs:
-                for k, v in b.items():
-                    leaf.buffers[k] = v.copy()
-
         reset()
         out = layer.forward(x)
         dout = xp.asarray(rng.standard_normal(out.shape))  # same shape as out
         Rdout = xp.asarray(rng.standard_normal(out.shape))
-        Rx = xp.asarray(rng.standard_normal(x.shape))
+        Rx, V = _random_tangents(layer, x, rng)
         params = layer.parameters()
-        V = [xp.asarray(rng.standard_normal(leaf.params[key].shape)) for _, leaf, key in params]
-        state = {"r": 0.0}
 
-        def run(xx):
+        def run(r):
             reset()
-            layer.forward(xx)
-            dx = layer.backward(dout + state["r"] * Rdout)
+            layer.forward(x + r * Rx)
+            dx = layer.backward(dout + r * Rdout)
             return [dx] + [leaf.grads[key].copy() for _, leaf, key in params]
 
-        # the perturbation of dout follows the same sign as the others
-        results = []
-        leaves = [(leaf, key, leaf.params[key]) for _, leaf, key in params]
-        for sign in (+1, -1):
-            state["r"] = sign * h
-            for (leaf, key, p0), v in zip(leaves, V):
-                leaf.params[key] = p0 + sign * h * v
-            results.append(run(x + sign * h * Rx))
-        for leaf, key, p0 in leaves:
-            leaf.params[key] = p0
-        numeric = [(a - b) / (2 * h) for a, b in zip(*results)]
-        state["r"] = 0.0
+        numeric = _central(layer, V, h, run)
         reset()
         layer.forward(x)
         layer.backward(dout)
-        for (_, leaf, key), v in zip(params, V):
-            leaf.Rparams[key] = v
+        _set_rparams(layer, V)
         layer.jvp(Rx)
         Rdx = layer.backward_rop(Rdout)
         checks = [ArrayCheck("Rdx", Rdx, numeric[0], rtol, atol, [])]
         for (name, leaf, key), num in zip(params, numeric[1:]):
             checks.append(ArrayCheck(f"R{name}", leaf.Rgrads[key], num, rtol, atol, []))
-    finally:
-        _restore(snap)
-        for leaf in layer.leaves():
-            leaf.grads, leaf.cache, leaf.Rparams, leaf.Rgrads = {}, {}, {}, {}
     return GradCheckReport(f"{type(layer).__name__}.backward_rop", checks, rtol, atol, h)

@@ -85,12 +85,16 @@ class Preconditioner:
         raise NotImplementedError
 
     # -- the step ------------------------------------------------------------------------
-    def step(self):
-        """Update statistics (every T1), inverses (every T2), then precondition in place."""
+    def check_ready(self):
+        """Raise a clear error when backward has not run since the last forward."""
         for layer, name in zip(self.layers, self.names):
             if "dout" not in layer.cache or not layer.grads:
                 raise RuntimeError(f"{type(self).__name__}.step(): layer {name} has no "
                                    "gradient yet; call model.backward(...) first")
+
+    def step(self):
+        """Update statistics (every T1), inverses (every T2), then precondition in place."""
+        self.check_ready()
         if self.t % self.T1 == 0:
             for i, layer in enumerate(self.layers):
                 self.update_curvature(i, layer)

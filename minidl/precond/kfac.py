@@ -183,10 +183,7 @@ class KroneckerFactored(Preconditioner):
 
     def step(self):
         """As ``Preconditioner.step``; the G factors of all layers are computed first."""
-        for layer, name in zip(self.layers, self.names):
-            if "dout" not in layer.cache or not layer.grads:
-                raise RuntimeError(f"{type(self).__name__}.step(): layer {name} has no "
-                                   "gradient yet; call model.backward(...) first")
+        self.check_ready()
         if self.t % self.T1 == 0:
             self._G_batch = self.output_factors()
         try:
