@@ -85,6 +85,7 @@ def test_hessian_factor_and_hvp_agree_with_finite_differences(cls, kind, reducti
     H = loss.hessian()  # (n, k, k)
     S = loss.hessian_factor()
     np.testing.assert_allclose(np.einsum("nij,nkj->nik", S, S), H, atol=1e-12)
+    np.testing.assert_allclose(loss.hessian_sum(), H.sum(axis=0), atol=1e-12)
     v = rng.standard_normal((n, k))
     np.testing.assert_allclose(loss.hvp(v), np.einsum("nij,nj->ni", H, v), atol=1e-12)
     # H against central differences of the gradient, column by column

@@ -10,6 +10,8 @@ by hand for each loss. Logits of example n are flattened to a vector of K entrie
 * ``hvp(Rlogits)``: H @ Rlogits, the Hessian of the reduced loss applied to a tangent of
   the logits (same shape as the logits). Block diagonal over examples.
 * ``hessian()``: the per-example blocks of that Hessian, shape (N, K, K).
+* ``hessian_sum()``: sum_n H_n, shape (K, K), without building the (N, K, K) stack (KFRA's
+  starting matrix; for MSE and BCE the blocks are diagonal).
 * ``hessian_factor()``: S of shape (N, K, K) with S_n S_n^T = hessian()[n] (KFLR's
   square-root factor). For a "mean" loss the blocks carry the 1/N of the reduction.
 * ``sample_target(rng)``: targets drawn from the model's own predictive distribution
@@ -48,6 +50,10 @@ class Loss:
 
     def hessian(self):
         raise NotImplementedError
+
+    def hessian_sum(self):
+        """sum_n H_n, shape (K, K); subclasses override it with a cheaper formula."""
+        return self.hessian().sum(axis=0)
 
     def hessian_factor(self):
         raise NotImplementedError

@@ -53,6 +53,11 @@ class BCEWithLogits(Loss):
         h = h.reshape(h.shape[0], -1)  # (N, K)
         return xp.einsum("nk,kl->nkl", h, xp.eye(h.shape[1], dtype=h.dtype))  # (N, K, K)
 
+    def hessian_sum(self):
+        h = self._h()
+        xp = backend.array_module(h)
+        return xp.diag(h.reshape(h.shape[0], -1).sum(axis=0))  # (K, K)
+
     def hessian_factor(self):
         h = self._h()
         xp = backend.array_module(h)

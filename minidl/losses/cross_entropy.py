@@ -99,6 +99,12 @@ class SoftmaxCrossEntropy(Loss):
         H -= p[:, :, None] * p[:, None, :]
         return self._scale()[:, None, None] * H
 
+    def hessian_sum(self):
+        p = self._need("p")
+        xp = backend.array_module(p)
+        w = self._scale()[:, None] * p  # (N, K): c s_n p_n
+        return xp.diag(w.sum(axis=0)) - w.T @ p  # (K, K)
+
     def hessian_factor(self):
         p = self._need("p")
         xp = backend.array_module(p)

@@ -44,6 +44,12 @@ class MSELoss(Loss):
         eye = xp.eye(D, dtype=diff.dtype)  # (D, D)
         return xp.broadcast_to(2 * self.cache["c"] * eye, (N, D, D)).copy()  # (N, D, D)
 
+    def hessian_sum(self):
+        diff = self._need("diff")
+        xp = backend.array_module(diff)
+        N, D = diff.shape[0], diff.size // max(diff.shape[0], 1)
+        return 2 * self.cache["c"] * N * xp.eye(D, dtype=diff.dtype)  # (D, D)
+
     def hessian_factor(self):
         diff = self._need("diff")
         xp = backend.array_module(diff)

@@ -14,7 +14,7 @@ product, and averages the diagonal Jacobians over the batch::
     Gbar_top = sum_n H_n                                           (K, K), the loss Hessian
     Gbar_l   = (W_{l+1}^T Gbar_{l+1} W_{l+1}) ⊙ (1/N) sum_n f'(h_n) f'(h_n)^T
 
-with H_n = ``loss.hessian()[n]``, which carries the 1/N of a "mean" reduction (so the
+with H_n = ``loss.hessian()[n]`` (summed by ``loss.hessian_sum()``), which carries the 1/N of a "mean" reduction (so the
 sum is the paper's batch-averaged loss Hessian times N, the scale at which Gbar kron
 Qbar approximates the GGN of the reduced loss; see ``kflr.py``). ⊙ is the elementwise
 product. An activation after the last Linear layer multiplies Gbar_top the same way;
@@ -95,9 +95,8 @@ class KFRA(KroneckerFactored):
 
     def output_factors(self):
         """Gbar of every Linear layer, by the recursion from the loss Hessian down."""
-        H = self.loss.hessian()  # (N, K, K)
-        N = H.shape[0]
-        M = H.sum(axis=0)  # (K, K), Gbar at the model's output
+        N = self.loss.logits().shape[0]
+        M = self.loss.hessian_sum()  # (K, K), Gbar at the model's output: sum_n H_n
         fprime = None  # product of f'(h) of the activations since the last Linear, (N, D)
         G = {}
         linears = [leaf for leaf in self.chain if isinstance(leaf, Linear)]
