@@ -51,7 +51,8 @@ def make_precond(name, model, crit, T1, T2):
         # on a CPU an eigendecomposition is much cheaper than the ~75 products of coupled
         # Newton for a 1000x1000 statistic; on a GPU the products win
         root = "eigh" if backend.get_backend() == "numpy" else "newton"
-        return P.Shampoo(model, T1=T1, T2=T2, root=root)
+        # the bias as a column of [W | b] (one factor pair per layer, not three factors)
+        return P.Shampoo(model, T1=T1, T2=T2, root=root, bias="appended")
     if name == "kfra":
         return P.KFRA(model, loss=crit, T1=T1, T2=T2)
     if name == "kflr":
