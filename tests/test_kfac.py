@@ -1,89 +1,25 @@
 """K-FAC against brute force: factors from per-example loops, blocks from dense matrices,
 directions from dense solves, the sampled Fisher against the exact GGN."""
-import io
-
 import numpy as np
 import pytest
 
 import minidl
 from minidl import backend
-from minidl.layers import BatchNorm1d, Conv2d, Flatten, Linear, Sequential, Tanh
+from minidl.layers import Conv2d, Flatten, Sequential
 from minidl.losses import MSELoss, SoftmaxCrossEntropy
 from minidl.optim import SGD
 from minidl.precond import KFAC, CoverageWarning
 from minidl.precond.linalg import damped_kron_solve, sym_eig
 
-
-# -- brute-force helpers -----------------------------------------------------------------
-def flat_grads(model):
-    """The gradient in the flat parameter order (leaves in order, W then b, C order)."""
-    return np.concatenate([backend.to_numpy(layer.grads[k]).ravel()
-                           for _, layer, k in model.parameters()])
-
-
-def per_example_grads(model, loss, x, y):
-    """(N, P): the gradient of each example's own loss, one backward per example."""
-    rows = []
-    for n in range(x.shape[0]):
-        loss.forward(model.forward(x[n:n + 1]), y[n:n + 1])
-        model.backward(loss.backward())
-        rows.append(flat_grads(model))
-    return np.stack(rows)
-
-
-def ggn_brute(model, loss, x, y):
-    """sum_n J_n^T H_n J_n of the reduced loss, J_n by one backward per output unit."""
-    J = []
-    for n in range(x.shape[0]):
-        z = model.forward(x[n:n + 1])
-        rows = []
-        for k in range(z.shape[1]):
-            e = np.zeros(z.shape)
-            e[0, k] = 1.0
-            model.backward(backend.asarray(e))
-            rows.append(flat_grads(model))
-        J.append(np.stack(rows))
-    J = np.stack(J)  # (N, K, P)
-    loss.forward(model.forward(x), y)
-    H = backend.to_numpy(loss.hessian())  # (N, K, K)
-    return np.einsum("nkp,nkl,nlq->pq", J, H, J)
-
-
-def block_index(model, layer):
-    """Flat indices of ``layer``'s [W | b] in row-major order (F rows of m entries)."""
-    start = 0
-    for _, leaf, key in model.parameters():
-        if leaf is layer:
-            break
-        start += leaf.params[key].size
-    W = layer.params["W"]
-    F, m_in = W.shape[0], W.size // W.shape[0]
-    idx = []
-    for f in range(F):
-        idx.extend(range(start + f * m_in, start + (f + 1) * m_in))
-        if "b" in layer.params:
-            idx.append(start + W.size + f)
-    return np.array(idx)
-
-
-def kron_block(precond, i):
-    s = precond.state[i]
-    return np.kron(backend.to_numpy(s["G"]), backend.to_numpy(s["A"]))
+from reference import (append_ones, assert_kron_blocks_equal, assert_same_params, block_index,
+                       damped_kron_block, empirical_fisher_loop, forward_backward, ggn_brute,
+                       kron_block, mlp, mlp_with_batchnorm, npz_round_trip, single_location_cnn,
+                       train_step)
 
 
 def grad_matrix(layer):
     return np.concatenate([backend.to_numpy(layer.grads["W"]).reshape(
         layer.grads["W"].shape[0], -1), backend.to_numpy(layer.grads["b"])[:, None]], 1)
-
-
-def mlp(rng):
-    return Sequential(Linear(3, 4, rng=rng), Tanh(), Linear(4, 3, rng=rng))
-
-
-def forward_backward(model, loss, x, y):
-    value = loss.forward(model.forward(x), y)
-    model.backward(loss.backward())
-    return value
 
 
 @pytest.fixture(autouse=True)
@@ -110,7 +46,7 @@ def test_factors_are_the_per_example_averages(rng, reduction):
     for i, j in enumerate(deltas):
         d = np.stack(deltas[j])  # (N, F)
         a = backend.to_numpy(model[j].cache["x"])
-        a_hat = np.concatenate([a, np.ones((6, 1))], axis=1)
+        a_hat = append_ones(a)
         np.testing.assert_allclose(backend.to_numpy(p.state[i]["A"]), a_hat.T @ a_hat / 6,
                                    rtol=1e-12)
         # the same for both reductions (batch_averaged read from loss.reduction): the
@@ -119,34 +55,18 @@ def test_factors_are_the_per_example_averages(rng, reduction):
                                    rtol=1e-10, atol=1e-14)
 
 
-def test_empirical_kfac_is_the_empirical_fisher_block_for_one_example(rng):
-    model = mlp(rng)
+@pytest.mark.parametrize("make, shape, K", [(mlp, (3,), 3), (single_location_cnn, (2, 3, 3), 2)],
+                         ids=["dense", "conv_single_output_location"])
+def test_empirical_kfac_is_the_empirical_fisher_block_for_one_example(rng, make, shape, K):
+    """N = 1 (and T = 1 for the conv): G kron A is the empirical Fisher's layer block."""
+    model = make(rng)
     loss = SoftmaxCrossEntropy()
-    x, y = rng.standard_normal((1, 3)), rng.integers(0, 3, 1)
-    g = per_example_grads(model, loss, x, y)  # (1, P)
-    EF = g.T @ g
+    x, y = rng.standard_normal((1,) + shape), rng.integers(0, K, 1)
+    EF = empirical_fisher_loop(model, loss, x, y)  # g g^T, (P, P)
     forward_backward(model, loss, x, y)
     p = KFAC(model, loss=loss, T1=1, T2=1)
     p.step()
-    for i, layer in enumerate(p.layers):
-        idx = block_index(model, layer)
-        np.testing.assert_allclose(kron_block(p, i), EF[np.ix_(idx, idx)],
-                                   rtol=1e-10, atol=1e-14)
-
-
-def test_conv_single_output_location_is_the_empirical_fisher_block(rng):
-    model = Sequential(Conv2d(2, 3, 3, rng=rng), Tanh(), Flatten(), Linear(3, 2, rng=rng))
-    loss = SoftmaxCrossEntropy()
-    x, y = rng.standard_normal((1, 2, 3, 3)), rng.integers(0, 2, 1)
-    g = per_example_grads(model, loss, x, y)
-    EF = g.T @ g
-    forward_backward(model, loss, x, y)
-    p = KFAC(model, loss=loss, T1=1, T2=1)
-    p.step()
-    for i, layer in enumerate(p.layers):
-        idx = block_index(model, layer)
-        np.testing.assert_allclose(kron_block(p, i), EF[np.ix_(idx, idx)],
-                                   rtol=1e-10, atol=1e-14)
+    assert_kron_blocks_equal(p, model, EF, rtol=1e-10, atol=1e-14)
 
 
 def test_conv_factors_follow_grosse_martens(rng):
@@ -207,7 +127,7 @@ def test_sampled_kfac_approaches_the_ggn_block(rng):
 def test_sampled_kfac_is_exact_in_expectation_for_a_deep_linear_network_with_mse(rng):
     """Deep linear network, MSE over D = 2 outputs, N = 4: A kron E[G] = GGN block / D for
     every layer (the documented scaling of the Fisher of a per-element mean)."""
-    model = Sequential(Linear(3, 4, rng=rng), Linear(4, 3, rng=rng), Linear(3, 2, rng=rng))
+    model = mlp(rng, (3, 4, 3, 2), act=None)
     loss = MSELoss()
     x, y = rng.standard_normal((4, 3)), rng.standard_normal((4, 2))
     GGN = ggn_brute(model, loss, x, y) / 2
@@ -217,7 +137,7 @@ def test_sampled_kfac_is_exact_in_expectation_for_a_deep_linear_network_with_mse
 
 
 def test_true_fisher_uses_the_real_gradient_and_restores_the_model(rng):
-    model = Sequential(Linear(3, 4, rng=rng), BatchNorm1d(4), Tanh(), Linear(4, 3, rng=rng))
+    model = mlp_with_batchnorm(rng)
     loss = SoftmaxCrossEntropy()
     x, y = rng.standard_normal((5, 3)), rng.integers(0, 3, 5)
     forward_backward(model, loss, x, y)
@@ -237,35 +157,21 @@ def test_true_fisher_uses_the_real_gradient_and_restores_the_model(rng):
 
 
 # -- directions --------------------------------------------------------------------------
-def test_eigen_direction_is_the_damped_kronecker_solve(rng):
-    model = mlp(rng)
-    loss = SoftmaxCrossEntropy()
-    x, y = rng.standard_normal((5, 3)), rng.integers(0, 3, 5)
-    forward_backward(model, loss, x, y)
-    raw = [grad_matrix(layer) for layer in (model[0], model[2])]
-    p = KFAC(model, loss=loss, damping=0.03, T1=1, T2=1)
-    p.step()
-    for i, layer in enumerate(p.layers):
-        block = kron_block(p, i) + 0.03 * np.eye(raw[i].size)
-        d = np.linalg.solve(block, raw[i].ravel()).reshape(raw[i].shape)
-        np.testing.assert_allclose(grad_matrix(layer), d, rtol=1e-8, atol=1e-12)
-
-
-def test_factored_direction_uses_the_pi_rule(rng):
+@pytest.mark.parametrize("mode", ["eigen", "factored"])
+def test_direction_is_the_damped_kronecker_solve(rng, mode):
+    """eigen: (G kron A + lam I)^{-1} g; factored: the pi rule (see damped_kron_block)."""
     model = mlp(rng)
     loss = SoftmaxCrossEntropy()
     x, y = rng.standard_normal((5, 3)), rng.integers(0, 3, 5)
     forward_backward(model, loss, x, y)
     raw = [grad_matrix(layer) for layer in (model[0], model[2])]
     lam = 0.03
-    p = KFAC(model, loss=loss, damping=lam, damping_mode="factored", T1=1, T2=1)
+    p = KFAC(model, loss=loss, damping=lam, damping_mode=mode, T1=1, T2=1)
     p.step()
     for i, layer in enumerate(p.layers):
         A = backend.to_numpy(p.state[i]["A"])
         G = backend.to_numpy(p.state[i]["G"])
-        pi = np.sqrt((np.trace(A) / len(A)) / (np.trace(G) / len(G)))
-        block = np.kron(G + np.sqrt(lam) / pi * np.eye(len(G)),
-                        A + pi * np.sqrt(lam) * np.eye(len(A)))
+        block = damped_kron_block(G, A, lam, mode)
         d = np.linalg.solve(block, raw[i].ravel()).reshape(raw[i].shape)
         np.testing.assert_allclose(grad_matrix(layer), d, rtol=1e-8, atol=1e-12)
 
@@ -334,7 +240,7 @@ def test_moving_averages_and_update_frequencies(rng):
     for t, (x, y) in enumerate(batches):
         forward_backward(model, loss, x, y)
         a = backend.to_numpy(model[0].cache["x"])
-        a_hat = np.concatenate([a, np.ones((4, 1))], axis=1)
+        a_hat = append_ones(a)
         A_seen.append(a_hat.T @ a_hat / 4)
         QA = p.state[0].get("QA")
         p.step()
@@ -352,31 +258,20 @@ def test_state_dict_round_trip_continues_identically(rng):
     losses = [SoftmaxCrossEntropy() for _ in range(2)]
     opts = [SGD(m, lr=0.1, momentum=0.9) for m in models]
     ps = [KFAC(m, loss=crit, lr=o, T1=2, T2=3) for m, crit, o in zip(models, losses, opts)]
-
-    def step(k, x, y):
-        forward_backward(models[k], losses[k], x, y)
-        ps[k].step()
-        opts[k].step()
-
     for x, y in batches[:3]:
-        step(0, x, y)
-    buf = io.BytesIO()
-    np.savez(buf, **ps[0].state_dict())
-    buf.seek(0)
+        train_step(models[0], losses[0], x, y, ps[0], opts[0])
     models[1].load_state_dict(models[0].state_dict())
     opts[1].load_state_dict(opts[0].state_dict())
-    ps[1].load_state_dict(dict(np.load(buf)))
+    ps[1].load_state_dict(npz_round_trip(ps[0].state_dict()))
     assert ps[1].t == 3
     for x, y in batches[3:]:
-        step(0, x, y)
-        step(1, x, y)
-    for a, b in zip(models[0].parameters(), models[1].parameters()):
-        np.testing.assert_array_equal(backend.to_numpy(a[1].params[a[2]]),
-                                      backend.to_numpy(b[1].params[b[2]]))
+        for k in range(2):
+            train_step(models[k], losses[k], x, y, ps[k], opts[k])
+    assert_same_params(*models)
 
 
 def test_training_with_kfac_then_sgd_reduces_the_loss(rng):
-    model = Sequential(Linear(2, 16, rng=rng), Tanh(), Linear(16, 1, rng=rng))
+    model = mlp(rng, (2, 16, 1))
     loss = MSELoss()
     x = rng.standard_normal((64, 2))
     y = np.sin(x[:, :1]) * np.cos(x[:, 1:])
@@ -384,9 +279,7 @@ def test_training_with_kfac_then_sgd_reduces_the_loss(rng):
     p = KFAC(model, loss=loss, lr=opt, damping=0.03, T1=1, T2=5)
     first = forward_backward(model, loss, x, y)
     for _ in range(30):
-        forward_backward(model, loss, x, y)
-        p.step()
-        opt.step()
+        train_step(model, loss, x, y, p, opt)
     assert forward_backward(model, loss, x, y) < 0.3 * first
 
 

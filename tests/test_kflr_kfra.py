@@ -4,10 +4,9 @@ The reference GGN = sum_n J_n^T H_n J_n uses J_n (K, P), the Jacobian of example
 output with respect to all parameters, one backward pass per output unit and example
 (checked once against torch.func.jacrev on an equivalent torch model), and H_n =
 loss.hessian()[n], the reduced loss's Hessian block. Blocks are read in the row-major
-order of [W | b], the order in which the methods' Kronecker products G kron A live.
+order of [W | b], the order in which the methods' Kronecker products G kron A live. The
+brute-force helpers are shared with the other preconditioner tests, in reference.py.
 """
-import io
-
 import numpy as np
 import pytest
 
@@ -19,83 +18,17 @@ from minidl.losses import BCEWithLogits, MSELoss, SoftmaxCrossEntropy
 from minidl.precond import KFLR, KFRA, CoverageWarning
 
 from conftest import torch_or_skip
+from reference import (append_ones, assert_kron_blocks_equal, assert_same_params, block_index,
+                       damped_kron_block, forward_backward, ggn_brute, jacobians, kron_block,
+                       make_data, mlp, mlp_with_batchnorm, npz_round_trip, raw_grads,
+                       single_location_cnn)
 
 LOSSES = {"ce": SoftmaxCrossEntropy, "mse": MSELoss, "bce": BCEWithLogits}
 
 
-# -- brute-force helpers -----------------------------------------------------------------
-def flat_grads(model):
-    """The gradient in the flat parameter order (leaves in order, W then b, C order)."""
-    return np.concatenate([backend.to_numpy(layer.grads[k]).ravel()
-                           for _, layer, k in model.parameters()])
-
-
-def jacobians(model, x):
-    """(N, K, P): d output_k / d theta for each example, one backward per output unit."""
-    out = []
-    for n in range(x.shape[0]):
-        z = model.forward(x[n:n + 1])
-        z2 = backend.to_numpy(z).reshape(1, -1)
-        rows = []
-        for k in range(z2.shape[1]):
-            e = np.zeros_like(z2)
-            e[0, k] = 1.0
-            model.backward(backend.asarray(e.reshape(z.shape), dtype=z.dtype))
-            rows.append(flat_grads(model))
-        out.append(np.stack(rows))
-    return np.stack(out)
-
-
-def ggn_brute(model, loss, x, y):
-    """sum_n J_n^T H_n J_n of the reduced loss, (P, P)."""
-    J = jacobians(model, x)  # (N, K, P)
-    loss.forward(model.forward(x), y)
-    H = backend.to_numpy(loss.hessian())  # (N, K, K)
-    return np.einsum("nkp,nkl,nlq->pq", J, H, J)
-
-
-def block_index(model, layer):
-    """Flat indices of ``layer``'s [W | b] in row-major order (F rows of m entries)."""
-    start = 0
-    for _, leaf, key in model.parameters():
-        if leaf is layer:
-            break
-        start += leaf.params[key].size
-    W = layer.params["W"]
-    F, m_in = W.shape[0], W.size // W.shape[0]
-    idx = []
-    for f in range(F):
-        idx.extend(range(start + f * m_in, start + (f + 1) * m_in))
-        if "b" in layer.params:
-            idx.append(start + W.size + f)
-    return np.array(idx)
-
-
-def kron_block(precond, i):
-    s = precond.state[i]
-    return np.kron(backend.to_numpy(s["G"]), backend.to_numpy(s["A"]))
-
-
-def make_data(rng, loss_name, N, shape_in, K):
-    x = rng.standard_normal((N,) + shape_in)
-    if loss_name == "ce":
-        y = rng.integers(0, K, N)
-    elif loss_name == "mse":
-        y = rng.standard_normal((N, K))
-    else:
-        y = rng.random((N, K))
-    return backend.asarray(x), backend.asarray(y)
-
-
-def mlp(rng, act, sizes=(3, 4, 3)):
-    return Sequential(Linear(sizes[0], sizes[1], rng=rng), act(),
-                      Linear(sizes[1], sizes[2], rng=rng))
-
-
 def run(precond_cls, model, loss, x, y, **kw):
     """One forward/backward and one preconditioner step (factors = this batch's)."""
-    loss.forward(model.forward(x), y)
-    model.backward(loss.backward())
+    forward_backward(model, loss, x, y)
     p = precond_cls(model, loss=loss, **kw)
     p.step()
     return p
@@ -109,7 +42,7 @@ def _float64():
 # -- the harness itself ------------------------------------------------------------------
 def test_brute_force_jacobian_matches_torch(rng):
     torch = torch_or_skip()
-    model = mlp(rng, Tanh)
+    model = mlp(rng)
     x = rng.standard_normal((2, 3))
     J = jacobians(model, x)  # (N, K, P)
     params = {f"{name}": torch.tensor(backend.to_numpy(layer.params[key]))
@@ -127,7 +60,7 @@ def test_brute_force_jacobian_matches_torch(rng):
 
 def test_brute_force_ggn_matches_minidl_curvature(rng):
     curvature = pytest.importorskip("minidl.curvature")
-    model = mlp(rng, Sigmoid)
+    model = mlp(rng, act=Sigmoid)
     loss = SoftmaxCrossEntropy()
     x, y = make_data(rng, "ce", 4, (3,), 3)
     np.testing.assert_allclose(ggn_brute(model, loss, x, y),
@@ -140,29 +73,23 @@ def test_brute_force_ggn_matches_minidl_curvature(rng):
 @pytest.mark.parametrize("act", [Tanh, Sigmoid])
 @pytest.mark.parametrize("method", [KFLR, KFRA])
 def test_equals_exact_ggn_block_at_batch_size_one(rng, loss_name, act, method):
-    model = mlp(rng, act)
+    model = mlp(rng, act=act)
     loss = LOSSES[loss_name]()
     x, y = make_data(rng, loss_name, 1, (3,), 3)
     GGN = ggn_brute(model, loss, x, y)
     p = run(method, model, loss, x, y, damping_mode="eigen")
-    for i, layer in enumerate(p.layers):
-        idx = block_index(model, layer)
-        np.testing.assert_allclose(kron_block(p, i), GGN[np.ix_(idx, idx)],
-                                   rtol=1e-9, atol=1e-12)
+    assert_kron_blocks_equal(p, model, GGN, rtol=1e-9, atol=1e-12)
 
 
 @pytest.mark.parametrize("reduction", ["mean", "sum"])
 @pytest.mark.parametrize("method", [KFLR, KFRA])
 def test_exact_for_deep_linear_network_with_mse_any_batch(rng, method, reduction):
-    model = Sequential(Linear(3, 4, rng=rng), Linear(4, 5, rng=rng), Linear(5, 2, rng=rng))
+    model = mlp(rng, (3, 4, 5, 2), act=None)
     loss = MSELoss(reduction=reduction)
     x, y = make_data(rng, "mse", 6, (3,), 2)
     GGN = ggn_brute(model, loss, x, y)
     p = run(method, model, loss, x, y)
-    for i, layer in enumerate(p.layers):
-        idx = block_index(model, layer)
-        np.testing.assert_allclose(kron_block(p, i), GGN[np.ix_(idx, idx)],
-                                   rtol=1e-9, atol=1e-12)
+    assert_kron_blocks_equal(p, model, GGN, rtol=1e-9, atol=1e-12)
 
 
 def test_kfra_equals_kflr_at_batch_size_one_with_relu_and_stacked_activations(rng):
@@ -182,7 +109,7 @@ def test_kfra_equals_kflr_at_batch_size_one_with_relu_and_stacked_activations(rn
 
 def test_kfra_recursion_restated_for_a_batch(rng):
     """N > 1: Gbar_1 = (W2^T (sum_n H_n) W2) * (1/N) sum_n f'(h_n) f'(h_n)^T, by hand."""
-    model = mlp(rng, Tanh)
+    model = mlp(rng)
     loss = SoftmaxCrossEntropy()
     x, y = make_data(rng, "ce", 7, (3,), 3)
     p = run(KFRA, model, loss, x, y)
@@ -195,7 +122,7 @@ def test_kfra_recursion_restated_for_a_batch(rng):
     expected = (W2.T @ H @ W2) * (fp.T @ fp / 7)
     np.testing.assert_allclose(backend.to_numpy(p.state[0]["G"]), expected, rtol=1e-12)
     np.testing.assert_allclose(backend.to_numpy(p.state[1]["G"]), H, rtol=1e-12)
-    a_hat = np.concatenate([xs, np.ones((7, 1))], axis=1)
+    a_hat = append_ones(xs)
     np.testing.assert_allclose(backend.to_numpy(p.state[0]["A"]), a_hat.T @ a_hat / 7,
                                rtol=1e-12)
 
@@ -203,15 +130,12 @@ def test_kfra_recursion_restated_for_a_batch(rng):
 @pytest.mark.parametrize("loss_name", ["ce", "mse"])
 def test_kflr_conv_single_output_location_equals_ggn_block(rng, loss_name):
     # kernel as large as the input: T = Ho Wo = 1, where the Kronecker form is exact (N = 1)
-    model = Sequential(Conv2d(2, 3, 3, rng=rng), Tanh(), Flatten(), Linear(3, 2, rng=rng))
+    model = single_location_cnn(rng)
     loss = LOSSES[loss_name]()
     x, y = make_data(rng, loss_name, 1, (2, 3, 3), 2)
     GGN = ggn_brute(model, loss, x, y)
     p = run(KFLR, model, loss, x, y)
-    for i, layer in enumerate(p.layers):
-        idx = block_index(model, layer)
-        np.testing.assert_allclose(kron_block(p, i), GGN[np.ix_(idx, idx)],
-                                   rtol=1e-9, atol=1e-12)
+    assert_kron_blocks_equal(p, model, GGN, rtol=1e-9, atol=1e-12)
 
 
 def test_kflr_conv_many_locations_uses_the_one_over_T_convention(rng):
@@ -224,20 +148,18 @@ def test_kflr_conv_many_locations_uses_the_one_over_T_convention(rng):
     # S = sqrt(2) I over the 4 outputs: column k reaches location t = k with value sqrt 2
     np.testing.assert_allclose(backend.to_numpy(p.state[0]["G"]), [[4 * 2.0 / 4]])
     patches = backend.to_numpy(model[0].patches())[0]  # (4, 4)
-    a_hat = np.concatenate([patches, np.ones((4, 1))], axis=1)
+    a_hat = append_ones(patches)
     np.testing.assert_allclose(backend.to_numpy(p.state[0]["A"]), a_hat.T @ a_hat)
 
 
 # -- directions --------------------------------------------------------------------------
 @pytest.mark.parametrize("method", [KFLR, KFRA])
 def test_direction_is_the_dense_damped_solve(rng, method):
-    model = mlp(rng, Tanh)
+    model = mlp(rng)
     loss = SoftmaxCrossEntropy()
     x, y = make_data(rng, "ce", 5, (3,), 3)
-    loss.forward(model.forward(x), y)
-    model.backward(loss.backward())
-    raw = {id(leaf): {k: backend.to_numpy(v).copy() for k, v in leaf.grads.items()}
-           for leaf in model.leaves()}
+    forward_backward(model, loss, x, y)
+    raw = raw_grads(model)
     lam = 0.05
     for mode in ("eigen", "factored"):
         for leaf in model.leaves():
@@ -248,12 +170,8 @@ def test_direction_is_the_dense_damped_solve(rng, method):
             G = backend.to_numpy(p.state[i]["G"])
             A = backend.to_numpy(p.state[i]["A"])
             g = np.concatenate([raw[id(layer)]["W"], raw[id(layer)]["b"][:, None]], 1)
-            if mode == "eigen":
-                block = np.kron(G, A) + lam * np.eye(G.shape[0] * A.shape[0])
-            else:  # pi = sqrt(mean eig A / mean eig G), gamma_A = pi sqrt(lam)
-                pi = np.sqrt((np.trace(A) / len(A)) / (np.trace(G) / len(G)))
-                block = np.kron(G + np.sqrt(lam) / pi * np.eye(len(G)),
-                                A + pi * np.sqrt(lam) * np.eye(len(A)))
+            # factored: pi = sqrt(mean eig A / mean eig G), gamma_A = pi sqrt(lam)
+            block = damped_kron_block(G, A, lam, mode)
             d = np.linalg.solve(block, g.ravel()).reshape(g.shape)
             np.testing.assert_allclose(backend.to_numpy(layer.grads["W"]), d[:, :-1],
                                        rtol=1e-8, atol=1e-12)
@@ -262,11 +180,10 @@ def test_direction_is_the_dense_damped_solve(rng, method):
 
 
 def test_huge_damping_gives_gradient_over_damping(rng):
-    model = mlp(rng, Tanh)
+    model = mlp(rng)
     loss = SoftmaxCrossEntropy()
     x, y = make_data(rng, "ce", 4, (3,), 3)
-    loss.forward(model.forward(x), y)
-    model.backward(loss.backward())
+    forward_backward(model, loss, x, y)
     g = backend.to_numpy(model[0].grads["W"]).copy()
     for mode in ("eigen", "factored"):
         model.backward(loss.backward())
@@ -276,11 +193,10 @@ def test_huge_damping_gives_gradient_over_damping(rng):
 
 
 def test_extra_backward_passes_leave_the_model_as_it_was(rng):
-    model = Sequential(Linear(3, 4, rng=rng), BatchNorm1d(4), Tanh(), Linear(4, 3, rng=rng))
+    model = mlp_with_batchnorm(rng)
     loss = SoftmaxCrossEntropy()
     x, y = make_data(rng, "ce", 5, (3,), 3)
-    loss.forward(model.forward(x), y)
-    model.backward(loss.backward())
+    forward_backward(model, loss, x, y)
     bn_grads = {k: backend.to_numpy(v).copy() for k, v in model[1].grads.items()}
     douts = [backend.to_numpy(leaf.cache["dout"]).copy() for leaf in (model[0], model[3])]
     with pytest.warns(CoverageWarning, match="BatchNorm1d"):
@@ -309,7 +225,7 @@ def test_kfra_rejects_layers_its_recursion_cannot_pass(rng, bad, name):
 @pytest.mark.parametrize("method", [KFLR, KFRA])
 def test_loss_is_required(rng, method):
     with pytest.raises(ValueError, match="loss=crit"):
-        method(mlp(rng, Tanh))
+        method(mlp(rng))
 
 
 # -- checkpoints and backends -------------------------------------------------------------
@@ -318,41 +234,31 @@ def test_state_dict_round_trip_continues_identically(rng, method):
     batches = [make_data(rng, "ce", 5, (3,), 3) for _ in range(4)]
 
     def step(model, p, loss, xb, yb):
-        loss.forward(model.forward(xb), yb)
-        model.backward(loss.backward())
+        forward_backward(model, loss, xb, yb)
         p.step()
         for _, layer, k in model.parameters():
             layer.params[k] = layer.params[k] - 0.1 * layer.grads[k]
 
-    models = [mlp(minidl.default_rng(7), Tanh) for _ in range(2)]
+    models = [mlp(minidl.default_rng(7)) for _ in range(2)]
     losses = [SoftmaxCrossEntropy() for _ in range(2)]
     ps = [method(m, loss=crit, T2=3) for m, crit in zip(models, losses)]
     for xb, yb in batches[:2]:
         step(models[0], ps[0], losses[0], xb, yb)
-    buf = io.BytesIO()
-    np.savez(buf, **ps[0].state_dict())
-    model_state = models[0].state_dict()
-    buf.seek(0)
-    models[1].load_state_dict(model_state)
-    ps[1].load_state_dict(dict(np.load(buf)))
+    models[1].load_state_dict(models[0].state_dict())
+    ps[1].load_state_dict(npz_round_trip(ps[0].state_dict()))
     for xb, yb in batches[2:]:
         for m, p, crit in zip(models, ps, losses):
             step(m, p, crit, xb, yb)
-    for a, b in zip(models[0].parameters(), models[1].parameters()):
-        np.testing.assert_array_equal(backend.to_numpy(a[1].params[a[2]]),
-                                      backend.to_numpy(b[1].params[b[2]]))
+    assert_same_params(*models)
 
 
 @pytest.mark.parametrize("method", [KFLR, KFRA])
 def test_runs_on_each_backend(on_backend, method):
     rng = minidl.default_rng(3)
-    model = mlp(rng, Tanh)
+    model = mlp(rng)
     loss = SoftmaxCrossEntropy()
     x, y = make_data(rng, "ce", 1, (3,), 3)
     GGN = ggn_brute(model, loss, x, y)
     p = run(method, model, loss, x, y)
     assert type(p.state[0]["G"]).__module__.split(".")[0] == on_backend
-    for i, layer in enumerate(p.layers):
-        idx = block_index(model, layer)
-        np.testing.assert_allclose(kron_block(p, i), GGN[np.ix_(idx, idx)],
-                                   rtol=1e-9, atol=1e-12)
+    assert_kron_blocks_equal(p, model, GGN, rtol=1e-9, atol=1e-12)

@@ -5,40 +5,23 @@ import scipy.linalg
 
 import minidl
 from minidl import backend
-from minidl.layers import (BatchNorm1d, Conv2d, Flatten, Linear, Sequential, Tanh)
+from minidl.layers import Conv2d, Flatten, Linear, Sequential, Tanh
 from minidl.losses import BCEWithLogits, MSELoss, SoftmaxCrossEntropy
 from minidl.optim import SGD
 from minidl.precond import MBF, CoverageWarning
 
-
-# -- brute-force helpers -------------------------------------------------------------------
-def flat_grads(model):
-    """The gradient in the flat parameter order (leaves in order, W then b, C order)."""
-    return np.concatenate([backend.to_numpy(layer.grads[k]).ravel()
-                           for _, layer, k in model.parameters()])
+import reference
+from reference import (empirical_fisher_loop, flat_grads, forward_backward, make_data,
+                       mlp_with_batchnorm, npz_round_trip, run_directions, train_step)
 
 
+# -- brute-force helpers (the shared ones are in reference.py) -----------------------------
 def set_flat_grads(model, g):
     start = 0
     for _, layer, k in model.parameters():
         p = layer.params[k]
         layer.grads[k] = backend.asarray(g[start:start + p.size].reshape(p.shape))
         start += p.size
-
-
-def per_example_grads_loop(model, loss, x, y):
-    """(N, p): the gradient of each example's own loss, one backward per example."""
-    rows = []
-    for n in range(x.shape[0]):
-        loss.forward(model.forward(x[n:n + 1]), y[n:n + 1])
-        model.backward(loss.backward())
-        rows.append(flat_grads(model))
-    return np.stack(rows)
-
-
-def empirical_fisher_loop(model, loss, x, y):
-    G = per_example_grads_loop(model, loss, x, y)  # (N, p)
-    return G.T @ G / G.shape[0]
 
 
 def mbf_blocks(model):
@@ -90,10 +73,7 @@ class ReferenceMBF:
 
 
 def mlp(rng, sizes=(4, 3, 3)):
-    layers = []
-    for a, b in zip(sizes[:-1], sizes[1:]):
-        layers += [Linear(a, b, rng=rng), Tanh()]
-    return Sequential(*layers[:-1])
+    return reference.mlp(rng, sizes)
 
 
 def cnn(rng, k=3, bias=True):
@@ -103,9 +83,7 @@ def cnn(rng, k=3, bias=True):
 
 
 def data(rng, shape, K=3, N=6):
-    x = rng.standard_normal((N,) + shape)
-    y = rng.integers(0, K, N)
-    return backend.asarray(x), backend.asarray(y)
+    return make_data(rng, "ce", N, shape, K)
 
 
 @pytest.fixture(autouse=True)
@@ -119,8 +97,7 @@ def test_blocks_equal_empirical_fisher_sub_blocks_at_batch_size_1(rng, make, sha
     model, loss = make(rng), SoftmaxCrossEntropy()
     x, y = data(rng, shape, N=1)
     EF = empirical_fisher_loop(model, loss, x, y)  # (p, p)
-    loss.forward(model.forward(x), y)
-    model.backward(loss.backward())
+    forward_backward(model, loss, x, y)
     pre = MBF(model, damping=1e-3, beta=0.0)
     pre.step()
     got = []
@@ -143,8 +120,7 @@ def test_direction_equals_dense_block_diagonal_solve(rng, make, shape, momentum)
     ref = ReferenceMBF(mbf_blocks(model), 3e-3, 0.9, T1=2, T2=3, momentum=momentum)
     for _ in range(7):
         x, y = data(rng, shape)
-        loss.forward(model.forward(x), y)
-        model.backward(loss.backward())
+        forward_backward(model, loss, x, y)
         g = flat_grads(model)
         pre.step()
         d = flat_grads(model)
@@ -164,8 +140,7 @@ def test_one_by_one_blocks_are_adam_without_square_root(rng):
     conv, last = model[0], model[3]
     for _ in range(4):
         x, y = data(rng, (3, 3, 3))
-        loss.forward(model.forward(x), y)
-        model.backward(loss.backward())
+        forward_backward(model, loss, x, y)
         g = {k: backend.to_numpy(conv.grads[k]) for k in ("W", "b")}
         g["last"] = backend.to_numpy(last.grads["W"])
         v = {k: beta * v[k] + (1 - beta) * g[k] ** 2 for k in g}
@@ -199,8 +174,7 @@ def test_spatial_average_is_the_mean_of_the_neuron_blocks(rng):
     plain, averaged = MBF(model, beta=0.5), MBF(model, beta=0.5, spatial_average=True)
     for _ in range(3):
         x, y = data(rng, (4,))
-        loss.forward(model.forward(x), y)
-        model.backward(loss.backward())
+        forward_backward(model, loss, x, y)
         g = flat_grads(model)
         plain.step()
         set_flat_grads(model, g)
@@ -213,8 +187,7 @@ def test_huge_damping_gives_gradient_over_damping(rng):
     model, loss = cnn(rng), SoftmaxCrossEntropy()
     pre = MBF(model, damping=1e8)
     x, y = data(rng, (2, 5, 5))
-    loss.forward(model.forward(x), y)
-    model.backward(loss.backward())
+    forward_backward(model, loss, x, y)
     g = flat_grads(model)
     pre.step()
     np.testing.assert_allclose(flat_grads(model) * 1e8, g, rtol=1e-6)
@@ -224,23 +197,13 @@ def test_state_dict_round_trip_continues_identically(rng, tmp_path):
     model, loss = cnn(rng), SoftmaxCrossEntropy()
     pre = MBF(model, beta=0.9, T1=2, T2=3, momentum=0.9)
     batches = [data(rng, (2, 5, 5)) for _ in range(8)]
-
-    def run(pre, steps):
-        out = []
-        for x, y in steps:
-            loss.forward(model.forward(x), y)
-            model.backward(loss.backward())
-            pre.step()
-            out.append(flat_grads(model))
-        return out
-
-    run(pre, batches[:4])
-    np.savez(tmp_path / "mbf.npz", **pre.state_dict())
-    expected = run(pre, batches[4:])
+    run_directions(model, loss, pre, batches[:4])
+    saved = npz_round_trip(pre.state_dict(), tmp_path / "mbf.npz")
+    expected = run_directions(model, loss, pre, batches[4:])
     restored = MBF(model, beta=0.9, T1=2, T2=3, momentum=0.9)
-    restored.load_state_dict(dict(np.load(tmp_path / "mbf.npz")))
+    restored.load_state_dict(saved)
     assert restored.t == 4
-    for a, b in zip(run(restored, batches[4:]), expected):
+    for a, b in zip(run_directions(model, loss, restored, batches[4:]), expected):
         np.testing.assert_array_equal(a, b)
 
 
@@ -253,11 +216,9 @@ def test_mbf_true_uses_sampled_labels_and_restores_the_model(rng):
     # reference: the same labels from the same generator, through a fresh backward
     loss.forward(model.forward(x), y)
     y_sampled = loss.sample_target(minidl.default_rng(7))
-    loss.forward(model.forward(x), y_sampled)
-    model.backward(loss.backward())
+    forward_backward(model, loss, x, y_sampled)
     g_sampled = flat_grads(model)
-    loss.forward(model.forward(x), y)
-    model.backward(loss.backward())
+    forward_backward(model, loss, x, y)
     g_true = flat_grads(model)
     douts = [layer.cache["dout"].copy() for layer in pre.layers]
     pre.step()
@@ -280,8 +241,7 @@ def test_mbf_true_with_other_losses_preconditions_the_true_label_gradient(rng, m
     model, loss = mlp(rng), make_loss()
     pre = MBF(model, damping=1e9, fisher="true", loss=loss, rng=minidl.default_rng(1))
     x, y = backend.asarray(rng.standard_normal((5, 4))), backend.asarray(target(rng, 5))
-    loss.forward(model.forward(x), y)
-    model.backward(loss.backward())
+    forward_backward(model, loss, x, y)
     g = flat_grads(model)
     pre.step()
     np.testing.assert_allclose(flat_grads(model) * 1e9, g, rtol=1e-6)
@@ -294,8 +254,7 @@ def test_warm_start_is_the_epoch_average(rng):
     blocks = mbf_blocks(model)
     outer = []
     for x, y in batches:
-        loss.forward(model.forward(x), y)
-        model.backward(loss.backward())
+        forward_backward(model, loss, x, y)
         g = flat_grads(model)
         outer.append([np.outer(g[b], g[b]) for b in blocks])
     pre = MBF(model, loss=loss).warm_start(batches)
@@ -308,13 +267,12 @@ def test_warm_start_is_the_epoch_average(rng):
 
 
 def test_normalisation_layers_get_adams_direction(rng):
-    model = Sequential(Linear(4, 3, rng=rng), BatchNorm1d(3), Tanh(), Linear(3, 3, rng=rng))
+    model = mlp_with_batchnorm(rng, (4, 3, 3))
     loss, beta = SoftmaxCrossEntropy(), 0.9
     pre = MBF(model, beta=beta, norm_eps=1e-8)
     assert pre.kinds == ["dense", "norm", "dense"]
     x, y = data(rng, (4,))
-    loss.forward(model.forward(x), y)
-    model.backward(loss.backward())
+    forward_backward(model, loss, x, y)
     g = backend.to_numpy(model[1].grads["gamma"])
     pre.step()
     expected = g / (np.sqrt((1 - beta) * g ** 2) + 1e-8)
@@ -338,8 +296,7 @@ def test_algorithm_2_is_mbf_momentum_then_sgd_with_weight_decay(rng):
     theta = flat_params(model)
     for _ in range(5):
         x, y = data(rng, (4,))
-        loss.forward(model.forward(x), y)
-        model.backward(loss.backward())
+        forward_backward(model, loss, x, y)
         theta = (1 - lr * gamma) * theta - lr * ref.direction(flat_grads(model))
         pre.step()
         opt.step()
@@ -355,10 +312,7 @@ def test_optimizer_momentum_equals_preconditioned_momentum_while_P_is_fixed(rng)
         pre = MBF(model, T1=100, T2=100, momentum=mbf_momentum)
         opt = SGD(model, lr=1e-3, momentum=sgd_momentum)
         for x, y in batches:
-            loss.forward(model.forward(x), y)
-            model.backward(loss.backward())
-            pre.step()
-            opt.step()
+            train_step(model, loss, x, y, pre, opt)
         results.append(flat_params(model))
     np.testing.assert_allclose(results[0], results[1], rtol=1e-10)
 
@@ -385,9 +339,6 @@ def test_backends_agree(on_backend, rng):
         minidl.set_backend(name)
         model.to_backend()
         pre = MBF(model, beta=0.5, momentum=0.5, spatial_threshold=20)
-        for _ in range(2):
-            loss.forward(model.forward(minidl.asarray(x)), minidl.asarray(y))
-            model.backward(loss.backward())
-            pre.step()
-        directions.append(flat_grads(model))
+        batch = (minidl.asarray(x), minidl.asarray(y))
+        directions.append(run_directions(model, loss, pre, [batch, batch])[-1])
     np.testing.assert_allclose(directions[1], directions[0], rtol=1e-10)

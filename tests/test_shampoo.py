@@ -1,38 +1,26 @@
 """Shampoo: the matrix update against its Kronecker form and dense solves, coupled Newton
 against eigendecomposition roots, statistics restated, grafting, checkpoints, backends."""
-import io
-
 import numpy as np
 import pytest
 
 import minidl
 from minidl import backend
-from minidl.layers import BatchNorm1d, Conv2d, Flatten, Linear, Sequential, Tanh
+from minidl.layers import Conv2d, Flatten, Linear, Sequential
 from minidl.losses import MSELoss, SoftmaxCrossEntropy
 from minidl.optim import SGD
 from minidl.precond import CoverageWarning, Shampoo
 from minidl.precond.linalg import inverse_root_eigh, inverse_root_newton
+
+from reference import (assert_same_params, forward_backward, mlp, mlp_with_batchnorm,
+                       npz_round_trip, raw_grads, train_step)
+
+SIZES = (3, 5, 4)  # the MLP of these tests: W (5, 3) and W (4, 5)
 
 
 def mat_power(M, power):
     """M^power for symmetric PSD M, by numpy's eigh (the independent reference)."""
     d, Q = np.linalg.eigh(M)
     return (Q * d ** power) @ Q.T
-
-
-def mlp(rng):
-    return Sequential(Linear(3, 5, rng=rng), Tanh(), Linear(5, 4, rng=rng))
-
-
-def forward_backward(model, loss, x, y):
-    value = loss.forward(model.forward(x), y)
-    model.backward(loss.backward())
-    return value
-
-
-def raw_grads(model):
-    return {id(leaf): {k: backend.to_numpy(v).copy() for k, v in leaf.grads.items()}
-            for leaf in model.leaves()}
 
 
 @pytest.fixture(autouse=True)
@@ -66,7 +54,7 @@ def test_coupled_newton_handles_a_singular_statistic(rng):
 
 # -- the update --------------------------------------------------------------------------
 def test_matrix_update_equals_kronecker_form_and_dense_solve(rng, batch):
-    model = mlp(rng)
+    model = mlp(rng, SIZES)
     loss = SoftmaxCrossEntropy()
     forward_backward(model, loss, *batch)
     raw = raw_grads(model)
@@ -93,7 +81,7 @@ def test_matrix_update_equals_kronecker_form_and_dense_solve(rng, batch):
 
 
 def test_newton_and_eigh_directions_agree(rng, batch):
-    model = mlp(rng)
+    model = mlp(rng, SIZES)
     loss = SoftmaxCrossEntropy()
     out = []
     for root in ("newton", "eigh"):
@@ -108,7 +96,7 @@ def test_newton_and_eigh_directions_agree(rng, batch):
 def test_statistics_sum_or_average_over_steps(rng):
     batches = [(rng.standard_normal((6, 3)), rng.integers(0, 4, 6)) for _ in range(3)]
     for beta2 in (1.0, 0.9):
-        model = mlp(minidl.default_rng(2))
+        model = mlp(minidl.default_rng(2), SIZES)
         loss = SoftmaxCrossEntropy()
         p = Shampoo(model, beta2=beta2)
         L = None
@@ -122,7 +110,7 @@ def test_statistics_sum_or_average_over_steps(rng):
 
 
 def test_appended_bias_preconditions_the_whole_matrix(rng, batch):
-    model = mlp(rng)
+    model = mlp(rng, SIZES)
     loss = SoftmaxCrossEntropy()
     forward_backward(model, loss, *batch)
     raw = raw_grads(model)
@@ -232,7 +220,7 @@ def test_psd_bound_of_gupta_et_al(rng):
 
 # -- grafting, identity statistics, huge epsilon -----------------------------------------
 def test_grafting_takes_the_norm_of_sgd_or_adagrad(rng, batch):
-    model = mlp(rng)
+    model = mlp(rng, SIZES)
     loss = SoftmaxCrossEntropy()
     for grafting in ("sgd", "adagrad"):
         forward_backward(model, loss, *batch)
@@ -247,7 +235,7 @@ def test_grafting_takes_the_norm_of_sgd_or_adagrad(rng, batch):
 
 
 def test_identity_statistics_and_huge_epsilon(rng, batch):
-    model = mlp(rng)
+    model = mlp(rng, SIZES)
     loss = SoftmaxCrossEntropy()
     forward_backward(model, loss, *batch)
     raw = raw_grads(model)
@@ -270,7 +258,7 @@ def test_identity_statistics_and_huge_epsilon(rng, batch):
 
 
 def test_uncovered_layers_keep_their_gradient(rng, batch):
-    model = Sequential(Linear(3, 5, rng=rng), BatchNorm1d(5), Tanh(), Linear(5, 4, rng=rng))
+    model = mlp_with_batchnorm(rng, SIZES)
     loss = SoftmaxCrossEntropy()
     forward_backward(model, loss, *batch)
     raw = raw_grads(model)
@@ -283,43 +271,32 @@ def test_uncovered_layers_keep_their_gradient(rng, batch):
 
 def test_bad_arguments_say_what_is_allowed(rng):
     with pytest.raises(ValueError, match="grafting"):
-        Shampoo(mlp(rng), grafting="adam")
+        Shampoo(mlp(rng, SIZES), grafting="adam")
     with pytest.raises(ValueError, match="beta2"):
-        Shampoo(mlp(rng), beta2=0.0)
+        Shampoo(mlp(rng, SIZES), beta2=0.0)
 
 
 # -- checkpoints and backends -------------------------------------------------------------
 def test_state_dict_round_trip_continues_identically(rng):
     batches = [(rng.standard_normal((6, 3)), rng.integers(0, 4, 6)) for _ in range(6)]
-    models = [mlp(minidl.default_rng(9)) for _ in range(2)]
+    models = [mlp(minidl.default_rng(9), SIZES) for _ in range(2)]
     losses = [SoftmaxCrossEntropy() for _ in range(2)]
     opts = [SGD(m, lr=0.1) for m in models]
     ps = [Shampoo(m, grafting="adagrad", beta2=0.9, T2=2) for m in models]
-
-    def step(k, x, y):
-        forward_backward(models[k], losses[k], x, y)
-        ps[k].step()
-        opts[k].step()
-
     for x, y in batches[:3]:
-        step(0, x, y)
-    buf = io.BytesIO()
-    np.savez(buf, **ps[0].state_dict())
-    buf.seek(0)
+        train_step(models[0], losses[0], x, y, ps[0], opts[0])
     models[1].load_state_dict(models[0].state_dict())
     opts[1].load_state_dict(opts[0].state_dict())
-    ps[1].load_state_dict(dict(np.load(buf)))
+    ps[1].load_state_dict(npz_round_trip(ps[0].state_dict()))
     for x, y in batches[3:]:
-        step(0, x, y)
-        step(1, x, y)
-    for a, b in zip(models[0].parameters(), models[1].parameters()):
-        np.testing.assert_array_equal(backend.to_numpy(a[1].params[a[2]]),
-                                      backend.to_numpy(b[1].params[b[2]]))
+        for k in range(2):
+            train_step(models[k], losses[k], x, y, ps[k], opts[k])
+    assert_same_params(*models)
 
 
 def test_runs_on_each_backend(on_backend):
     rng = minidl.default_rng(6)
-    model = mlp(rng)
+    model = mlp(rng, SIZES)
     loss = SoftmaxCrossEntropy()
     x = minidl.asarray(rng.standard_normal((6, 3)))
     y = minidl.asarray(rng.integers(0, 4, 6))
