@@ -124,7 +124,8 @@ def inverse_root_eigh(M, p, ridge=0.0):
         (n, n) symmetric, in M's dtype.
     """
     d, Q = sym_eig(M)  # (n,), (n, n)
-    return (Q * (d + ridge) ** (-1.0 / p)) @ Q.T  # (n, n)
+    B = Q * (d + ridge) ** (-0.5 / p)  # (n, n): columns scaled by the half power
+    return B @ B.T  # (n, n) = Q diag((d + ridge)^(-1/p)) Q^T, as one symmetric product
 
 
 def inverse_root_newton(M, p, ridge=0.0, max_iter=100, tol=1e-6):

@@ -156,12 +156,18 @@ class Shampoo(Preconditioner):
             layer.grads["b"] = pieces["b"]
 
     def _accumulate(self, s, key, new):
+        """s[key] <- s[key] + new (beta2 = 1) or its moving average, in place.
+
+        ``new`` is a fresh array, so the first update may keep it; in-place updates
+        spare an allocation of an (F, F) matrix per statistic per step.
+        """
         if key not in s:
             s[key] = new
         elif self.beta2 == 1.0:
-            s[key] = s[key] + new
+            s[key] += new
         else:
-            s[key] = self.beta2 * s[key] + (1 - self.beta2) * new
+            s[key] *= self.beta2
+            s[key] += (1 - self.beta2) * new
 
     # -- the three steps -----------------------------------------------------------------
     def update_curvature(self, i, layer):
