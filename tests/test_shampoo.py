@@ -294,6 +294,23 @@ def test_state_dict_round_trip_continues_identically(rng):
     assert_same_params(*models)
 
 
+def test_loaded_state_is_a_copy_the_caller_keeps_unchanged(rng):
+    """Shampoo updates its statistics in place; that must not reach the dict it was loaded
+    from (a checkpoint kept in memory would otherwise change under the caller)."""
+    model = mlp(minidl.default_rng(9), SIZES)
+    loss, opt = SoftmaxCrossEntropy(), SGD(model, lr=0.1)
+    p = Shampoo(model)
+    x, y = rng.standard_normal((6, 3)), rng.integers(0, 4, 6)
+    train_step(model, loss, x, y, p, opt)
+    saved = p.state_dict()
+    before = {k: v.copy() for k, v in saved.items()}
+    p.load_state_dict(saved)
+    train_step(model, loss, x, y, p, opt)
+    for k in saved:
+        np.testing.assert_array_equal(saved[k], before[k], err_msg=k)
+    assert not np.array_equal(backend.to_numpy(p.state[0]["W.L"]), saved["0.W.L"])
+
+
 def test_runs_on_each_backend(on_backend):
     rng = minidl.default_rng(6)
     model = mlp(rng, SIZES)

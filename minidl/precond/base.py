@@ -115,7 +115,7 @@ class Preconditioner:
         return out
 
     def load_state_dict(self, state):
-        """Restore what ``state_dict`` wrote, onto the active backend."""
+        """Restore what ``state_dict`` wrote, onto the active backend (as copies)."""
         new = [dict() for _ in self.layers]
         for name, value in state.items():
             if name == "t":
@@ -125,7 +125,9 @@ class Preconditioner:
                 raise ValueError(f"{type(self).__name__}.load_state_dict: entry {name!r} does "
                                  f"not match a covered layer (there are {len(self.layers)})")
             arr = backend.to_numpy(value)
-            new[int(i)][key] = backend.asarray(arr) if arr.dtype.kind in "fiub" else arr
+            # a copy: the preconditioner owns its state (Shampoo updates it in place, which
+            # must not reach back into the caller's dict)
+            new[int(i)][key] = backend.asarray(arr).copy() if arr.dtype.kind in "fiub" else arr
         self.state = new
         self.t = int(state["t"]) if "t" in state else 0
         return self

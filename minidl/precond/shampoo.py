@@ -187,10 +187,11 @@ class Shampoo(Preconditioner):
 
     def update_inverse(self, i, layer):
         s = self.state[i]
-        for name, g in self.pieces(layer).items():
-            p = 4 if g.ndim == 2 else 2  # exponent -1/(2 order)
+        for name in [key[:-2] for key in s if key.endswith(".L")]:
+            matrix = f"{name}.R" in s  # a matrix piece has two statistics, a vector one
+            p = 4 if matrix else 2  # exponent -1/(2 order)
             s[f"{name}.L_root"] = self.inverse_root(s[f"{name}.L"], p)  # (F, F)
-            if g.ndim == 2:
+            if matrix:
                 s[f"{name}.R_root"] = self.inverse_root(s[f"{name}.R"], p)  # (k, k)
 
     def graft_direction(self, s, name, g):
