@@ -137,7 +137,8 @@ def _accepted(cls, kw):
     return {k: v for k, v in kw.items() if k in params}
 
 
-def build(name, model, loss, lr=None, rng=None, **overrides):
+def build(name, model, loss, lr=None, rng=None, optimizer_kw=None, precond_kw=None,
+          **overrides):
     """Make the optimizer and preconditioner of method ``name`` for ``model``.
 
     Args:
@@ -146,10 +147,18 @@ def build(name, model, loss, lr=None, rng=None, **overrides):
         loss: the loss object (passed as ``loss=`` to preconditioners that take it).
         lr: the learning rate; None uses the method's default.
         rng: generator handed to preconditioners that sample (``rng=``), if they take one.
-        **overrides: optimizer hyperparameters replacing the table's (``momentum=0.5``).
+        optimizer_kw: optimizer hyperparameters replacing the table's (``momentum=0.5``).
+        precond_kw: preconditioner hyperparameters replacing the table's
+            (``damping=0.01``, ``T2=50``); a key the class does not accept is an error.
+        **overrides: more optimizer hyperparameters (the same as ``optimizer_kw``).
 
     Returns:
         ``(optimizer, precond)``; ``precond`` is None for first-order methods.
+
+    Raises:
+        ValueError: an unknown method, preconditioner keywords for a first-order method,
+            or a keyword the preconditioner class does not accept (the message lists the
+            ones it does).
     """
     import warnings
 
@@ -157,15 +166,26 @@ def build(name, model, loss, lr=None, rng=None, **overrides):
     from .precond import CoverageWarning
     method = get_method(name)
     lr = method.lr if lr is None else lr
-    kw = dict(method.optimizer_kw, **overrides)
+    kw = dict(method.optimizer_kw, **(optimizer_kw or {}), **overrides)
     optimizer = make_optimizer(method.optimizer, model, lr=lr, **kw)
-    precond = None
-    if method.precond is not None:
-        cls = _precond_class(method)
-        pkw = dict(method.precond_kw, loss=loss)
-        if rng is not None:
-            pkw["rng"] = rng
-        with warnings.catch_warnings():  # uncovered layers are expected (BatchNorm, ...)
-            warnings.simplefilter("ignore", CoverageWarning)
-            precond = cls(model, **_accepted(cls, pkw))
+    precond_kw = dict(precond_kw or {})
+    if method.precond is None:
+        if precond_kw:
+            raise ValueError(f"method {method.name!r} has no preconditioner, so the "
+                             f"preconditioner settings {sorted(precond_kw)} do not apply")
+        return optimizer, None
+    cls = _precond_class(method)
+    params = inspect.signature(cls).parameters
+    refused = sorted(k for k in precond_kw if k not in params)
+    if refused:
+        accepted = [k for k in params if k not in ("model", "loss", "rng")]
+        raise ValueError(f"{cls.__name__} does not take {refused}; it takes "
+                         f"{', '.join(accepted)}")
+    pkw = dict(method.precond_kw, **precond_kw)
+    pkw["loss"] = loss
+    if rng is not None:
+        pkw["rng"] = rng
+    with warnings.catch_warnings():  # uncovered layers are expected (BatchNorm, ...)
+        warnings.simplefilter("ignore", CoverageWarning)
+        precond = cls(model, **_accepted(cls, pkw))
     return optimizer, precond
