@@ -243,3 +243,28 @@ def test_an_unwritable_checkpoint_fails_before_training(tmp_path):
                   log_every=0)  # (an OSError after epoch 1 before)
     for name, a in model.state_dict().items():
         assert np.array_equal(a, before[name]), name
+
+
+# -- the plot of a diverged run -------------------------------------------------------------
+@pytest.mark.filterwarnings("ignore::RuntimeWarning")  # the overflow that makes it diverge
+def test_a_diverged_run_stays_visible_in_the_plot(tmp_path):
+    pytest.importorskip("matplotlib", reason="plots need matplotlib (pip install matplotlib)")
+    from minidl import plots
+    x, y = mnist_with_a_nan_pixel()  # diverges in epoch 1, before any finite epoch record
+    early, _, _, _ = mnist_run("sgd", x, y)
+    x_clean = x.copy()
+    x_clean[300] = 0.0
+    model = models.mlp((784, 32, 10), rng=minidl.default_rng(0))
+    late = train.fit(model, SoftmaxCrossEntropy(), optim.SGD(model, lr=0.1),
+                     DataLoader(x_clean, y, 128, shuffle=False), epochs=5, log_every=0,
+                     schedule=lambda k: 0.1 if k < 6 else 1e38)  # blows up in epoch 3
+    assert late.divergence["epoch"] == 3 and len(late) == 3
+    runs = {"ok": mnist_run("sgd", x_clean, y, epochs=4)[0], "early": early, "late": late}
+    fig = plots.plot_histories(runs, tmp_path / "curves.png", keys=("train_loss",
+                                                                     "step_loss"))
+    for ax in fig.axes:
+        legend = [t.get_text() for t in ax.get_legend().get_texts()]
+        assert legend[0] == "ok"
+        assert any(t.startswith("early: diverged (NaN loss, epoch 1, step 3)") for t in legend)
+        assert any(t.startswith("late: diverged (") and "epoch 3" in t for t in legend)
+    assert (tmp_path / "curves.png").read_bytes()[:4] == b"\x89PNG"
