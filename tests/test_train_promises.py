@@ -268,3 +268,23 @@ def test_a_diverged_run_stays_visible_in_the_plot(tmp_path):
         assert any(t.startswith("early: diverged (NaN loss, epoch 1, step 3)") for t in legend)
         assert any(t.startswith("late: diverged (") and "epoch 3" in t for t in legend)
     assert (tmp_path / "curves.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_the_loss_warning_about_a_nan_goes_into_the_report():
+    import warnings
+
+    class WarningLoss(SoftmaxCrossEntropy):  # as the losses warn about a non-finite value
+        def forward(self, logits, target):
+            value = super().forward(logits, target)
+            if value != value:
+                warnings.warn("the loss is nan; logits non-finite in 1 row(s) [44]",
+                              RuntimeWarning)
+            return value
+
+    x, y = mnist_with_a_nan_pixel()
+    model = models.mlp((784, 32, 10), rng=minidl.default_rng(0))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # nothing escapes to the terminal
+        h = train.fit(model, WarningLoss(), optim.SGD(model, lr=0.1),
+                      DataLoader(x, y, 128, shuffle=False), log_every=0)
+    assert "row(s) [44]" in h.divergence["detail"] and "row(s) [44]" in h.stop_reason
