@@ -92,10 +92,10 @@ def _add_common(p):
     run.add_argument("--dtype", choices=("float32", "float64"), default="float32",
                      help="floating-point precision of weights and data")
     run.add_argument("--threads", type=int, default=DEFAULT_THREADS, metavar="N",
-                     help="BLAS threads for the CPU backend (threadpoolctl). One suits the "
-                          "small default models and a shared machine: there, every thread "
-                          "beyond the free cores slows all of them down; try more on a "
-                          "machine of your own with a large model")
+                     help="BLAS threads for the CPU backend, set with threadpoolctl "
+                          f"(default: {DEFAULT_THREADS}, which suits the small default models "
+                          "and a shared machine, where threads beyond the free cores stall "
+                          "each other; try more on a machine of your own with a large model)")
     run.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
                      help="progress bar (tqdm) on standard error (default: only on a "
                           "terminal)")
@@ -124,7 +124,7 @@ def build_parser():
                      description=_wrap("minidl: train a network, or compare training methods "
                                        "on one network. 'minidl compare' with no arguments "
                                        "compares five methods on the bundled MNIST digits "
-                                       "(about 15 s of training on a 2-core CPU)."))
+                                       "(22-26 s in all on a busy 2-core CPU)."))
     sub = parser.add_subparsers(dest="command", metavar="{train,compare,assign}")
 
     train = sub.add_parser(
@@ -160,8 +160,9 @@ def build_parser():
                           "same initial weights and with the same batch order; print a table "
                           "and save the curves (loss against epochs and against seconds) and "
                           "histories. With the defaults (an MLP 784-100-100-10, 10,000 "
-                          "bundled MNIST digits, 5 epochs, five methods) it takes about 15 s "
-                          "of training on a 2-core CPU, 20 s from start to finish; "
+                          "bundled MNIST digits, 5 epochs, five methods, one BLAS thread) it "
+                          "took 22-26 s from start to finish (17-21 s of training, KFAC 13 s "
+                          "of it) in three runs on a 2-core CPU busy with other jobs; "
                           "--methods kflr kfra shampoo mbf add slower methods."),
         epilog=_methods_epilog())
     _add_common(compare)
