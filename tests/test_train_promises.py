@@ -86,8 +86,8 @@ def test_resume_without_the_best_weights_is_refused(tmp_path):
     h = train.fit(model, loss, opt, loader, epochs=3, val_loader=val, log_every=0)
     assert h.best("val_loss")["epoch"] < 3
     ck = tmp_path / "old.npz"  # a checkpoint as older code wrote it: no best weights
-    checkpoint.save(ck, model, opt, epoch=3, rng={"train_loader": loader.rng, "val_loader": val.rng},
-                    extra={"history": h.to_dict()})
+    checkpoint.save(ck, model, opt, epoch=3, extra={"history": h.to_dict()},
+                    rng={"train_loader": loader.rng, "val_loader": val.rng})
     m2, l2, o2, tl2, v2 = overfitting_problem()
     with pytest.raises(ValueError, match="does not hold that epoch's weights"):
         train.fit(m2, l2, o2, tl2, epochs=5, val_loader=v2, resume=ck, restore_best=True,
