@@ -330,3 +330,21 @@ def test_training_uses_one_blas_thread_by_default(tmp_path, capsys, monkeypatch)
     assert seen == [{1}]
     after = [p for p in threadpool_info() if p["user_api"] == "blas"][0]["num_threads"]
     assert after == before  # the limit ends with the command
+
+
+def test_a_method_that_crashes_does_not_lose_the_others(tmp_path, capsys, monkeypatch):
+    from minidl import precond
+    if not methods.is_available("kfac"):
+        pytest.skip("minidl.precond has no KFAC")
+
+    def broken_step(self):
+        raise RuntimeError("a bug in a preconditioner")
+
+    monkeypatch.setattr(precond.KFAC, "step", broken_step)
+    out = tmp_path / "cmp"
+    assert cli.main(["compare", "--methods", "kfac,sgd", "--epochs", "1", *TINY,
+                     "--out", str(out)]) == 0
+    err = capsys.readouterr().err
+    assert "method kfac failed: RuntimeError: a bug in a preconditioner" in err
+    rows = {r["method"]: r for r in json.loads((out / "summary.json").read_text())["results"]}
+    assert rows["kfac"]["status"] == "failed (RuntimeError)" and rows["sgd"]["status"] == "ok"
