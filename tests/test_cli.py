@@ -348,3 +348,15 @@ def test_a_method_that_crashes_does_not_lose_the_others(tmp_path, capsys, monkey
     assert "method kfac failed: RuntimeError: a bug in a preconditioner" in err
     rows = {r["method"]: r for r in json.loads((out / "summary.json").read_text())["results"]}
     assert rows["kfac"]["status"] == "failed (RuntimeError)" and rows["sgd"]["status"] == "ok"
+
+
+def test_readme_and_help_quote_the_same_measured_time(capsys):
+    import re
+    assert cli.main(["compare", "--help"]) == 0
+    text = " ".join(capsys.readouterr().out.split())
+    took = re.search(r"took (\d+)-(\d+) s from start to finish", text)
+    assert took, "compare --help says how long the default run took"
+    with open(os.path.join(ROOT, "README.md"), encoding="utf-8") as f:
+        readme = " ".join(f.read().split())
+    assert f"{took[1]} to {took[2]} s from start to finish" in readme
+    assert "--threads" in readme and "threadpoolctl" in readme
