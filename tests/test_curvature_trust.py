@@ -120,3 +120,20 @@ def test_curvature_through_train_mode_dropout_is_refused():
         assert C.per_example_grads(model, loss, x, t, method="layers").shape[0] == 4
     model.eval()
     np.testing.assert_array_equal(C.hvp(model, loss, x, t, v), C.hvp(model, loss, x, t, v))
+
+
+def test_on_each_backend(on_backend):
+    """The new paths (two-direction checks, Rayleigh-Ritz, the loss's row search) keep
+    arrays on the device they came from."""
+    from minidl.errors import NonFiniteWarning
+    from minidl.gradcheck import check_layer
+    model, loss, x, t = _saddle()
+    model.to_backend()
+    x, t = minidl.asarray(x), minidl.asarray(t)
+    result = C.power_iteration(model, loss, x, t, minidl.default_rng(0))
+    assert result.converged and minidl.array_module(result.eigenvector) is minidl.xp()
+    assert check_layer(model, x).ok
+    bad = x.copy()
+    bad[1, 0] = float("nan")
+    with pytest.warns(NonFiniteWarning, match=r"row\(s\) \[1\]"):
+        loss.forward(model.forward(bad), t)

@@ -401,8 +401,9 @@ def _ritz_on_pair(matvec, v, w, lam, xp, tol):
     theta, S = host.linalg.eigh((T + T.T) / 2)  # (2,) ascending, (2, 2)
     pairs = []
     for j in range(2):
-        y = S[0, j] * v + S[1, j] * q2  # (P,) Ritz vector, unit length
-        Ay = S[0, j] * w + S[1, j] * Aq2  # (P,) = A y without another product
+        s0, s1 = float(S[0, j]), float(S[1, j])  # host numbers, for either backend
+        y = s0 * v + s1 * q2  # (P,) Ritz vector, unit length
+        Ay = s0 * w + s1 * Aq2  # (P,) = A y without another product
         t = float(theta[j])
         pairs.append((t, y, float(xp.linalg.norm(Ay - t * y)) / max(abs(t), 1e-300)))
     best = max(pairs, key=lambda pair: abs(pair[0]))
