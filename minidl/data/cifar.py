@@ -190,9 +190,9 @@ def _batch_arrays(batch, label_key, source):
     return x, y
 
 
-def _read_members(folder, tarball, members, download):
+def _read_members(folder, tarball, members, download, data_dir=None):
     """{member: bytes} from the extracted ``folder`` if complete, else from the tarball."""
-    for base, _ in search_folders(""):
+    for base, _ in search_folders("", data_dir):
         paths = [os.path.join(base, folder, m) for m in members]
         if all(os.path.isfile(p) for p in paths):
             out = {}
@@ -200,7 +200,7 @@ def _read_members(folder, tarball, members, download):
                 with open(p, "rb") as f:
                     out[m] = f.read()
             return out
-    path = fetch(tarball, download)
+    path = fetch(tarball, download, data_dir)
     wanted = {f"{folder}/{m}": m for m in members}
     out = {}
     try:
@@ -218,10 +218,10 @@ def _read_members(folder, tarball, members, download):
     return out
 
 
-def _load(folder, tarball, members, label_key, download):
+def _load(folder, tarball, members, label_key, download, data_dir=None):
     """Concatenate the batches named by ``members`` into (x, y)."""
     np = backend.host()
-    raw = _read_members(folder, tarball, members, download)
+    raw = _read_members(folder, tarball, members, download, data_dir)
     xs, ys = [], []
     for m in members:
         source = f"{folder}/{m}"
@@ -231,12 +231,13 @@ def _load(folder, tarball, members, label_key, download):
     return np.concatenate(xs), np.concatenate(ys)  # (N, 3, 32, 32), (N,)
 
 
-def cifar10(split="train", download=True):
+def cifar10(split="train", download=True, data_dir=None):
     """CIFAR-10: 10 classes of 32x32 colour images.
 
     Args:
         split: ``"train"`` (data_batch_1..5, 50,000 images) or ``"test"`` (10,000).
         download: fetch the tarball when missing (163 MB, MD5-checked); False stays offline.
+        data_dir: the folder searched first (instead of ``MINIDL_DATA``), or None.
 
     Returns:
         (x, y): host arrays, x uint8 (N, 3, 32, 32) NCHW, y int64 (N,) in 0..9 (names in
@@ -249,16 +250,18 @@ def cifar10(split="train", download=True):
     members = {"train": [f"data_batch_{i}" for i in range(1, 6)], "test": ["test_batch"]}
     if split not in members:
         raise ValueError(f"cifar10: split must be 'train' or 'test', got {split!r}")
-    return _load("cifar-10-batches-py", CIFAR10_FILE, members[split], b"labels", download)
+    return _load("cifar-10-batches-py", CIFAR10_FILE, members[split], b"labels", download,
+                 data_dir)
 
 
-def cifar100(split="train", label="fine", download=True):
+def cifar100(split="train", label="fine", download=True, data_dir=None):
     """CIFAR-100: 100 fine classes grouped into 20 coarse ones, 32x32 colour images.
 
     Args:
         split: ``"train"`` (50,000 images) or ``"test"`` (10,000).
         label: ``"fine"`` (0..99) or ``"coarse"`` (0..19).
         download: fetch the tarball when missing (161 MB, MD5-checked); False stays offline.
+        data_dir: the folder searched first (instead of ``MINIDL_DATA``), or None.
 
     Returns:
         (x, y): host arrays, x uint8 (N, 3, 32, 32) NCHW, y int64 (N,).
@@ -272,4 +275,4 @@ def cifar100(split="train", label="fine", download=True):
     if label not in ("fine", "coarse"):
         raise ValueError(f"cifar100: label must be 'fine' or 'coarse', got {label!r}")
     key = b"fine_labels" if label == "fine" else b"coarse_labels"
-    return _load("cifar-100-python", CIFAR100_FILE, [split], key, download)
+    return _load("cifar-100-python", CIFAR100_FILE, [split], key, download, data_dir)
