@@ -36,7 +36,7 @@ References: CS231n "Convolutional Networks" notes; K. Chellapilla et al. 2006 (i
 PyTorch ``torch.nn.Conv2d`` for the conventions and the default initialisation.
 """
 from .. import backend, init
-from .base import Layer, expect_dim, expect_ndim
+from .base import Layer, expect_dim, expect_forward_done, expect_ndim
 from .im2col import col2im, im2col, output_size, pair
 
 __all__ = ["Conv2d"]
@@ -128,6 +128,7 @@ class Conv2d(Layer):
         return self._to_nchw(out_T, x)  # (N, F, Ho, Wo)
 
     def backward(self, dout):
+        expect_forward_done(self, dout)
         x, cols = self.cache["x"], self.cache["cols"]
         W = self.params["W"]
         self.cache["dout"] = dout

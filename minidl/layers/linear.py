@@ -16,7 +16,7 @@ R-operator (curvature), with tangents Rx, RW, Rb::
     Rdb   = sum_n Rdout_n
 """
 from .. import backend, init
-from .base import Layer, expect_dim, expect_ndim
+from .base import Layer, expect_dim, expect_forward_done, expect_ndim
 
 __all__ = ["Linear"]
 
@@ -59,6 +59,7 @@ class Linear(Layer):
         return out
 
     def backward(self, dout):
+        expect_forward_done(self, dout)
         x = self.cache["x"]
         W = self.params["W"]
         self.cache["dout"] = dout
