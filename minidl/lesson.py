@@ -1,4 +1,4 @@
-"""Small helpers the lessons share: fast mode and where figures go.
+"""Small helpers the lessons share: fast mode, where figures go, data, progress bars.
 
 A lesson (``lessons/NN_name.py``, ``# %%`` cells) runs top to bottom as a script or cell
 by cell in a notebook. Two environment variables steer it:
@@ -7,10 +7,22 @@ by cell in a notebook. Two environment variables steer it:
 * ``MINIDL_FIGURES``: the folder its PNG figures are written to (default
   ``lessons/figures`` when run from the repository root, ``figures`` when run from inside
   ``lessons/``, as a notebook is).
+
+::
+
+    from minidl import lesson
+    epochs = lesson.choose(full=10, fast=1)
+    x_train, y_train, x_test, y_test = lesson.mnist(n_train=lesson.choose(None, 3000))
+    ...
+    lesson.savefig(fig, "06_valley")      # lessons/figures/06_valley.png
 """
 import os
+import sys
 
-__all__ = ["FAST", "is_fast", "figures_dir", "savefig"]
+from . import backend
+
+__all__ = ["FAST", "is_fast", "choose", "figures_dir", "savefig", "in_notebook", "progress",
+           "mnist"]
 
 
 def is_fast():
@@ -19,6 +31,11 @@ def is_fast():
 
 
 FAST = is_fast()
+
+
+def choose(full, fast):
+    """``fast`` in fast mode, else ``full`` (read when called, so tests may set the variable)."""
+    return fast if is_fast() else full
 
 
 def figures_dir():
@@ -34,11 +51,67 @@ def figures_dir():
     return path
 
 
-def savefig(fig, name, dpi=110):
+def savefig(fig, name, dpi=80):
     """Save matplotlib figure ``fig`` as ``<figures_dir>/<name>.png`` and return the path.
 
-    Headless-safe: nothing is shown; call ``plt.show()`` yourself in a notebook if wanted.
+    Under a non-interactive backend (``MPLBACKEND=Agg``, a script or CI) the figure is
+    closed after saving, so a long lesson never holds dozens of open figures; in a
+    notebook it stays open and the notebook shows it below the cell.
     """
     path = os.path.join(figures_dir(), name if name.endswith(".png") else name + ".png")
     fig.savefig(path, dpi=dpi, bbox_inches="tight")
+    import matplotlib
+    if matplotlib.get_backend().lower() in ("agg", "pdf", "ps", "svg", "cairo", "template"):
+        import matplotlib.pyplot as plt
+        plt.close(fig)
     return path
+
+
+def in_notebook():
+    """True inside a Jupyter kernel (IPython with a kernel attached), False in a script."""
+    shell = sys.modules.get("IPython")
+    if shell is None:
+        return False
+    try:
+        ip = shell.get_ipython()
+    except Exception:  # an IPython too old or half-imported: treat as no notebook
+        return False
+    return ip is not None and getattr(ip, "kernel", None) is not None
+
+
+def progress():
+    """The ``progress=`` argument for ``minidl.train.fit`` in a lesson.
+
+    True in a notebook (the bar is drawn in the cell's output), None otherwise (fit then
+    draws it only when standard error is a terminal, so CI logs stay clean).
+    """
+    return True if in_notebook() else None
+
+
+def mnist(n_train=None, n_test=None, flatten=True, dtype=None):
+    """MNIST for a lesson as floats in [0, 1]: the real files in full mode, else bundled.
+
+    Full mode reads the 60,000/10,000 images through ``minidl.data.mnist`` (which looks in
+    ``MINIDL_DATA`` first); fast mode uses the 10,000/2,000-image subset shipped with the
+    package (``minidl.data.bundled_mnist``), so it runs offline.
+
+    Args:
+        n_train: keep the first ``n_train`` training examples (None: all).
+        n_test: keep the first ``n_test`` test examples (None: all).
+        flatten: return x as (N, 784) instead of (N, 1, 28, 28).
+        dtype: float dtype of x (default: minidl's default dtype).
+
+    Returns:
+        ``(x_train, y_train, x_test, y_test)`` on the active device; x float, y int64.
+    """
+    from . import data
+    load = data.bundled_mnist if is_fast() else data.mnist
+    out = []
+    for split, n in (("train", n_train), ("test", n_test)):
+        x, y = load(split)
+        x, y = x[:n], y[:n]  # (n, 1, 28, 28) uint8, (n,) int64
+        x = data.normalise(backend.asarray(x), dtype=dtype)  # floats in [0, 1]
+        if flatten:
+            x = x.reshape(x.shape[0], -1)  # (n, 784)
+        out += [x, backend.asarray(y)]
+    return tuple(out)
