@@ -20,8 +20,9 @@
 # eta > 2 / lambda_M makes |1 - eta lambda_M| > 1: divergence.
 #
 # Every number below is measured by running minidl: the quadratic is a `Linear` layer
-# without bias under `MSELoss`, built so that its Hessian (checked with
-# `minidl.curvature.hessian`) is exactly A, and the steps are `minidl.optim.SGD`'s.
+# without bias under `MSELoss` (`minidl.lesson.quadratic`: inputs X = sqrt(M/2) A^(1/2),
+# so that the MSE's Hessian (2/M) X'X is A, checked with `minidl.curvature.hessian`), and
+# the steps are `minidl.optim.SGD`'s.
 #
 # Run it top to bottom: `python lessons/02_gradient_descent_quadratics.py`.
 
@@ -41,22 +42,9 @@ xp = minidl.xp()
 crit = MSELoss()
 
 
-def quadratic(A, b):
-    """A Linear layer (no bias) and data (X, y) whose mean squared error is
-    1/2 w'Aw - b'w + const, so that gradient descent on it is gradient descent on the
-    quadratic. With X = sqrt(M/2) A^(1/2) (M rows) the MSE Hessian (2/M) X'X is A, and
-    y = sqrt(M/2) A^(-1/2) b gives the linear term."""
-    M = A.shape[0]
-    lam, Q = xp.linalg.eigh(A)                          # (M,), (M, M)
-    X = math.sqrt(M / 2) * (Q * xp.sqrt(lam)) @ Q.T     # (M, M) = sqrt(M/2) A^(1/2)
-    y = (math.sqrt(M / 2) * (Q / xp.sqrt(lam)) @ Q.T @ b)[:, None]   # (M, 1)
-    model = Linear(M, 1, bias=False, rng=minidl.default_rng(0))
-    return model, X, y
-
-
 def run_gd(A, b, w0, eta, steps):
     """Iterates w_0 .. w_steps of minidl's SGD (full batch = gradient descent)."""
-    model, X, y = quadratic(A, b)
+    model, X, y = lesson.quadratic(A, b)   # Linear(M, 1) under MSELoss, Hessian A
     model.params["W"][0] = w0
     opt = SGD(model, lr=eta)
     path = [model.params["W"][0].copy()]
@@ -83,7 +71,7 @@ lam2 = xp.asarray([1.0, 10.0])
 A2 = (Q2 * lam2) @ Q2.T                                 # (2, 2)
 b2 = A2 @ xp.asarray([1.0, -0.5])                       # so that w* = (1, -0.5)
 w_star2 = xp.linalg.solve(A2, b2)
-model, X, y = quadratic(A2, b2)
+model, X, y = lesson.quadratic(A2, b2)
 H = curvature.hessian(model, crit, X, y)                # (2, 2), minidl's R-operator passes
 print("Hessian measured by minidl.curvature.hessian:\n", H)
 assert float(abs(H - A2).max()) < 1e-12, "the construction must give Hessian = A"

@@ -22,7 +22,7 @@ import sys
 from . import backend
 
 __all__ = ["FAST", "is_fast", "choose", "figures_dir", "savefig", "in_notebook", "progress",
-           "mnist"]
+           "mnist", "quadratic"]
 
 
 def is_fast():
@@ -115,3 +115,39 @@ def mnist(n_train=None, n_test=None, flatten=True, dtype=None):
             x = x.reshape(x.shape[0], -1)  # (n, 784)
         out += [x, backend.asarray(y)]
     return tuple(out)
+
+
+def quadratic(A, b):
+    """A model whose mean squared error is the quadratic 1/2 w'Aw - b'w (plus a constant).
+
+    Lessons run gradient descent and the optimizers on quadratics through minidl's own
+    code path: a ``Linear(M, 1, bias=False)`` layer (its ``W`` of shape (1, M) is w) under
+    ``MSELoss`` on M data rows. With X = sqrt(M/2) A^(1/2) the Hessian of the MSE,
+    (2/M) X'X, is A, and targets y = sqrt(M/2) A^(-1/2) b give the linear term -b'w.
+
+    Args:
+        A: symmetric positive-definite matrix (M, M).
+        b: vector (M,).
+
+    Returns:
+        ``(model, X, y)``: the layer (W initialised to zeros), inputs X (M, M) and
+        targets y (M, 1); ``MSELoss().forward(model.forward(X), y)`` is the quadratic.
+
+    Raises:
+        ValueError: A is not square and symmetric positive definite, or b does not match.
+    """
+    from .layers import Linear
+    xp = backend.array_module(A)
+    M = A.shape[0] if A.ndim == 2 else -1
+    if A.ndim != 2 or A.shape != (M, M) or b.shape != (M,):
+        raise ValueError(f"quadratic expects A of shape (M, M) and b of shape (M,), got "
+                         f"{tuple(A.shape)} and {tuple(b.shape)}")
+    lam, Q = xp.linalg.eigh((A + A.T) / 2)  # (M,), (M, M)
+    if float(lam.min()) <= 0 or float(abs(A - A.T).max()) > 1e-12 * float(abs(A).max()):
+        raise ValueError("quadratic expects a symmetric positive-definite A, got eigenvalues "
+                         f"from {float(lam.min()):.3g} to {float(lam.max()):.3g}")
+    X = (M / 2) ** 0.5 * (Q * xp.sqrt(lam)) @ Q.T  # (M, M) = sqrt(M/2) A^(1/2)
+    y = ((M / 2) ** 0.5 * (Q / xp.sqrt(lam)) @ Q.T @ b)[:, None]  # (M, 1)
+    model = Linear(M, 1, bias=False, rng=backend.default_rng(0))
+    model.params["W"][...] = 0
+    return model, X, y
