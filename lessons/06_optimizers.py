@@ -42,11 +42,11 @@ xp = minidl.xp()
 # through minidl (`lesson.quadratic`: a `Linear` layer under `MSELoss` with Hessian A).
 # 60 steps each: SGD at its optimal step 2 / (lambda_1 + lambda_M), momentum at the
 # optimum of Goh (2017), Nesterov at the best (eta, mu) of its own 2x2 iteration matrix
-# (Goh's momentum setting makes it diverge: try it), the others tuned by hand. The plot should show: SGD zig-zags
-# across and crawls along the valley; momentum and Nesterov build up speed along it; the
-# adaptive methods divide each coordinate by its own gradient scale, so they head for the
-# minimum almost diagonally (but Adam, at a fixed step, keeps circling it); Rprop moves in
-# sign steps.
+# (Goh's momentum setting makes it diverge: try it), the others tuned by hand. The plot
+# should show: SGD zig-zags across and crawls along the valley; momentum and Nesterov
+# build up speed along it; the adaptive methods divide each coordinate by its own
+# gradient scale, so they head for the minimum almost diagonally (but Adam, at a fixed
+# step, keeps circling it); Rprop moves in sign steps.
 
 # %%
 A = xp.diag(xp.asarray([0.5, 25.0]))                   # (2, 2)
@@ -110,7 +110,7 @@ ax.set_xlabel("step")
 ax.set_title("loss - optimum", fontsize=10)
 ax.legend(fontsize=7)
 fig.tight_layout()
-print(lesson.savefig(fig, "06_valley"))
+print(lesson.savefig(fig, "06_optimizers"))
 
 # %% [markdown]
 # ## 2. Rprop with mini-batches: the seed's +0.1 x9, -0.9 x1 example

@@ -167,7 +167,7 @@ for ax, name in zip(axes[2:], ("raw [0, 1]", "ZCA whitened")):
     ax.set_yticks([])
     fig.colorbar(im, ax=ax, fraction=0.046)
 fig.tight_layout()
-print(lesson.savefig(fig, "07_whitening_steps"))
+print(lesson.savefig(fig, "07_input_normalisation"))
 
 # %% [markdown]
 # ## 4. What ZCA whitening looks like

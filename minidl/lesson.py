@@ -1,4 +1,4 @@
-"""Small helpers the lessons share: fast mode, where figures go, data, progress bars.
+"""Small helpers the lessons share: fast mode, where figures go, data, quadratics.
 
 A lesson (``lessons/NN_name.py``, ``# %%`` cells) runs top to bottom as a script or cell
 by cell in a notebook. Two environment variables steer it:
@@ -17,12 +17,10 @@ by cell in a notebook. Two environment variables steer it:
     lesson.savefig(fig, "06_valley")      # lessons/figures/06_valley.png
 """
 import os
-import sys
 
 from . import backend
 
-__all__ = ["FAST", "is_fast", "choose", "figures_dir", "savefig", "in_notebook", "progress",
-           "mnist", "quadratic"]
+__all__ = ["FAST", "is_fast", "choose", "figures_dir", "savefig", "mnist", "quadratic"]
 
 
 def is_fast():
@@ -65,27 +63,6 @@ def savefig(fig, name, dpi=80):
         import matplotlib.pyplot as plt
         plt.close(fig)
     return path
-
-
-def in_notebook():
-    """True inside a Jupyter kernel (IPython with a kernel attached), False in a script."""
-    shell = sys.modules.get("IPython")
-    if shell is None:
-        return False
-    try:
-        ip = shell.get_ipython()
-    except Exception:  # an IPython too old or half-imported: treat as no notebook
-        return False
-    return ip is not None and getattr(ip, "kernel", None) is not None
-
-
-def progress():
-    """The ``progress=`` argument for ``minidl.train.fit`` in a lesson.
-
-    True in a notebook (the bar is drawn in the cell's output), None otherwise (fit then
-    draws it only when standard error is a terminal, so CI logs stay clean).
-    """
-    return True if in_notebook() else None
 
 
 def mnist(n_train=None, n_test=None, flatten=True, dtype=None):
