@@ -93,7 +93,7 @@ print(f"SGD, lr tuned up to 1.9/lambda_max: {sgd if sgd < 2000 else '>= 2000'} s
 with warnings.catch_warnings():
     warnings.simplefilter("ignore")
     methods = {
-        "BNP (normalise each input)": (lambda m: BNP(m, rho=0.0, eps1=0.0, eps2=1e-8), 0.5),
+        "BNP (normalise each input)": (lambda m: BNP(m, stat_decay=0.0, eps1=0.0, eps2=1e-8), 0.5),
         "KFAC (A kron G, empirical)": (
             lambda m: KFAC(m, loss=crit, T1=1, T2=1, damping=1e-4, kl_clip=None), 3.0),
         "KFLR (exact Gauss-Newton factor)": (

@@ -7,7 +7,7 @@ into a clean "diverged" stop instead of a traceback. It subclasses ``FloatingPoi
 so code that already catches floating-point failures keeps working.
 """
 
-__all__ = ["NonFiniteError"]
+__all__ = ["NonFiniteError", "NonFiniteWarning"]
 
 
 class NonFiniteError(FloatingPointError):
@@ -16,3 +16,10 @@ class NonFiniteError(FloatingPointError):
     The message names where it was found (layer, parameter or statistic) and what was
     expected; the object that raised it has not changed its state.
     """
+
+
+class NonFiniteWarning(RuntimeWarning):
+    """A loss came out NaN or infinite; the message names the rows of the batch whose
+    logits or targets are not finite (bad data), or says that they all were (an overflow,
+    usually a diverging run). The value is still returned, so a training loop can stop
+    cleanly as "diverged"."""

@@ -15,7 +15,7 @@ Tanh       t = tanh(x)                     1 - t^2             -2 t (1 - t^2)
 At x = 0 ReLU's derivative is taken as 0, as PyTorch does.
 """
 from .. import backend
-from .base import Layer
+from .base import Layer, expect_forward_done, expect_input
 
 __all__ = ["ReLU", "LeakyReLU", "Sigmoid", "Tanh"]
 
@@ -35,14 +35,14 @@ class _Elementwise(Layer):
         return None
 
     def forward(self, x):
-        if not backend.is_array(x):
-            raise TypeError(f"{type(self).__name__} expects an array, got {type(x).__name__}")
+        expect_input(self, x)
         self.cache["x"] = x
         out = self.f(x)  # same shape as x
         self.cache["out"] = out
         return out
 
     def backward(self, dout):
+        expect_forward_done(self, dout)
         self.cache["dout"] = dout
         return dout * self.df()
 

@@ -51,7 +51,7 @@ LayerNorm and GroupNorm (layernorm.py, groupnorm.py) are the same maths with the
 taken over other axes, so they share ``Normalization`` below: one code path for all three.
 """
 from .. import backend
-from .base import Layer, expect_dim, expect_ndim
+from .base import Layer, expect_dim, expect_forward_done, expect_ndim
 
 __all__ = ["BatchNorm1d", "BatchNorm2d", "Normalization"]
 
@@ -122,7 +122,7 @@ class Normalization(Layer):
         if stats is None:
             mu = xs.mean(axis=axes, keepdims=True)  # stat view, 1 along axes
             var = ((xs - mu) ** 2).mean(axis=axes, keepdims=True)  # same shape as mu
-            self.record_batch_stats(mu, var, xs.size // mu.size)
+            self.record_batch_stats(mu, var, xs.size // max(mu.size, 1))
         else:
             mu, var = stats
         sigma = (var + self.eps) ** 0.5  # same shape as mu
@@ -132,6 +132,7 @@ class Normalization(Layer):
         return self.param_view(gamma, x) * x_hat + self.param_view(beta, x)  # shape of x
 
     def backward(self, dout):
+        expect_forward_done(self, dout)
         x, x_hat = self.cache["x"], self.cache["x_hat"]
         self.cache["dout"] = dout
         axes = self.param_axes(x)

@@ -30,7 +30,7 @@ Reference: CS231n "Convolutional Networks" notes (pooling layer); PyTorch
 ``torch.nn.MaxPool2d`` / ``AvgPool2d`` for the conventions.
 """
 from .. import backend
-from .base import Layer, expect_ndim
+from .base import Layer, expect_forward_done, expect_ndim
 from .im2col import add_windows, pair, sliding_windows
 
 __all__ = ["MaxPool2d", "AvgPool2d", "GlobalAvgPool2d"]
@@ -97,6 +97,7 @@ class MaxPool2d(_Pool2d):
         return self._add_windows(dwin, x.shape)  # (N, C, H, W)
 
     def backward(self, dout):
+        expect_forward_done(self, dout)
         self.cache["dout"] = dout
         return self._scatter(dout)
 
@@ -137,6 +138,7 @@ class AvgPool2d(_Pool2d):
         return self._mean(x)  # (N, C, Ho, Wo)
 
     def backward(self, dout):
+        expect_forward_done(self, dout)
         self.cache["dout"] = dout
         return self._spread(dout)
 
@@ -164,6 +166,7 @@ class GlobalAvgPool2d(Layer):
         return dx
 
     def backward(self, dout):
+        expect_forward_done(self, dout)
         self.cache["dout"] = dout
         return self._spread(dout)
 
