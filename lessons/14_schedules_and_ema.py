@@ -209,7 +209,7 @@ axes[2].set(xlabel="update", ylabel="training loss (2,000 digits)", yscale="log"
             title="MLP on MNIST, SGD-m 0.05, batch 32")
 axes[2].legend(fontsize=8)
 fig.tight_layout()
-print("saved", savefig(fig, "14_schedules_and_ema"))
+print("saved", savefig(fig, "14_schedules_and_ema", dpi=85))
 
 # %% [markdown]
 # ## What we measured
