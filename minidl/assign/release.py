@@ -8,8 +8,9 @@ Steps (nothing is written to ``--out`` until all of them succeed):
    dependencies), and an assignment config completed with minidl's glue:
 
    * ``autograder_files: [minidl]``: the zip carries the library the assignment was
-     released with, so a Gradescope image needs only ``requirements.txt`` and grading
-     uses exactly that code;
+     released with. Otter appends the submission folder to ``sys.path``, so an installed
+     minidl still comes first; on a Gradescope image, which has only ``requirements.txt``,
+     this copy is the one imported;
    * ``plugins: [minidl.assign.guard.GradingGuard]`` (per-cell time limit, grader files
      restored; see ``guard``);
    * ``strip_solutions_from_all_cells: true``: solution markers are honoured in every
