@@ -215,6 +215,7 @@ def read_master(folder):
             has_tests.add(question)
             tc = _TEST_CONFIG.search(src)
             tconf = (yaml.safe_load(tc.group("yaml")) or {}) if tc else {}
+            _check_test_statements(_TEST_CONFIG.sub("", src), where)
             body = _TEST_CONFIG.sub("", src).splitlines()
             (hidden if tconf.get("hidden") else public).extend(body)
         elif block == "solution" and cell.cell_type == "markdown":
@@ -253,6 +254,29 @@ def read_master(folder):
     return Master(path=path, name=path.stem, notebook=nb, config=config,
                   config_index=config_index, questions=questions,
                   solution_lines=solution_lines, hidden_lines=hidden_lines)
+
+
+def _check_test_statements(code, where):
+    """Refuse a bare expression in a test: Otter runs tests as doctests, where its printed
+    value would count as unexpected output and fail the test on a correct answer. Calls of
+    ``assert_*`` helpers (which return None) are the exception."""
+    import ast
+    try:
+        tree = ast.parse(code)
+    except SyntaxError as e:
+        raise AssignError(f"{where}: the test does not parse: {e}")
+    for node in ast.walk(tree):
+        if not isinstance(node, ast.Expr):
+            continue
+        value = node.value
+        func = value.func if isinstance(value, ast.Call) else None
+        name = getattr(func, "id", getattr(func, "attr", ""))
+        docstring = isinstance(value, ast.Constant) and isinstance(value.value, str)
+        if not docstring and not name.startswith("assert"):
+            raise AssignError(
+                f"{where}: line {node.lineno} of this test is a bare expression; Otter's "
+                "doctest would print its value and fail the test; assign it (_ = ...) or "
+                "assert on it")
 
 
 def _secrets(lines, public):
