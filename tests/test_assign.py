@@ -235,3 +235,56 @@ def test_short_or_public_lines_are_not_secrets(tmp_path):
     master = read_master(write_master(tmp_path, text))
     assert "y = x" not in master.solution_lines           # too short to prove anything
     assert "return x * 2 # the secret doubling line" in master.solution_lines
+
+
+# -- the feedback assertions used by the tests of the assignments -----------------------------
+def _linear_with(backward_W):
+    import minidl
+    from minidl.layers import Linear
+
+    class Student(Linear):
+        def backward(self, dout):
+            dx = super().backward(dout)
+            self.grads["W"] = backward_W(self.cache["x"], dout)
+            return dx
+    return Student(4, 3, rng=minidl.default_rng(0)).astype("float64")
+
+
+def test_feedback_names_a_transposed_gradient():
+    import minidl
+    from minidl.assign.feedback import assert_gradcheck
+    x = minidl.default_rng(1).standard_normal((5, 4))
+    assert_gradcheck(_linear_with(lambda x, dout: dout.T @ x), x)  # correct: passes
+    with pytest.raises(AssertionError, match=r"grads\['W'\] has shape \(4, 3\).*transposed"):
+        assert_gradcheck(_linear_with(lambda x, dout: x.T @ dout), x)
+    with pytest.raises(AssertionError, match=r"gradient check of .*FAILED[\s\S]*FAIL\] W [\s\S]*worst at index"):
+        assert_gradcheck(_linear_with(lambda x, dout: 0.5 * dout.T @ x), x)
+
+
+def test_feedback_assert_close_reports_the_worst_element():
+    import numpy as np
+    from minidl.assign.feedback import assert_close
+    assert_close("a", np.ones((2, 3)), np.ones((2, 3)))
+    with pytest.raises(AssertionError, match=r"a: 1 of 6 .*index \(1, 2\): got 5, expected 1"):
+        assert_close("a", np.array([[1, 1, 1], [1, 1, 5.0]]), np.ones((2, 3)))
+    with pytest.raises(AssertionError, match="not written yet"):
+        assert_close("forward", None, np.ones(2))
+    with pytest.raises(AssertionError, match=r"shape \(3, 2\), expected \(2, 3\) \(the transpose"):
+        assert_close("dW", np.ones((3, 2)), np.ones((2, 3)))
+
+
+def test_same_updates_catches_adam_without_bias_correction():
+    import numpy as np
+    from minidl import optim
+    from minidl.assign.feedback import assert_same_updates
+
+    class NoBiasCorrection(optim.Adam):
+        def adam_step(self, theta, g, s):
+            b1, b2 = self.betas
+            s["m"] = b1 * s["m"] + (1 - b1) * g
+            s["v"] = b2 * s["v"] + (1 - b2) * g * g
+            theta -= self.lr * s["m"] / (np.sqrt(s["v"]) + self.eps)
+
+    assert_same_updates(lambda m: optim.Adam(m, 0.01), lambda m: optim.Adam(m, 0.01))
+    with pytest.raises(AssertionError, match="step 1, parameter"):
+        assert_same_updates(lambda m: NoBiasCorrection(m, 0.01), lambda m: optim.Adam(m, 0.01))
