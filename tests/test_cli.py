@@ -360,3 +360,15 @@ def test_readme_and_help_quote_the_same_measured_time(capsys):
         readme = " ".join(f.read().split())
     assert f"{took[1]} to {took[2]} s from start to finish" in readme
     assert "--threads" in readme and "threadpoolctl" in readme
+
+
+def test_assign_with_a_missing_dependency_says_which(monkeypatch, capsys):
+    import importlib
+
+    def failing_import(name, *args):
+        raise ModuleNotFoundError("No module named 'otter'", name="otter")
+
+    monkeypatch.setattr(importlib, "import_module", failing_import)
+    assert cli.main(["assign", "grade", "x.zip", "y.ipynb"]) == 2
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1 and "'otter'" in err and "[assign]" in err
