@@ -13,6 +13,11 @@ Tanh       t = tanh(x)                     1 - t^2             -2 t (1 - t^2)
 =========  ==============================  ==================  =========================
 
 At x = 0 ReLU's derivative is taken as 0, as PyTorch does.
+
+Memory: each layer keeps only what f' and f'' need, one array the size of x: ReLU, Sigmoid
+and Tanh keep their output (ReLU's f'(x) = [out > 0]), LeakyReLU keeps its input (its
+slope may be negative, so the sign of out does not give the sign of x). The output is
+usually the next layer's input, so keeping it costs nothing extra.
 """
 from .. import backend
 from .base import Layer
@@ -21,7 +26,13 @@ __all__ = ["ReLU", "LeakyReLU", "Sigmoid", "Tanh"]
 
 
 class _Elementwise(Layer):
-    """Shared passes for out = f(x): subclasses give f, f' and f''."""
+    """Shared passes for out = f(x): subclasses give f, f' and f''.
+
+    ``keeps`` names the one array the forward pass caches for f' and f'': ``"out"`` or
+    ``"x"``.
+    """
+
+    keeps = "out"
 
     def f(self, x):
         raise NotImplementedError
@@ -37,9 +48,8 @@ class _Elementwise(Layer):
     def forward(self, x):
         if not backend.is_array(x):
             raise TypeError(f"{type(self).__name__} expects an array, got {type(x).__name__}")
-        self.cache["x"] = x
         out = self.f(x)  # same shape as x
-        self.cache["out"] = out
+        self.cache = {self.keeps: out if self.keeps == "out" else x}
         return out
 
     def backward(self, dout):
@@ -66,12 +76,20 @@ class ReLU(_Elementwise):
         return xp.maximum(x, 0)
 
     def df(self):
-        x = self.cache["x"]
-        return (x > 0).astype(x.dtype)
+        out = self.cache["out"]
+        return (out > 0).astype(out.dtype)  # x > 0 exactly where out > 0
+
+    def backward(self, dout):
+        out = self.cache["out"]
+        self.cache["dout"] = dout
+        xp = backend.array_module(dout)
+        return xp.where(out > 0, dout, xp.zeros((), dtype=dout.dtype))  # dout * [x > 0]
 
 
 class LeakyReLU(_Elementwise):
     """out = x for x > 0, ``negative_slope * x`` otherwise."""
+
+    keeps = "x"
 
     def __init__(self, negative_slope=0.01):
         super().__init__()
