@@ -279,6 +279,8 @@ def torch_twin(torch, model):
 def training_workload(torch, model, loss, x, y, torch_loss):
     """One SGD step (lr 1e-3, momentum 0.9) of ``model`` and of its PyTorch twin."""
     twin = torch_twin(torch, model)
+    model.needs_input_grad = False  # as PyTorch: no gradient for the data
+    model.free_after_backward = True  # as PyTorch: activations freed during backward
     opt = SGD(model, lr=1e-3, momentum=0.9)
     xt, yt = torch.from_numpy(x), torch.from_numpy(y)
     topt = torch.optim.SGD(twin.parameters(), lr=1e-3, momentum=0.9)
@@ -375,7 +377,7 @@ def _status_kb(field):
     raise RuntimeError(f"no {field} in /proc/self/status")
 
 
-def memory_child(side):
+def memory_child(side, free=True):
     """Print the peak resident memory of one ResNet-20 step above the set-up (bytes)."""
     import gc
     import torch
@@ -383,6 +385,8 @@ def memory_child(side):
     threadpoolctl.threadpool_limits(1)
     minidl.set_default_dtype("float32")
     model, x, y = resnet20_model_and_batch()
+    model.needs_input_grad = False
+    model.free_after_backward = free
     if side == "minidl":
         loss, opt = SoftmaxCrossEntropy(), SGD(model, lr=1e-3, momentum=0.9)
 
@@ -417,8 +421,11 @@ def memory_child(side):
 def peak_memory():
     out = {}
     for side in ("minidl", "torch"):
+        # big blocks straight from the OS and back on free, so the resident size follows
+        # what is allocated (glibc would otherwise keep freed blocks of up to 32 MB)
+        env = dict(os.environ, MALLOC_MMAP_THRESHOLD_="131072")
         proc = subprocess.run([sys.executable, os.path.abspath(__file__), "--memory-child",
-                               side], capture_output=True, text=True, check=True)
+                               side], capture_output=True, text=True, check=True, env=env)
         out[side] = json.loads(proc.stdout.strip().splitlines()[-1])["step_peak_bytes"]
     return out
 

@@ -80,10 +80,8 @@ class ReLU(_Elementwise):
         return (out > 0).astype(out.dtype)  # x > 0 exactly where out > 0
 
     def backward(self, dout):
-        out = self.cache["out"]
-        self.cache["dout"] = dout
-        xp = backend.array_module(dout)
-        return xp.where(out > 0, dout, xp.zeros((), dtype=dout.dtype))  # dout * [x > 0]
+        # no cache["dout"]: ReLU's f'' is zero, so its R-operator passes never read it
+        return dout * (self.cache["out"] > 0)  # dout * [x > 0]; much faster than where(out > 0, dout, 0)
 
 
 class LeakyReLU(_Elementwise):

@@ -37,6 +37,15 @@ __all__ = ["Layer", "expect_ndim", "expect_dim", "expect_finite"]
 class Layer:
     """Base class: parameters, gradients, buffers, cache, train/eval, state dicts."""
 
+    # False: backward need not compute dL/dx (it may return None). Set by a container on
+    # its first layer when the container's own input gradient is not wanted (Sequential).
+    needs_input_grad = True
+    # True (containers: Sequential, Residual): clear each child's cache once its backward
+    # pass ran. Frees the activations as backward goes, as PyTorch does; use it for plain
+    # training only, since preconditioners and curvature products read the caches after
+    # backward.
+    free_after_backward = False
+
     def __init__(self):
         self.params = {}    # name -> array, trainable
         self.grads = {}     # name -> array, same keys and shapes as params

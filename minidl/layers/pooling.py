@@ -131,7 +131,9 @@ class MaxPool2d(_Pool2d):
         for k in range(1, K):
             slab = self._slab(x, k, hw)  # (N, C, Ho, Wo), a view
             better = slab > best  # strict: the first maximum keeps ties
-            xp.copyto(argmax, k, where=better)
+            # argmax = k where better: every offset so far is < k, so a maximum does it
+            # (much faster than a masked copy)
+            xp.maximum(argmax, better * argmax.dtype.type(k), out=argmax)
             xp.maximum(best, slab, out=best)
         self.cache["x"], self.cache["argmax"] = x, argmax
         return best  # (N, C, Ho, Wo)
@@ -144,13 +146,12 @@ class MaxPool2d(_Pool2d):
         hw = dout.shape[2:]
         (kh, kw), (sh, sw) = self.kernel_size, self.stride
         dx = xp.zeros(x_shape, dtype=dout.dtype)  # (N, C, H, W)
-        zero = xp.zeros((), dtype=dout.dtype)
         for k in range(K):
             slab = self._slab(dx, k, hw)  # (N, C, Ho, Wo), a view of dx
             if sh >= kh and sw >= kw:  # windows do not overlap: each pixel gets <= 1 value
-                xp.copyto(slab, dout, where=argmax == k)
+                xp.multiply(dout, argmax == k, out=slab)
             else:  # overlapping windows share pixels: accumulate
-                slab += xp.where(argmax == k, dout, zero)
+                slab += dout * (argmax == k)
         return dx
 
     def backward(self, dout):
@@ -158,13 +159,12 @@ class MaxPool2d(_Pool2d):
         return self._scatter(dout)
 
     def jvp(self, Rx):
-        xp = backend.array_module(Rx)
         argmax = self.cache["argmax"]
         K = self.kernel_size[0] * self.kernel_size[1]
         hw = argmax.shape[2:]
-        Rout = self._slab(Rx, 0, hw).copy()  # (N, C, Ho, Wo)
+        Rout = self._slab(Rx, 0, hw) * (argmax == 0)  # (N, C, Ho, Wo)
         for k in range(1, K):
-            xp.copyto(Rout, self._slab(Rx, k, hw), where=argmax == k)
+            Rout += self._slab(Rx, k, hw) * (argmax == k)
         return Rout  # Rx gathered at the argmax
 
     def backward_rop(self, Rdout):
