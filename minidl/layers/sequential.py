@@ -55,6 +55,9 @@ class Sequential(Layer):
                          len(self.layers))
         for i in range(len(self.layers) - 1, first, -1):
             dout = self._backward_one(self.layers[i], dout)
+        if self.free_after_backward:
+            for layer in self.layers[:first]:  # not run: their caches are not needed either
+                layer.clear_cache()
         if first == len(self.layers):
             return None
         layer = self.layers[first]
