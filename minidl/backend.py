@@ -20,7 +20,7 @@ import numpy
 __all__ = [
     "set_backend", "get_backend", "xp", "array_module", "asarray", "to_numpy",
     "set_default_dtype", "get_default_dtype", "default_rng", "cupy_available",
-    "is_array", "on_device", "BackendError", "host", "check_same_device",
+    "is_array", "on_device", "BackendError", "host", "check_same_device", "linalg_errors",
 ]
 
 _state = {"name": "numpy", "module": numpy, "dtype": numpy.dtype("float32")}
@@ -156,6 +156,20 @@ def get_default_dtype():
 def host():
     """The host array module (NumPy), for generator output, file I/O and host-side maths."""
     return numpy
+
+
+def linalg_errors():
+    """The exception classes a failed factorisation raises (``except backend.linalg_errors()``).
+
+    NumPy's ``numpy.linalg.LinAlgError`` ("Eigenvalues did not converge", "Singular
+    matrix"), and CuPy's where CuPy is loaded and has its own class.
+    """
+    errors = [numpy.linalg.LinAlgError]
+    if _state["name"] == "cupy":
+        cupy_error = getattr(_state["module"].linalg, "LinAlgError", None)
+        if isinstance(cupy_error, type) and cupy_error not in errors:
+            errors.append(cupy_error)
+    return tuple(errors)
 
 
 def default_rng(seed=None):

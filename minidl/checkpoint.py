@@ -14,6 +14,9 @@ The file is a plain NumPy ``.npz`` archive (a zip of ``.npy`` arrays) laid out a
     model/<name>          the model's ``state_dict()`` (qualified names, e.g. ``0.W``)
     optimizer/<name>      the optimizer's ``state_dict()``
     precond/<name>        the preconditioner's ``state_dict()``
+    best/<name>           optional: the weights of the best epoch so far (a model
+                          ``state_dict()``), so that ``fit(restore_best=True)`` keeps its
+                          promise across a resume
     rng/<name>            uint64 (6,)  a PCG64 bit generator: state (hi, lo 64 bits),
                                        increment (hi, lo), has_uint32, uinteger
 
@@ -43,11 +46,12 @@ import zlib
 
 from . import backend
 
-__all__ = ["save", "load", "read", "Checkpoint", "CheckpointError", "FORMAT", "VERSION"]
+__all__ = ["save", "load", "read", "check_writable", "Checkpoint", "CheckpointError", "FORMAT",
+           "VERSION"]
 
 FORMAT = "minidl-checkpoint"
 VERSION = 1
-_SECTIONS = ("model", "optimizer", "precond", "rng")
+_SECTIONS = ("model", "optimizer", "precond", "rng", "best")
 _ZIP_MAGIC = b"PK\x03\x04"
 _MASK64 = (1 << 64) - 1
 
@@ -68,6 +72,8 @@ class Checkpoint:
             (empty dicts for sections the file does not have).
         rng: ``{name: bit generator state dict}`` as ``Generator.bit_generator.state``.
         extra: the ``extra`` passed to ``save`` (JSON-able data, e.g. a history).
+        best: the ``best`` weights passed to ``save`` (``{name: host array}``; empty
+            when none were saved).
     """
     path: str
     epoch: int
@@ -77,6 +83,7 @@ class Checkpoint:
     precond: dict
     rng: dict
     extra: object
+    best: dict = dataclasses.field(default_factory=dict)
 
 
 # -- saving ------------------------------------------------------------------------------
@@ -136,7 +143,8 @@ def _rng_dict(rng):
     return {"default": rng}
 
 
-def save(path, model, optimizer=None, precond=None, epoch=0, rng=None, extra=None):
+def save(path, model, optimizer=None, precond=None, epoch=0, rng=None, extra=None,
+         best=None):
     """Write a checkpoint atomically (temporary file in the same folder, then ``os.replace``).
 
     Args:
@@ -148,6 +156,8 @@ def save(path, model, optimizer=None, precond=None, epoch=0, rng=None, extra=Non
         rng: a ``numpy.random.Generator`` (PCG64), or ``{name: generator}``, whose states
             are saved (the data loader's shuffling generator, a Dropout layer's, ...).
         extra: anything JSON can hold (numbers, strings, lists, dicts), e.g. a history.
+        best: another ``model.state_dict()`` to keep beside the current weights (the best
+            epoch's), or None.
 
     Returns:
         The path written.
@@ -172,6 +182,8 @@ def save(path, model, optimizer=None, precond=None, epoch=0, rng=None, extra=Non
         for name, value in obj.state_dict().items():
             arrays[f"{section}/{name}"] = _to_host(section, name, value, scalars)
         meta["scalars"][section] = scalars
+    for name, value in (best or {}).items():
+        arrays[f"best/{name}"] = _to_host("best", name, value, {})
     for name, gen in _rng_dict(rng).items():
         arrays[f"rng/{name}"] = _rng_state_array(name, gen)
     meta["digests"] = {key: _digest(a) for key, a in arrays.items()}
@@ -198,6 +210,33 @@ def save(path, model, optimizer=None, precond=None, epoch=0, rng=None, extra=Non
             os.unlink(tmp)
         raise
     _fsync_folder(folder)
+    return path
+
+
+def check_writable(path):
+    """Make sure ``save(path, ...)`` will be able to write, before any training starts.
+
+    Creates the folder if needed and writes (then removes) a temporary file in it, the
+    way ``save`` does. The file at ``path`` itself is left alone.
+
+    Raises:
+        CheckpointError: ``path`` is a folder, or its folder cannot be made or written;
+            the message says which and why.
+    """
+    path = os.fspath(path)
+    if os.path.isdir(path):
+        raise CheckpointError(f"checkpoint path {path!r} is a folder; give a file name, "
+                              "e.g. run.npz")
+    folder = os.path.dirname(os.path.abspath(path))
+    try:
+        os.makedirs(folder, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix="." + os.path.basename(path) + ".", suffix=".tmp",
+                                   dir=folder)
+        os.close(fd)
+        os.unlink(tmp)
+    except OSError as err:
+        raise CheckpointError(f"cannot write the checkpoint {path!r}: "
+                              f"{err.strerror or err} ({folder})") from None
     return path
 
 
@@ -325,27 +364,31 @@ def read(path):
     rng = {name: _rng_state_from_array(path, name, a) for name, a in sections["rng"].items()}
     return Checkpoint(path=path, epoch=meta["epoch"], meta=meta, model=sections["model"],
                       optimizer=sections["optimizer"], precond=sections["precond"], rng=rng,
-                      extra=meta.get("extra"))
+                      extra=meta.get("extra"), best=sections["best"])
 
 
 # -- loading into objects ----------------------------------------------------------------
 def _check_model(ck, model):
-    """Names, shapes and kinds of the model's entries against the checkpoint."""
+    """Names, shapes and kinds of the model's entries (and best weights) against the file."""
     have = model.state_dict()
-    missing = sorted(set(have) - set(ck.model))
-    unexpected = sorted(set(ck.model) - set(have))
-    if missing or unexpected:
-        raise _fail(ck.path, f"it holds a different model (class "
-                             f"{ck.meta['classes'].get('model')}): missing {missing}, "
-                             f"unexpected {unexpected}")
-    for name, value in have.items():
-        got = ck.model[name]
-        if tuple(got.shape) != tuple(value.shape):
-            raise _fail(ck.path, f"model entry {name!r} has shape {tuple(got.shape)}, the "
-                                 f"model expects {tuple(value.shape)}")
-        if (got.dtype.kind == "f") != (value.dtype.kind == "f"):
-            raise _fail(ck.path, f"model entry {name!r} has dtype {got.dtype}, the model "
-                                 f"holds {value.dtype}")
+    for section, saved in (("model", ck.model), ("best", ck.best)):
+        if section == "best" and not saved:
+            continue
+        missing = sorted(set(have) - set(saved))
+        unexpected = sorted(set(saved) - set(have))
+        if missing or unexpected:
+            raise _fail(ck.path, f"it holds a different model (class "
+                                 f"{ck.meta['classes'].get('model')}): missing {missing}, "
+                                 f"unexpected {unexpected} in its {section} weights")
+        for name, value in have.items():
+            got = saved[name]
+            if tuple(got.shape) != tuple(value.shape):
+                raise _fail(ck.path, f"{section} entry {name!r} has shape "
+                                     f"{tuple(got.shape)}, the model expects "
+                                     f"{tuple(value.shape)}")
+            if (got.dtype.kind == "f") != (value.dtype.kind == "f"):
+                raise _fail(ck.path, f"{section} entry {name!r} has dtype {got.dtype}, the "
+                                     f"model holds {value.dtype}")
     return have
 
 

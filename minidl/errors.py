@@ -7,7 +7,7 @@ into a clean "diverged" stop instead of a traceback. It subclasses ``FloatingPoi
 so code that already catches floating-point failures keeps working.
 """
 
-__all__ = ["NonFiniteError"]
+__all__ = ["NonFiniteError", "NonFiniteWarning"]
 
 
 class NonFiniteError(FloatingPointError):
@@ -15,4 +15,16 @@ class NonFiniteError(FloatingPointError):
 
     The message names where it was found (layer, parameter or statistic) and what was
     expected; the object that raised it has not changed its state.
+    """
+
+
+class NonFiniteWarning(UserWarning):
+    """A loss came out NaN or infinite; the message names the rows of the batch whose
+    logits or targets are not finite (bad data), or says that they all were (an overflow,
+    usually a diverging run). The value is still returned, so a training loop can stop
+    cleanly as "diverged".
+
+    A ``UserWarning``, not a ``RuntimeWarning``: it is a message for the person running
+    the code, and a test configuration that turns NumPy's RuntimeWarnings into errors
+    must not turn a clean "diverged" stop of ``fit`` into a crash.
     """

@@ -38,8 +38,46 @@ def _finite_pairs(xs, ys):
     return [p[0] for p in pairs], [p[1] for p in pairs]
 
 
+def _divergence_x(h, x, key):
+    """Where a diverged run stopped on the x axis: its epoch (or fractional epoch for
+    per-step curves), or its training time."""
+    d = h.divergence
+    steps = h.steps
+    index = min(max(int(d["step"]) - 1, 0), len(steps["step"]) - 1) if steps["step"] else None
+    if x == "time":
+        return steps["time"][index] if index is not None else None
+    if key == "step_loss" and index is not None:
+        epoch = steps["epoch"][index]
+        in_epoch = [i for i, e in enumerate(steps["epoch"]) if e == epoch]
+        previous = [i for i, e in enumerate(steps["epoch"]) if e == epoch - 1]
+        per_epoch = max(len(previous), len(in_epoch))
+        return epoch - 1 + (in_epoch.index(index) + 1) / per_epoch
+    return d["epoch"]
+
+
+def _mark_divergence(ax, h, x, key, xs, ys, label, color):
+    """An "x" where the run diverged, at the end of its curve (or at the top of the axes
+    when nothing finite was drawn), labelled with the cause in the legend."""
+    d = h.divergence
+    where = _divergence_x(h, x, key)
+    if where is None:
+        return
+    note = f"{label}: diverged ({d['cause']}, epoch {d['epoch']}, step {d['step']})"
+    if ys:
+        ax.plot([xs[-1], where], [ys[-1], ys[-1]], linestyle=":", color=color, linewidth=1)
+        ax.plot([where], [ys[-1]], marker="X", markersize=9, color=color, linestyle="none",
+                label=note)
+    else:
+        ax.plot([where], [0.97], marker="X", markersize=9, color=color, linestyle="none",
+                label=note, transform=ax.get_xaxis_transform(), clip_on=False)
+
+
 def plot_curves(ax, histories, key="train_loss", x="epoch", logy=None, ylabel=None):
     """Draw one line per run onto a matplotlib ``Axes``.
+
+    A run that diverged (``history.divergence``) keeps its curve up to the divergence,
+    ends in an "x" marker where it diverged, and says why in the legend; a run that
+    diverged before any finite value still gets its marker (at the top of the axes).
 
     Args:
         ax: the axes.
@@ -49,35 +87,34 @@ def plot_curves(ax, histories, key="train_loss", x="epoch", logy=None, ylabel=No
         x: ``"epoch"`` or ``"time"`` (training seconds).
         logy: log-scale the y axis; None chooses it for losses whose values are positive.
         ylabel: the y axis label (default: the key with spaces).
+
+    Returns:
+        True when anything was drawn.
     """
     positive = True
     drawn = False
-    for label, h in histories.items():
+    for i, (label, h) in enumerate(histories.items()):
+        color = f"C{i % 10}"
+        diverged = getattr(h, "divergence", None) is not None
         if key == "step_loss":
-            steps = h.steps
-            n_per_epoch = {}
-            for e in steps["epoch"]:
-                n_per_epoch[e] = n_per_epoch.get(e, 0) + 1
-            if x == "time":
-                xs = list(steps["time"])
-            else:  # fractional epochs: step i of epoch e with n steps is at e - 1 + (i + 1) / n
-                seen, xs = {}, []
-                for e in steps["epoch"]:
-                    seen[e] = seen.get(e, 0) + 1
-                    xs.append(e - 1 + seen[e] / n_per_epoch[e])
-            ys = list(steps["loss"])
-        else:
-            if not any(key in e for e in h.epochs):
-                continue
+            xs, ys = _step_curve(h, x)
+        elif any(key in e for e in h.epochs):
             xs = h[x] if x == "time" else h["epoch"]
             ys = h[key]
-        xs, ys = _finite_pairs(xs, ys)
-        if not xs:
+        elif diverged and any("train_loss" in e for e in h.epochs):
+            xs, ys = [], []  # diverged before the first validation: only the marker
+        else:
             continue
-        positive = positive and min(ys) > 0
-        marker = "o" if key != "step_loss" and len(xs) <= 30 else None
-        ax.plot(xs, ys, label=label, marker=marker, markersize=3, linewidth=1.5)
-        drawn = True
+        xs, ys = _finite_pairs(xs, ys)
+        if xs:
+            positive = positive and min(ys) > 0
+            marker = "o" if key != "step_loss" and len(xs) <= 30 else None
+            ax.plot(xs, ys, label=None if diverged else label, marker=marker, markersize=3,
+                    linewidth=1.5, color=color)
+            drawn = True
+        if diverged:
+            _mark_divergence(ax, h, x, key, xs, ys, label, color)
+            drawn = True
     if logy is None:
         logy = "loss" in key and positive and drawn
     if logy:
@@ -88,6 +125,22 @@ def plot_curves(ax, histories, key="train_loss", x="epoch", logy=None, ylabel=No
     if drawn:
         ax.legend(fontsize="small")
     return drawn
+
+
+def _step_curve(h, x):
+    """Per-step losses against training time or fractional epochs (step i of epoch e
+    with n steps sits at e - 1 + (i + 1) / n)."""
+    steps = h.steps
+    if x == "time":
+        return list(steps["time"]), list(steps["loss"])
+    n_per_epoch = {}
+    for e in steps["epoch"]:
+        n_per_epoch[e] = n_per_epoch.get(e, 0) + 1
+    seen, xs = {}, []
+    for e in steps["epoch"]:
+        seen[e] = seen.get(e, 0) + 1
+        xs.append(e - 1 + seen[e] / n_per_epoch[e])
+    return xs, list(steps["loss"])
 
 
 def plot_histories(histories, path=None, keys=("train_loss",), title=None, dpi=120,

@@ -1,4 +1,4 @@
-"""A small text progress bar for training loops: steps done, loss and examples per second.
+"""Progress bars for training loops, drawn by tqdm (``tqdm.auto``).
 
 ::
 
@@ -8,19 +8,17 @@
         bar.update(len(xb), loss=loss_value)
     bar.close()
 
-prints, redrawn in place on one line of standard error::
+draws, on standard error in a terminal (or as a widget in a Jupyter notebook)::
 
-    epoch 1/5 [##########..........]  235/469 loss 0.3121  18,532 ex/s  0:06
+    epoch 1/5:  50%|#####     | 235/469 [00:06<00:06, 37.1batch/s, loss=0.3121]
 
-The bar draws only when its stream is a terminal (``stream.isatty()``), so logs, pipes,
-CI output and test captures never fill with carriage returns; pass ``enabled=True`` or
-``False`` to decide yourself. It redraws at most every ``min_interval`` seconds, so a fast
-loop pays almost nothing for it.
+The bar appears only in a terminal or a notebook, so logs, pipes, CI output and test
+captures never fill with carriage returns; ``enabled=True`` or ``False`` decides
+yourself. tqdm redraws at most ten times a second, so a fast loop pays almost nothing.
 """
 import sys
-import time
 
-__all__ = ["ProgressBar", "is_terminal", "format_seconds"]
+__all__ = ["ProgressBar", "is_terminal", "in_notebook", "format_seconds"]
 
 
 def is_terminal(stream):
@@ -31,6 +29,18 @@ def is_terminal(stream):
         return False
 
 
+def in_notebook():
+    """True inside a Jupyter kernel (where tqdm.auto draws a notebook widget)."""
+    shell = sys.modules.get("IPython")
+    if shell is None:
+        return False
+    try:
+        ip = shell.get_ipython()
+    except AttributeError:
+        return False
+    return ip is not None and "IPKernelApp" in getattr(ip, "config", {})
+
+
 def format_seconds(seconds):
     """``h:mm:ss`` or ``m:ss`` for a duration in seconds."""
     seconds = int(round(max(seconds, 0.0)))
@@ -39,107 +49,62 @@ def format_seconds(seconds):
     return f"{h}:{m:02d}:{s:02d}" if h else f"{m}:{s:02d}"
 
 
+def _tqdm_class(stream):
+    """tqdm.auto's class (a widget in notebooks), or the text bar for a given stream."""
+    if stream is None:
+        try:
+            from tqdm.auto import tqdm
+            return tqdm
+        except ImportError:  # a notebook without ipywidgets
+            pass
+    from tqdm.std import tqdm
+    return tqdm
+
+
 class ProgressBar:
-    """One-line progress bar with the running loss and the throughput.
+    """One bar per epoch: batches done, the running mean loss, batches per second.
 
     Args:
         total: the number of steps expected (``len(loader)``); None when unknown.
         desc: text shown before the bar, e.g. ``"epoch 3/10"``.
-        stream: where to draw (default ``sys.stderr``, looked up when the bar is made).
-        enabled: True or False to force the bar on or off; None (default) draws only when
-            ``stream`` is a terminal.
-        width: number of characters of the bar itself.
-        min_interval: smallest time in seconds between two redraws.
-        clock: the function giving the time in seconds (``time.perf_counter``); tests
-            pass a fake one.
+        stream: where a text bar draws (default: standard error, or a notebook widget).
+        enabled: True or False to force the bar on or off; None (default) draws only in
+            a terminal or a notebook.
     """
 
-    def __init__(self, total=None, desc="", stream=None, enabled=None, width=24,
-                 min_interval=0.1, clock=time.perf_counter):
-        self.stream = sys.stderr if stream is None else stream
-        self.enabled = is_terminal(self.stream) if enabled is None else bool(enabled)
-        self.total = None if total is None else int(total)
-        self.desc = desc
-        self.width = int(width)
-        self.min_interval = float(min_interval)
-        self.clock = clock
-        self.start = clock()
-        self.steps = 0          # update() calls so far
-        self.examples = 0       # examples counted so far
+    def __init__(self, total=None, desc="", stream=None, enabled=None):
+        if enabled is None:
+            enabled = in_notebook() if stream is None and not is_terminal(sys.stderr) \
+                else is_terminal(sys.stderr if stream is None else stream)
+        self.enabled = bool(enabled)
+        self.bar = None
         self.loss = None        # the running mean of the losses passed to update()
-        self.extra = {}         # other numbers shown after the loss
-        self._loss_sum = 0.0
-        self._loss_count = 0
-        self._last_draw = -float("inf")
-        self._width_drawn = 0
-        self.closed = False
+        self._loss_sum, self._loss_count = 0.0, 0
+        if self.enabled:
+            tqdm = _tqdm_class(stream)
+            kw = {} if stream is None else {"file": stream}
+            self.bar = tqdm(total=total, desc=desc, unit="batch", leave=True,
+                            dynamic_ncols=True, **kw)
 
-    def update(self, examples=0, loss=None, **extra):
-        """Record one finished step.
-
-        Args:
-            examples: how many examples the step processed (for the ex/s figure).
-            loss: the step's loss; the bar shows the mean over the steps so far.
-            **extra: other numbers to show, e.g. ``acc=0.93``.
-        """
-        self.steps += 1
-        self.examples += int(examples)
+    def update(self, examples=0, loss=None):
+        """Record one finished step (``examples`` is kept for compatibility)."""
         if loss is not None:
             self._loss_sum += float(loss)
             self._loss_count += 1
             self.loss = self._loss_sum / self._loss_count
-        self.extra.update(extra)
-        now = self.clock()
-        done = self.total is not None and self.steps >= self.total
-        if self.enabled and (done or now - self._last_draw >= self.min_interval):
-            self._draw(now)
-
-    def text(self, now=None):
-        """The line the bar would draw now (without the carriage return)."""
-        now = self.clock() if now is None else now
-        elapsed = now - self.start
-        parts = [self.desc] if self.desc else []
-        if self.total:
-            filled = int(self.width * min(self.steps, self.total) / self.total)
-            parts.append("[" + "#" * filled + "." * (self.width - filled) + "]")
-            digits = len(str(self.total))
-            parts.append(f"{self.steps:>{digits}}/{self.total}")
-        else:
-            parts.append(f"{self.steps} steps")
-        if self.loss is not None:
-            parts.append(f"loss {self.loss:.4f}")
-        for key, value in self.extra.items():
-            parts.append(f"{key} {value:.4g}" if isinstance(value, float) else f"{key} {value}")
-        if elapsed > 0 and self.examples:
-            parts.append(f"{self.examples / elapsed:,.0f} ex/s")
-        parts.append(format_seconds(elapsed))
-        return " ".join(parts)
-
-    def _draw(self, now):
-        line = self.text(now)
-        pad = max(self._width_drawn - len(line), 0)  # blank out a longer previous line
-        self.stream.write("\r" + line + " " * pad)
-        self.stream.flush()
-        self._width_drawn = len(line)
-        self._last_draw = now
+        if self.bar is not None:
+            if self.loss is not None:
+                self.bar.set_postfix_str(f"loss={self.loss:.4f}", refresh=False)
+            self.bar.update(1)
 
     def close(self, message=None):
-        """Finish the line (draw the final state, then a newline); idempotent.
-
-        Args:
-            message: text appended to the final line, e.g. the validation accuracy.
-        """
-        if self.closed:
-            return
-        self.closed = True
-        if not self.enabled:
-            return
-        line = self.text()
-        if message:
-            line = f"{line}  {message}"
-        pad = max(self._width_drawn - len(line), 0)
-        self.stream.write("\r" + line + " " * pad + "\n")
-        self.stream.flush()
+        """Finish the bar (idempotent); ``message`` is appended to its last line."""
+        if self.bar is not None:
+            if message:
+                loss = f"loss={self.loss:.4f}, " if self.loss is not None else ""
+                self.bar.set_postfix_str(loss + message, refresh=False)
+            self.bar.close()
+            self.bar = None
 
     def __enter__(self):
         return self

@@ -75,7 +75,7 @@ def test_blocks_and_direction_equal_the_brute_force_fisher(rng, make, shape):
 
 def test_sum_reduction_and_moving_average(rng):
     model, loss, beta = mlp(rng), MSELoss(reduction="sum"), 0.9
-    pre = BDF(model, beta=beta, loss=loss, T2=2)
+    pre = BDF(model, stat_decay=beta, loss=loss, T2=2)
     F = 0.0
     for _ in range(3):
         x = backend.asarray(rng.standard_normal((4, 4)))
@@ -98,7 +98,7 @@ def test_mbf_blocks_are_sub_blocks_of_bdf_at_batch_size_1(rng):
     bdf.step()
     for layer in model.leaves():
         layer.grads = dict(g[id(layer)])
-    mbf = MBF(model, beta=0.0)
+    mbf = MBF(model, stat_decay=0.0)
     mbf.step()
     F = bdf.state[1]["F"]  # Linear(3, 3): [W (9), b (3)]
     for o in range(3):
@@ -135,11 +135,11 @@ def test_state_dict_round_trip_continues_identically(rng, tmp_path):
             out.append(flat_grads(model))
         return out
 
-    pre = BDF(model, beta=0.9, T2=2)
+    pre = BDF(model, stat_decay=0.9, T2=2)
     run(pre, batches[:3])
     np.savez(tmp_path / "bdf.npz", **pre.state_dict())
     expected = run(pre, batches[3:])
-    restored = BDF(model, beta=0.9, T2=2).load_state_dict(dict(np.load(tmp_path / "bdf.npz")))
+    restored = BDF(model, stat_decay=0.9, T2=2).load_state_dict(dict(np.load(tmp_path / "bdf.npz")))
     for a, b in zip(run(restored, batches[3:]), expected):
         np.testing.assert_array_equal(a, b)
 
@@ -167,7 +167,7 @@ def test_backends_agree(on_backend, rng):
     for name in ("numpy", on_backend):
         minidl.set_backend(name)
         model.to_backend()
-        pre, loss = BDF(model, beta=0.5), SoftmaxCrossEntropy()
+        pre, loss = BDF(model, stat_decay=0.5), SoftmaxCrossEntropy()
         for _ in range(2):
             loss.forward(model.forward(minidl.asarray(x)), minidl.asarray(y))
             model.backward(loss.backward())

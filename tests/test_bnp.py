@@ -37,7 +37,7 @@ def test_dense_equals_sgd_on_the_normalised_layer(rng):
     target = rng.standard_normal((N, n))
     layer, loss = Linear(m, n, rng=rng), MSELoss()
     W, b = backend.to_numpy(layer.params["W"]).copy(), backend.to_numpy(layer.params["b"])
-    pre = BNP(layer, rho=0.0, eps1=0.0, eps2=0.0)  # N >= m, so q = 1
+    pre = BNP(layer, stat_decay=0.0, eps1=0.0, eps2=0.0)  # N >= m, so q = 1
     loss_grads(layer, loss, h, target)
     pre.step()
     W_bnp = W - lr * layer.grads["W"]
@@ -60,7 +60,7 @@ def test_conv_equals_sgd_on_the_channel_normalised_layer(rng):
     conv, loss = Conv2d(2, 3, 2, rng=rng), MSELoss()
     target = rng.standard_normal((4, 3, 4, 4))
     W, b = backend.to_numpy(conv.params["W"]).copy(), backend.to_numpy(conv.params["b"])
-    pre = BNP(conv, rho=0.0, eps1=0.0, eps2=0.0)
+    pre = BNP(conv, stat_decay=0.0, eps1=0.0, eps2=0.0)
     loss_grads(conv, loss, x, target)
     pre.step()
     W_bnp, b_bnp = W - lr * conv.grads["W"], b - lr * conv.grads["b"]
@@ -92,7 +92,7 @@ def test_dense_equals_explicit_P_Pt_g_with_running_statistics(rng):
     N, m, n = 4, 6, 3  # N < m, so q = sqrt(m / N) > 1
     rho, eps1, eps2 = 0.7, 1e-2, 1e-3
     model = Sequential(Linear(m, n, rng=rng), Tanh(), Linear(n, 2, rng=rng))
-    loss, pre = SoftmaxCrossEntropy(), BNP(model, rho=rho, eps1=eps1, eps2=eps2)
+    loss, pre = SoftmaxCrossEntropy(), BNP(model, stat_decay=rho, eps1=eps1, eps2=eps2)
     mu = s2 = None
     for _ in range(3):
         h = shifted_scaled(rng, (N, m))
@@ -115,7 +115,7 @@ def test_layer_without_bias_is_only_scaled(rng):
     layer = Linear(3, 2, bias=False, rng=rng)
     h = shifted_scaled(rng, (5, 3))
     g = loss_grads(layer, MSELoss(), h, rng.standard_normal((5, 2)))
-    BNP(layer, rho=0.0, eps1=0.0, eps2=0.0).step()
+    BNP(layer, stat_decay=0.0, eps1=0.0, eps2=0.0).step()
     np.testing.assert_allclose(layer.grads["W"], g["W"] / h.var(axis=0), rtol=1e-12)
 
 
@@ -124,7 +124,7 @@ def test_preconditioning_shrinks_the_condition_number(rng):
     N, m = 200, 5
     h = shifted_scaled(rng, (N, m))
     layer = Linear(m, 1, rng=rng)
-    pre = BNP(layer, rho=0.0, eps1=0.0, eps2=0.0)
+    pre = BNP(layer, stat_decay=0.0, eps1=0.0, eps2=0.0)
     loss_grads(layer, MSELoss(), h, rng.standard_normal((N, 1)))
     pre.step()
     H_hat = np.concatenate([np.ones((N, 1)), h], axis=1)  # (N, m+1), rows [1, h_j]
@@ -153,11 +153,11 @@ def test_state_dict_round_trip_continues_identically(rng, tmp_path):
                         for k in layer.grads])
         return out
 
-    pre = BNP(model, rho=0.9, T1=1, T2=2)
+    pre = BNP(model, stat_decay=0.9, T1=1, T2=2)
     run(pre, batches[:3])
     np.savez(tmp_path / "bnp.npz", **pre.state_dict())
     expected = run(pre, batches[3:])
-    restored = BNP(model, rho=0.9, T1=1, T2=2).load_state_dict(
+    restored = BNP(model, stat_decay=0.9, T1=1, T2=2).load_state_dict(
         dict(np.load(tmp_path / "bnp.npz")))
     for a, b in zip(run(restored, batches[3:]), expected):
         for u, v in zip(a, b):
@@ -169,7 +169,7 @@ def test_batchnorm_is_left_to_the_optimizer(rng):
         pre = BNP(Sequential(Linear(3, 2, rng=rng), BatchNorm1d(2)))
     assert pre.names == ["0"]
     with pytest.raises(ValueError, match="rho"):
-        BNP(Linear(3, 2, rng=rng), rho=1.0)
+        BNP(Linear(3, 2, rng=rng), stat_decay=1.0)
 
 
 def test_backends_agree(on_backend, rng):

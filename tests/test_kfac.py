@@ -41,7 +41,7 @@ def test_factors_are_the_per_example_averages(rng, reduction):
         for j in deltas:
             deltas[j].append(backend.to_numpy(model[j].cache["dout"])[0])
     forward_backward(model, loss, x, y)
-    p = KFAC(model, loss=loss, T1=1, T2=1)
+    p = KFAC(model, loss=loss, T1=1, T2=1, factor_init="batch")
     p.step()
     for i, j in enumerate(deltas):
         d = np.stack(deltas[j])  # (N, F)
@@ -64,7 +64,7 @@ def test_empirical_kfac_is_the_empirical_fisher_block_for_one_example(rng, make,
     x, y = rng.standard_normal((1,) + shape), rng.integers(0, K, 1)
     EF = empirical_fisher_loop(model, loss, x, y)  # g g^T, (P, P)
     forward_backward(model, loss, x, y)
-    p = KFAC(model, loss=loss, T1=1, T2=1)
+    p = KFAC(model, loss=loss, T1=1, T2=1, factor_init="batch")
     p.step()
     assert_kron_blocks_equal(p, model, EF, rtol=1e-10, atol=1e-14)
 
@@ -77,7 +77,7 @@ def test_conv_factors_follow_grosse_martens(rng):
     x = rng.standard_normal((2, 2, 3, 3))
     y = rng.standard_normal((2, 3 * 16))
     forward_backward(model, loss, x, y)
-    p = KFAC(model, loss=loss, T1=1, T2=1)
+    p = KFAC(model, loss=loss, T1=1, T2=1, factor_init="batch")
     p.step()
     # patches by hand: the zero-padded 2x2 windows, in (c, i, j) order
     xp_ = np.pad(x, ((0, 0), (0, 0), (1, 1), (1, 1)))
@@ -96,7 +96,7 @@ def test_conv_factors_follow_grosse_martens(rng):
 def _sampled_error(model, loss, x, y, reference, n_samples, seed):
     forward_backward(model, loss, x, y)
     p = KFAC(model, loss=loss, fisher="true", n_samples=n_samples,
-             rng=minidl.default_rng(seed), T1=1, T2=1, kl_clip=None)
+             rng=minidl.default_rng(seed), T1=1, T2=1, kl_clip=None, factor_init="batch")
     p.step()
     errors = []
     for i, layer in enumerate(p.layers):
@@ -235,7 +235,7 @@ def test_moving_averages_and_update_frequencies(rng):
     model = mlp(rng)
     loss = SoftmaxCrossEntropy()
     batches = [(rng.standard_normal((4, 3)), rng.integers(0, 3, 4)) for _ in range(5)]
-    p = KFAC(model, loss=loss, stat_decay=0.5, T1=2, T2=4)
+    p = KFAC(model, loss=loss, stat_decay=0.5, T1=2, T2=4, factor_init="batch")
     A_seen = []
     for t, (x, y) in enumerate(batches):
         forward_backward(model, loss, x, y)

@@ -100,7 +100,7 @@ def mbf(model, crit, prob):
     X, y = prob["X"], prob["y"]
     perm = np.random.default_rng(5).permutation(N)
     batches = [(X[perm[i:i + 8]], y[perm[i:i + 8]]) for i in range(0, N, 8)]
-    pre = precond.MBF(model, damping=1e-3, beta=0.99, T1=1, T2=1)
+    pre = precond.MBF(model, damping=1e-3, stat_decay=0.99, T1=1, T2=1)
     return pre.warm_start(batches, loss=crit)
 
 
@@ -109,7 +109,7 @@ def mbf(model, crit, prob):
 # here, as SGD's are.
 LRS = (3.0, 1.0, 0.5, 0.3, 0.1, 0.03)
 METHODS = {
-    "BNP": (lambda m, c, p: precond.BNP(m, rho=0.0, eps1=0.0, eps2=1e-8), LRS),
+    "BNP": (lambda m, c, p: precond.BNP(m, stat_decay=0.0, eps1=0.0, eps2=1e-8), LRS),
     "MBF": (mbf, LRS),
     "KFAC-empirical": (lambda m, c, p: precond.KFAC(
         m, loss=c, T1=1, T2=1, damping=1e-4, kl_clip=None), LRS),
@@ -122,7 +122,7 @@ METHODS = {
     # not reach the target in 300 steps for any eps, beta2, grafting or bias setting.
     # grafting=None (the original direction): grafting onto SGD hands the step the
     # gradient's length, and with it the ill-conditioning (300 steps, not reached).
-    "Shampoo": (lambda m, c, p: precond.Shampoo(m, eps=1e-8, grafting=None, bias="appended"),
+    "Shampoo": (lambda m, c, p: precond.Shampoo(m, damping=1e-8, grafting=None, bias="appended"),
                 LRS),
     "KFRA": (lambda m, c, p: precond.KFRA(m, loss=c, damping=1e-8, damping_mode="eigen"), LRS),
     "KFLR": (lambda m, c, p: precond.KFLR(m, loss=c, damping=1e-8, damping_mode="eigen"), LRS),

@@ -59,7 +59,7 @@ def test_matrix_update_equals_kronecker_form_and_dense_solve(rng, batch):
     forward_backward(model, loss, *batch)
     raw = raw_grads(model)
     eps = 1e-3
-    p = Shampoo(model, eps=eps, grafting=None, root="eigh")
+    p = Shampoo(model, damping=eps, grafting=None, root="eigh")
     p.step()
     for layer in p.layers:
         G = raw[id(layer)]["W"]  # (F, k)
@@ -86,7 +86,7 @@ def test_newton_and_eigh_directions_agree(rng, batch):
     out = []
     for root in ("newton", "eigh"):
         forward_backward(model, loss, *batch)
-        Shampoo(model, eps=1e-3, grafting=None, root=root).step()
+        Shampoo(model, damping=1e-3, grafting=None, root=root).step()
         out.append([backend.to_numpy(layer.grads[k]).copy()
                     for _, layer, k in model.parameters()])
     for a, b in zip(*out):
@@ -98,7 +98,7 @@ def test_statistics_sum_or_average_over_steps(rng):
     for beta2 in (1.0, 0.9):
         model = mlp(minidl.default_rng(2), SIZES)
         loss = SoftmaxCrossEntropy()
-        p = Shampoo(model, beta2=beta2)
+        p = Shampoo(model, stat_decay=beta2)
         L = None
         for x, y in batches:
             forward_backward(model, loss, x, y)
@@ -114,7 +114,7 @@ def test_appended_bias_preconditions_the_whole_matrix(rng, batch):
     loss = SoftmaxCrossEntropy()
     forward_backward(model, loss, *batch)
     raw = raw_grads(model)
-    Shampoo(model, eps=1e-3, grafting=None, root="eigh", bias="appended").step()
+    Shampoo(model, damping=1e-3, grafting=None, root="eigh", bias="appended").step()
     for layer in (model[0], model[2]):
         G = np.concatenate([raw[id(layer)]["W"], raw[id(layer)]["b"][:, None]], axis=1)
         P = (mat_power(G @ G.T + 1e-3 * np.eye(G.shape[0]), -0.25) @ G
@@ -129,7 +129,7 @@ def test_conv_kernel_is_reshaped_to_filters_by_patch(rng):
     x, y = rng.standard_normal((4, 2, 3, 3)), rng.integers(0, 2, 4)
     forward_backward(model, loss, x, y)
     gW = backend.to_numpy(model[0].grads["W"]).copy()  # (3, 2, 2, 2)
-    Shampoo(model, eps=1e-3, grafting=None, root="eigh").step()
+    Shampoo(model, damping=1e-3, grafting=None, root="eigh").step()
     G = gW.reshape(3, -1)  # (F, C kh kw)
     P = (mat_power(G @ G.T + 1e-3 * np.eye(3), -0.25) @ G
          @ mat_power(G.T @ G + 1e-3 * np.eye(8), -0.25))
@@ -156,7 +156,7 @@ def test_size_one_modes_are_dropped_to_full_matrix_adagrad(rng, in_out, bias, ha
     model = Linear(m, n, bias=has_bias, rng=rng)
     loss = MSELoss()
     eps = 1e-3
-    p = Shampoo(model, eps=eps, grafting=None, root=root, bias=bias)
+    p = Shampoo(model, damping=eps, grafting=None, root=root, bias=bias)
     S, S_b = 0.0, 0.0
     rtol = 1e-8 if root == "eigh" else 1e-5
     for _ in range(3):
@@ -192,7 +192,7 @@ def test_single_filter_conv_kernel_is_a_vector(rng):
     steps, since on the first (a rank-one statistic) both rules give g / sqrt(|g|^2 + eps)."""
     model = Sequential(Conv2d(2, 1, 2, bias=False, rng=rng), Flatten(), Linear(4, 2, rng=rng))
     loss = SoftmaxCrossEntropy()
-    p = Shampoo(model, eps=1e-3, grafting=None, root="eigh")
+    p = Shampoo(model, damping=1e-3, grafting=None, root="eigh")
     S = 0.0
     for _ in range(3):
         x, y = rng.standard_normal((4, 2, 3, 3)), rng.integers(0, 2, 4)
@@ -240,7 +240,7 @@ def test_identity_statistics_and_huge_epsilon(rng, batch):
     forward_backward(model, loss, *batch)
     raw = raw_grads(model)
     eps = 0.2
-    p = Shampoo(model, eps=eps, grafting=None)
+    p = Shampoo(model, damping=eps, grafting=None)
     for i, layer in enumerate(p.layers):
         F, k = layer.params["W"].shape
         p.state[i] = {"W.L": np.eye(F), "W.R": np.eye(k), "b.L": np.eye(F)}
@@ -251,7 +251,7 @@ def test_identity_statistics_and_huge_epsilon(rng, batch):
         np.testing.assert_allclose(backend.to_numpy(layer.grads["b"]),
                                    raw[id(layer)]["b"] / (1 + eps) ** 0.5, rtol=1e-6)
     forward_backward(model, loss, *batch)
-    Shampoo(model, eps=1e10, grafting=None).step()  # (eps I)^{-1/4} G (eps I)^{-1/4}
+    Shampoo(model, damping=1e10, grafting=None).step()  # (eps I)^{-1/4} G (eps I)^{-1/4}
     for layer in p.layers:
         np.testing.assert_allclose(backend.to_numpy(layer.grads["W"]) * 1e5,
                                    raw[id(layer)]["W"], rtol=1e-6)
@@ -273,7 +273,7 @@ def test_bad_arguments_say_what_is_allowed(rng):
     with pytest.raises(ValueError, match="grafting"):
         Shampoo(mlp(rng, SIZES), grafting="adam")
     with pytest.raises(ValueError, match="beta2"):
-        Shampoo(mlp(rng, SIZES), beta2=0.0)
+        Shampoo(mlp(rng, SIZES), stat_decay=0.0)
 
 
 # -- checkpoints and backends -------------------------------------------------------------
@@ -282,7 +282,7 @@ def test_state_dict_round_trip_continues_identically(rng):
     models = [mlp(minidl.default_rng(9), SIZES) for _ in range(2)]
     losses = [SoftmaxCrossEntropy() for _ in range(2)]
     opts = [SGD(m, lr=0.1) for m in models]
-    ps = [Shampoo(m, grafting="adagrad", beta2=0.9, T2=2) for m in models]
+    ps = [Shampoo(m, grafting="adagrad", stat_decay=0.9, T2=2) for m in models]
     for x, y in batches[:3]:
         train_step(models[0], losses[0], x, y, ps[0], opts[0])
     models[1].load_state_dict(models[0].state_dict())
@@ -319,7 +319,7 @@ def test_runs_on_each_backend(on_backend):
     y = minidl.asarray(rng.integers(0, 4, 6))
     forward_backward(model, loss, x, y)
     raw = raw_grads(model)
-    Shampoo(model, eps=1e-3, grafting=None).step()
+    Shampoo(model, damping=1e-3, grafting=None).step()
     assert type(model[0].grads["W"]).__module__.split(".")[0] == on_backend
     G = raw[id(model[0])]["W"]
     P = (mat_power(G @ G.T + 1e-3 * np.eye(5), -0.25) @ G

@@ -14,13 +14,12 @@ Tanh       t = tanh(x)                     1 - t^2             -2 t (1 - t^2)
 
 At x = 0 ReLU's derivative is taken as 0, as PyTorch does.
 
-Memory: each layer keeps only what f' and f'' need, one array the size of x: ReLU, Sigmoid
-and Tanh keep their output (ReLU's f'(x) = [out > 0]), LeakyReLU keeps its input (its
-slope may be negative, so the sign of out does not give the sign of x). The output is
-usually the next layer's input, so keeping it costs nothing extra.
+Memory: ReLU keeps only its output (f'(x) = [x > 0] = [out > 0]), not its input as well;
+the output is usually the next layer's input, so keeping it costs nothing extra. The
+others keep both x and out (``keeps``).
 """
 from .. import backend
-from .base import Layer
+from .base import Layer, expect_forward_done, expect_input
 
 __all__ = ["ReLU", "LeakyReLU", "Sigmoid", "Tanh"]
 
@@ -28,11 +27,10 @@ __all__ = ["ReLU", "LeakyReLU", "Sigmoid", "Tanh"]
 class _Elementwise(Layer):
     """Shared passes for out = f(x): subclasses give f, f' and f''.
 
-    ``keeps`` names the one array the forward pass caches for f' and f'': ``"out"`` or
-    ``"x"``.
+    ``keeps`` names what the forward pass caches for f' and f'': ``"x"``, ``"out"``.
     """
 
-    keeps = "out"
+    keeps = ("x", "out")
 
     def f(self, x):
         raise NotImplementedError
@@ -46,13 +44,14 @@ class _Elementwise(Layer):
         return None
 
     def forward(self, x):
-        if not backend.is_array(x):
-            raise TypeError(f"{type(self).__name__} expects an array, got {type(x).__name__}")
+        expect_input(self, x)
         out = self.f(x)  # same shape as x
-        self.cache = {self.keeps: out if self.keeps == "out" else x}
+        self.cache = {key: value for key, value in (("x", x), ("out", out))
+                      if key in self.keeps}
         return out
 
     def backward(self, dout):
+        expect_forward_done(self, dout)
         self.cache["dout"] = dout
         return dout * self.df()
 
@@ -75,19 +74,15 @@ class ReLU(_Elementwise):
         xp = backend.array_module(x)
         return xp.maximum(x, 0)
 
+    keeps = ("out",)
+
     def df(self):
         out = self.cache["out"]
         return (out > 0).astype(out.dtype)  # x > 0 exactly where out > 0
 
-    def backward(self, dout):
-        # no cache["dout"]: ReLU's f'' is zero, so its R-operator passes never read it
-        return dout * (self.cache["out"] > 0)  # dout * [x > 0]; much faster than where(out > 0, dout, 0)
-
 
 class LeakyReLU(_Elementwise):
     """out = x for x > 0, ``negative_slope * x`` otherwise."""
-
-    keeps = "x"
 
     def __init__(self, negative_slope=0.01):
         super().__init__()

@@ -28,10 +28,43 @@ following Pearlmutter's R-operator (R{f} = d/dr f(theta + r v) at r = 0):
 
 The flat parameter order used by the curvature tools is: leaf layers in forward order,
 then each layer's ``params`` in insertion order, each array raveled in C order.
+
+Randomness. A layer that draws random numbers in train mode (Dropout) says so with
+``is_random()`` and offers ``fixed_randomness()``, a context manager inside which every
+forward pass reuses one draw and after which its mask and generator are as before. The
+gradient checks use it; the curvature tools refuse a model with a random layer (their
+products would change from call to call).
+
+What every layer does with its input (the same in every layer, through the helpers at
+the end of this module, called on the first line of ``forward`` and ``backward``):
+
+* Not an array, or not floating point (integers, booleans, uint8 pixels): ``TypeError``.
+  Pixels 0..255 become floats in [0, 1] with ``minidl.data.transforms.to_float(x)`` (or
+  ``x / 255``); a silent integer pass would truncate (Sigmoid's output cast back to int
+  is all zeros, Dropout's 1/(1-p) scale rounds away).
+* Mixed precision: an input whose floating dtype differs from the layer's parameters
+  (float64 data into a float32 model) raises ``TypeError``, as PyTorch does; nothing is
+  converted behind your back. Convert the data (``x.astype("float32")``, or
+  ``minidl.asarray(x, dtype=...)``) or the model (``model.astype("float64")``). Layers
+  without parameters compute in the dtype of their input.
+* An empty batch (N = 0) passes through every layer: the output is empty, the input
+  gradient empty, the parameter gradients zero (a sum over no examples). BatchNorm in
+  train mode refuses it (no batch statistics exist). The losses give 0 for
+  ``reduction="sum"`` and refuse ``"mean"`` with a ``ValueError`` (the mean of nothing is
+  0/0; PyTorch returns NaN).
+* ``backward`` before ``forward`` raises ``RuntimeError`` naming the layer and saying to
+  call ``forward`` first.
+* NaN and infinity are not searched for in every activation (that would cost a pass over
+  each array per step); the losses check their one value and warn (``NonFiniteWarning``)
+  naming the rows of the batch whose logits or targets are not finite.
+  ``expect_finite(name, x)`` (this module) checks a batch explicitly.
 """
+import contextlib
+
 from .. import backend
 
-__all__ = ["Layer", "expect_ndim", "expect_dim", "expect_finite"]
+__all__ = ["Layer", "expect_ndim", "expect_dim", "expect_finite", "expect_input",
+           "expect_forward_done"]
 
 
 class Layer:
@@ -115,6 +148,24 @@ class Layer:
     def num_params(self):
         """Total number of trainable scalars."""
         return sum(int(layer.params[k].size) for _, layer, k in self.parameters())
+
+    # -- randomness -----------------------------------------------------------------
+    def is_random(self):
+        """True when the next forward pass draws random numbers (Dropout in train mode).
+
+        Deterministic layers return False; a random layer overrides this and
+        ``fixed_randomness``.
+        """
+        return False
+
+    @contextlib.contextmanager
+    def fixed_randomness(self):
+        """Context manager: inside it every forward pass reuses one random draw.
+
+        On exit the layer's random state (mask, generator) is what it was on entry. For a
+        deterministic layer (this default) it does nothing.
+        """
+        yield self
 
     # -- modes and state --------------------------------------------------------------
     def train(self):
@@ -220,8 +271,59 @@ class Layer:
         return "\n".join(lines)
 
 
+def _float_hint(dtype):
+    """How to turn an array of ``dtype`` into the floats a layer expects."""
+    if dtype.name == "uint8":
+        return ("for pixels 0..255, get floats in [0, 1] with "
+                "minidl.data.transforms.to_float(x) (or x / 255)")
+    return "convert with x.astype(minidl.get_default_dtype())"
+
+
+def expect_input(layer, x):
+    """Raise ``TypeError`` unless ``x`` is a floating array of the layer's precision.
+
+    The first line of every layer's ``forward`` (directly or through ``expect_ndim``);
+    it reads only the dtype, never the values, so it costs nothing per step.
+
+    Args:
+        layer: the layer (or loss) doing the check; its class name goes into the message.
+        x: what arrived.
+    """
+    name = type(layer).__name__
+    if not backend.is_array(x):
+        raise TypeError(f"{name} expects an array, got {type(x).__name__}; convert with "
+                        "minidl.asarray(x)")
+    if x.dtype.kind != "f":
+        raise TypeError(f"{name} expects a floating-point input, got dtype {x.dtype}; "
+                        + _float_hint(x.dtype))
+    params = getattr(layer, "params", None) or {}
+    for p in params.values():
+        if p.dtype.kind == "f" and p.dtype != x.dtype:
+            raise TypeError(
+                f"{name} has {p.dtype} parameters but got a {x.dtype} input; minidl does not "
+                f"mix precisions (as PyTorch): convert the data with x.astype('{p.dtype}') or "
+                f"the model with model.astype('{x.dtype}')")
+        break
+
+
+def expect_forward_done(layer, dout, what="backward"):
+    """Raise a clear error when ``backward`` runs before ``forward`` or gets a non-array.
+
+    The first line of every layer's ``backward``. Leaf layers cache what backward needs in
+    ``forward`` (the input x, or for ReLU and BatchNorm what stands for it: the output,
+    x_hat); with an empty cache there is nothing to differentiate.
+    """
+    name = type(layer).__name__
+    if not layer.cache:
+        raise RuntimeError(f"{name}.{what} was called before forward: call "
+                           f"{name}.forward(x) first ({what} uses what forward cached)")
+    if not backend.is_array(dout):
+        raise TypeError(f"{name}.{what} expects dout as an array of the output's shape, got "
+                        f"{type(dout).__name__}")
+
+
 def expect_ndim(layer, x, ndims, what):
-    """Raise a ``ValueError`` unless ``x.ndim`` is one of ``ndims``.
+    """Raise unless ``x`` is a floating array (``expect_input``) with ``x.ndim`` in ``ndims``.
 
     Args:
         layer: the layer doing the check (its class name goes into the message).
@@ -235,9 +337,7 @@ def expect_ndim(layer, x, ndims, what):
     if x.ndim not in ndims:
         raise ValueError(f"{type(layer).__name__} expects input of shape {what}, "
                          f"got shape {tuple(x.shape)} ({x.ndim}-D)")
-    if x.dtype.kind != "f":
-        raise TypeError(f"{type(layer).__name__} expects a floating-point input, got dtype "
-                        f"{x.dtype}; convert with x.astype(minidl.get_default_dtype())")
+    expect_input(layer, x)
 
 
 def expect_dim(layer, x, axis, size, what):

@@ -64,7 +64,7 @@ test checks the two agree. BatchNorm keeps x_hat, mu and sigma, not x (x = mu + 
 x_hat): backward and the R-operator passes need only those.
 """
 from .. import backend
-from .base import Layer, expect_dim, expect_ndim
+from .base import Layer, expect_dim, expect_forward_done, expect_ndim
 
 __all__ = ["BatchNorm1d", "BatchNorm2d", "Normalization"]
 
@@ -135,7 +135,7 @@ class Normalization(Layer):
         if stats is None:
             mu = xs.mean(axis=axes, keepdims=True)  # stat view, 1 along axes
             var = ((xs - mu) ** 2).mean(axis=axes, keepdims=True)  # same shape as mu
-            self.record_batch_stats(mu, var, xs.size // mu.size)
+            self.record_batch_stats(mu, var, xs.size // max(mu.size, 1))
         else:
             mu, var = stats
         sigma = (var + self.eps) ** 0.5  # same shape as mu
@@ -145,6 +145,7 @@ class Normalization(Layer):
         return self.param_view(gamma, x) * x_hat + self.param_view(beta, x)  # shape of x
 
     def backward(self, dout):
+        expect_forward_done(self, dout)
         x = x_hat = self.cache["x_hat"]  # x only for its shape
         self.cache["dout"] = dout
         axes = self.param_axes(x)
@@ -269,6 +270,7 @@ class _BatchNorm(Normalization):
         return out.reshape(x.shape)  # shape of x
 
     def backward(self, dout):
+        expect_forward_done(self, dout)
         x_hat, sigma = self.cache["x_hat"], self.cache["sigma"]
         self.cache["dout"] = dout
         N, C = dout.shape[:2]

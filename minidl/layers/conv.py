@@ -42,7 +42,7 @@ References: CS231n "Convolutional Networks" notes; K. Chellapilla et al. 2006 (i
 PyTorch ``torch.nn.Conv2d`` for the conventions and the default initialisation.
 """
 from .. import backend, init
-from .base import Layer, expect_dim, expect_ndim
+from .base import Layer, expect_dim, expect_forward_done, expect_ndim
 from .im2col import col2im, col2im_wide, im2col, im2col_wide, output_size, pair
 
 # the most values one chunk of the im2col matrix holds (8M: 32 MB in float32)
@@ -211,6 +211,7 @@ class Conv2d(Layer):
         return out
 
     def backward(self, dout):
+        expect_forward_done(self, dout)
         x, W = self.cache["x"], self.params["W"]
         self.cache["dout"] = dout
         dW2, dx = self._grads(x, dout, W.reshape(self.out_channels, -1),
@@ -280,6 +281,28 @@ class Conv2d(Layer):
         cols = self._im2col(x)  # (C kh kw, N L)
         N = x.shape[0]
         return cols.reshape(cols.shape[0], N, -1).transpose(1, 2, 0)  # (N, L, C kh kw)
+
+
+    # -- the layer as a matrix product, for the Kronecker-factored preconditioners --------
+    def kron_inputs(self):
+        """The im2col patches with a ones column for the bias: a_hat (N, T, m).
+
+        T = Ho Wo output locations, m = C kh kw (+ 1); with W_hat = [W.reshape(F, -1) | b],
+        ``out[n, :, t] = W_hat @ a_hat[n, t]`` (Grosse & Martens 2016's view of a
+        convolution, read by ``minidl.precond.kfactored``).
+        """
+        a = self.patches()  # (N, T, C kh kw)
+        if "b" in self.params:
+            xp = backend.array_module(a)
+            ones = xp.ones(a.shape[:2] + (1,), dtype=a.dtype)  # (N, T, 1)
+            a = xp.concatenate([a, ones], axis=2)
+        return a  # (N, T, m)
+
+    def kron_output_grads(self):
+        """The gradient at the output as (N, T, F), T = Ho Wo (from ``cache["dout"]``)."""
+        dout = self.cache["dout"]  # (N, F, Ho, Wo)
+        N, F = dout.shape[:2]
+        return dout.reshape(N, F, -1).transpose(0, 2, 1)  # (N, T, F)
 
     def extra_repr(self):
         return (f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, "

@@ -16,7 +16,7 @@ layer.frozen_mask():``) and forward reuses the last mask instead of drawing a ne
 import contextlib
 
 from .. import backend
-from .base import Layer
+from .base import Layer, expect_forward_done, expect_input
 
 __all__ = ["Dropout"]
 
@@ -54,6 +54,23 @@ class Dropout(Layer):
         finally:
             self.freeze_mask = before
 
+    def is_random(self):
+        """True in train mode with p > 0 and no frozen mask: forward draws a new mask."""
+        return self.training and self.p > 0 and not self.freeze_mask
+
+    @contextlib.contextmanager
+    def fixed_randomness(self):
+        """One mask for every forward inside the block, drawn by the first; afterwards the
+        mask, ``freeze_mask`` and the generator's state are as they were on entry (so a
+        gradient check leaves the training run's random stream untouched)."""
+        saved = (self.mask, self.freeze_mask, self.rng.bit_generator.state)
+        self.mask, self.freeze_mask = None, True
+        try:
+            yield self
+        finally:
+            self.mask, self.freeze_mask = saved[0], saved[1]
+            self.rng.bit_generator.state = saved[2]
+
     def _draw_mask(self, x):
         if self.freeze_mask and self.mask is not None:
             if tuple(self.mask.shape) != tuple(x.shape):
@@ -67,8 +84,7 @@ class Dropout(Layer):
         return self.mask
 
     def forward(self, x):
-        if not backend.is_array(x):
-            raise TypeError(f"Dropout expects an array, got {type(x).__name__}")
+        expect_input(self, x)
         self.cache["x"] = x
         if not self.training:
             self.cache["mask"] = None
@@ -79,6 +95,7 @@ class Dropout(Layer):
         return mask * x  # shape of x
 
     def backward(self, dout):
+        expect_forward_done(self, dout)
         self.cache["dout"] = dout
         mask = self.cache["mask"]
         return dout if mask is None else mask * dout

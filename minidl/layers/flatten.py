@@ -2,23 +2,35 @@
 
 Backward and both R-operator passes just reshape back.
 """
-from .base import Layer
+from .base import Layer, expect_forward_done, expect_input
 
 __all__ = ["Flatten"]
+
+
+def _rest(shape):
+    """prod(shape[1:]), spelt out: reshape(N, -1) cannot infer it when N = 0."""
+    size = 1
+    for d in shape[1:]:
+        size *= int(d)
+    return size
 
 
 class Flatten(Layer):
     """Keep the batch axis, join all the others."""
 
     def forward(self, x):
-        self.cache["shape"] = x.shape
-        return x.reshape(x.shape[0], -1)  # (N, prod(rest))
+        expect_input(self, x)
+        if x.ndim < 1:
+            raise ValueError("Flatten expects input of shape (N, ...), got a 0-D array")
+        self.cache["x"], self.cache["shape"] = x, x.shape
+        return x.reshape(x.shape[0], _rest(x.shape))  # (N, prod(rest)); N = 0 works too
 
     def backward(self, dout):
+        expect_forward_done(self, dout)
         return dout.reshape(self.cache["shape"])
 
     def jvp(self, Rx):
-        return Rx.reshape(Rx.shape[0], -1)
+        return Rx.reshape(Rx.shape[0], _rest(Rx.shape))
 
     def backward_rop(self, Rdout):
         return Rdout.reshape(self.cache["shape"])

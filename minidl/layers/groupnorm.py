@@ -57,7 +57,10 @@ class GroupNorm(Normalization):
         expect_dim(self, x, 1, self.num_channels, "num_channels (channels C)")
 
     def stat_view(self, a):
-        return a.reshape(a.shape[0], self.num_groups, -1)  # (N, G, M)
+        M = self.num_channels // self.num_groups  # values per group: (C/G) * prod(S)
+        for d in a.shape[2:]:
+            M *= int(d)
+        return a.reshape(a.shape[0], self.num_groups, M)  # (N, G, M); N = 0 works too
 
     def stat_axes(self, x):
         return (2,)

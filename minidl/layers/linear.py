@@ -16,7 +16,7 @@ R-operator (curvature), with tangents Rx, RW, Rb::
     Rdb   = sum_n Rdout_n
 """
 from .. import backend, init
-from .base import Layer, expect_dim, expect_ndim
+from .base import Layer, expect_dim, expect_forward_done, expect_ndim
 
 __all__ = ["Linear"]
 
@@ -59,6 +59,7 @@ class Linear(Layer):
         return out
 
     def backward(self, dout):
+        expect_forward_done(self, dout)
         x = self.cache["x"]
         W = self.params["W"]
         self.cache["dout"] = dout
@@ -102,6 +103,25 @@ class Linear(Layer):
         if "b" in self.params:
             out["b"] = dout  # (N, out)
         return out
+
+
+    # -- the layer as a matrix product, for the Kronecker-factored preconditioners --------
+    def kron_inputs(self):
+        """Inputs with a ones column for the bias: a_hat (N, T, m), T = 1, m = in (+ 1).
+
+        With W_hat = [W | b] (out, m), ``out[n] = W_hat @ a_hat[n, 0]``, the form K-FAC,
+        KFLR, KFRA and MBF read a layer in (``minidl.precond.kfactored``).
+        """
+        x = self.cache["x"]  # (N, in)
+        a = x[:, None, :]  # (N, 1, in)
+        if "b" in self.params:
+            xp = backend.array_module(x)
+            a = xp.concatenate([a, xp.ones((x.shape[0], 1, 1), dtype=x.dtype)], axis=2)
+        return a  # (N, 1, m)
+
+    def kron_output_grads(self):
+        """The gradient at the output as (N, T, out), T = 1 (``cache["dout"]``)."""
+        return self.cache["dout"][:, None, :]  # (N, 1, out)
 
     def extra_repr(self):
         return (f"in_features={self.in_features}, out_features={self.out_features}, "

@@ -43,7 +43,7 @@ Reference: CS231n "Convolutional Networks" notes (pooling layer); PyTorch
 ``torch.nn.MaxPool2d`` / ``AvgPool2d`` for the conventions.
 """
 from .. import backend
-from .base import Layer, expect_ndim
+from .base import Layer, expect_forward_done, expect_ndim
 from .im2col import add_windows, pair, sliding_windows
 
 __all__ = ["MaxPool2d", "AvgPool2d", "GlobalAvgPool2d", "window_argmax"]
@@ -155,6 +155,7 @@ class MaxPool2d(_Pool2d):
         return dx
 
     def backward(self, dout):
+        expect_forward_done(self, dout)
         self.cache["dout"] = dout
         return self._scatter(dout)
 
@@ -198,6 +199,7 @@ class AvgPool2d(_Pool2d):
         return self._mean(x)  # (N, C, Ho, Wo)
 
     def backward(self, dout):
+        expect_forward_done(self, dout)
         self.cache["dout"] = dout
         return self._spread(dout)
 
@@ -225,6 +227,7 @@ class GlobalAvgPool2d(Layer):
         return dx
 
     def backward(self, dout):
+        expect_forward_done(self, dout)
         self.cache["dout"] = dout
         return self._spread(dout)
 

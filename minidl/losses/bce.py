@@ -21,6 +21,7 @@ class BCEWithLogits(Loss):
 
     def forward(self, logits, target):
         xp = backend.check_same_device("BCEWithLogits.forward(logits, target)", logits, target)
+        c = self._start(logits, getattr(logits, "size", 0))  # 1/(N D) or 1; checks the dtype
         if not backend.is_array(target) or tuple(target.shape) != tuple(logits.shape):
             shape = getattr(target, "shape", type(target).__name__)
             raise ValueError(f"BCEWithLogits expects target of shape {tuple(logits.shape)} "
@@ -30,11 +31,10 @@ class BCEWithLogits(Loss):
             raise ValueError("BCEWithLogits expects targets in [0, 1], got values in "
                              f"[{float(y.min())}, {float(y.max())}]")
         x = logits
-        c = 1.0 / x.size if self.reduction == "mean" else 1.0
         s = Sigmoid().f(x)  # same shape as x
         self.cache = {"s": s, "y": y, "c": c, "logits": x}
         l = xp.maximum(x, 0) - x * y + xp.log1p(xp.exp(-xp.abs(x)))
-        return float(l.sum()) * c
+        return self._finish(float(l.sum()) * c, logits, target)
 
     def backward(self):
         s = self._need("s")

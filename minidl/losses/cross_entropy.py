@@ -47,13 +47,13 @@ class SoftmaxCrossEntropy(Loss):
             shape = getattr(logits, "shape", type(logits).__name__)
             raise ValueError(f"SoftmaxCrossEntropy expects logits of shape (N, K), got {shape}")
         N, K = logits.shape
+        c = self._start(logits, N)  # 1/N or 1; refuses integer logits, an empty mean
         Y = self._target_matrix(xp, logits, target)  # (N, K)
         logp = log_softmax(logits)  # (N, K)
-        c = 1.0 / N if self.reduction == "mean" else 1.0
         self.cache = {"p": xp.exp(logp), "Y": Y, "c": c, "logits": logits}
         # 0 * log p is 0 even where p underflows, so mask instead of multiplying
         total = -(xp.where(Y != 0, Y * logp, 0.0)).sum()
-        return float(total) * c
+        return self._finish(float(total) * c, logits, target)
 
     def _target_matrix(self, xp, logits, target):
         N, K = logits.shape

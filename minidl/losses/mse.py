@@ -20,14 +20,14 @@ class MSELoss(Loss):
 
     def forward(self, logits, target):
         xp = backend.check_same_device("MSELoss.forward(pred, target)", logits, target)
+        c = self._start(logits, getattr(logits, "size", 0))  # 1/(N D) or 1; checks the dtype
         if not backend.is_array(target) or tuple(target.shape) != tuple(logits.shape):
             shape = getattr(target, "shape", type(target).__name__)
             raise ValueError(f"MSELoss expects target of shape {tuple(logits.shape)} "
                              f"(the prediction's), got {shape}")
         diff = logits - target.astype(logits.dtype)  # (N, ...)
-        c = 1.0 / diff.size if self.reduction == "mean" else 1.0
         self.cache = {"diff": diff, "c": c, "x": logits, "logits": logits}
-        return float(xp.sum(diff * diff)) * c
+        return self._finish(float(xp.sum(diff * diff)) * c, logits, target)
 
     def backward(self):
         diff = self._need("diff")

@@ -116,7 +116,20 @@ class Optimizer:
 
     # -- the step ------------------------------------------------------------------------
     def step(self):
-        """Update every parameter that has a gradient; parameters without one are skipped."""
+        """Update every parameter that has a gradient; parameters without one are skipped.
+
+        Raises:
+            RuntimeError: no parameter has a gradient at all (``backward`` has not run, or
+                ``zero_grad(set_to_none=True)`` removed them): a step would silently do
+                nothing. Nothing is changed, not even the step count ``t``.
+        """
+        if not any(key in layer.grads for _, layer, key in self.param_list):
+            name = self.param_list[0][0]
+            raise RuntimeError(
+                f"{type(self).__name__}.step(): no parameter has a gradient (the first, "
+                f"'{name}', has none in its layer's grads), so this step would change "
+                "nothing. Run the backward pass first: out = model.forward(x); "
+                "loss.forward(out, y); model.backward(loss.backward()); then opt.step()")
         self.t += 1
         for name, layer, key in self.param_list:
             if key not in layer.grads:

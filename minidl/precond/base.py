@@ -9,26 +9,132 @@ A preconditioner sits between the backward pass and the optimizer::
                             # covered layer's grads with the preconditioned direction
     opt.step()              # any first-order optimizer (SGD, momentum, Adam, ...)
 
+One ``step()`` for every method, written once here::
+
+    check_ready(); check_finite()            # refuse before any statistic is touched
+    step = prepare(stats, inverse)           # per-step values all layers share (a dict)
+    if stats:    update_curvature(i, layer, step)   for every covered layer   (every T1)
+    if inverse:  update_inverse(i, layer, step)     for every covered layer   (every T2)
+    precondition(i, layer, step)                    for every covered layer
+    finish(step)                             # global rescaling (KL clipping, ...)
+
+Subclasses write the hooks; what one step computes for all layers (the sampled backward
+pass of KFAC and MBF, KFLR's Gbar factors, the running sum <V', V> for KL clipping)
+travels in the ``step`` dict, never in attributes. The hooks also run on their own with
+``step=None`` (tests call ``update_inverse(i, layer)`` and ``precondition(i, layer)``).
+
 Everything a method keeps lives in ``self.state[i]`` (a dict of arrays for the i-th
 covered layer) and ``self.t`` (steps taken), so ``state_dict()`` can write it into a
-checkpoint without pickling. Subclasses write three methods, the way the papers split the
-work: ``update_curvature(i, layer)`` (running statistics, every ``T1`` steps),
-``update_inverse(i, layer)`` (damped inverses or inverse roots, every ``T2`` steps) and
-``precondition(i, layer)`` (replace ``layer.grads`` in place).
+checkpoint without pickling.
+
+Non-finite values: ``step()`` raises ``minidl.errors.NonFiniteError`` naming the layer and
+the array (gradient, recorded input or output gradient) *before* any statistic changes,
+and an inverse that fails (``LinAlgError``) or a statistic that is not finite is
+reported the same way, so a training loop can stop cleanly as "diverged".
+
+Hyperparameters are checked by ``check_number`` (the helper ``minidl.optim`` uses), with
+one vocabulary across the methods: ``damping`` (lambda), ``stat_decay`` (the weight of
+the old statistic in a moving average), ``T1`` (statistics period), ``T2`` (inverse
+period).
 """
 import warnings
 
 from .. import backend
+from ..curvature.products import preserved_state
+from ..errors import NonFiniteError
+from ..optim.base import check_number
 
-__all__ = ["Preconditioner", "CoverageWarning"]
+__all__ = ["Preconditioner", "CoverageWarning", "check_number", "check_period",
+           "sampled_backward", "kl_clip_factor", "current_lr"]
 
 
 class CoverageWarning(UserWarning):
     """Issued by a constructor when some parameterised layers are left to the optimizer."""
 
 
+def check_period(owner, name, value):
+    """``int(value)`` for a positive integer period (T1, T2, ...); ValueError otherwise."""
+    if isinstance(value, bool) or int(value) != value or value < 1:
+        raise ValueError(f"{owner}: {name} must be a positive integer, got {value!r}")
+    return int(value)
+
+
+def check_choice(owner, name, value, choices):
+    """``value`` when it is one of ``choices``; a ValueError listing them otherwise."""
+    if value not in choices:
+        raise ValueError(f"{owner}: {name} must be one of {list(choices)}, got {value!r}")
+    return value
+
+
+def all_finite(a):
+    """True when every entry of ``a`` is finite (one reduction, no boolean copy)."""
+    xp = backend.array_module(a)
+    with warnings.catch_warnings():  # inf - inf in the sum is the answer, not a problem
+        warnings.simplefilter("ignore", RuntimeWarning)
+        total = xp.sum(a)
+    if bool(xp.isfinite(total)):
+        return True
+    return bool(xp.isfinite(a).all())  # a finite array whose sum overflowed
+
+
+def check_finite_array(owner, where, a):
+    """Raise ``NonFiniteError`` naming ``where`` when ``a`` holds NaN or infinity."""
+    if not all_finite(a):
+        xp = backend.array_module(a)
+        bad = int((~xp.isfinite(a)).sum())
+        raise NonFiniteError(f"{owner}: {where} holds {bad} non-finite value(s) (NaN or inf) "
+                             f"in an array of shape {tuple(a.shape)}; the preconditioner's "
+                             "statistics were left unchanged (the run has diverged: lower "
+                             "the learning rate or raise the damping)")
+
+
+def current_lr(lr):
+    """The learning rate of ``lr``: a number, an optimizer (its current ``lr``) or None."""
+    return getattr(lr, "lr", lr)
+
+
+def kl_clip_factor(kl_clip, lr, vg):
+    """nu = min(1, sqrt(kl_clip / (lr^2 vg))) (Ba, Grosse & Martens 2017; KFAC-Pytorch).
+
+    ``vg`` = sum over layers of <V', V> (preconditioned direction times what it came
+    from), so lr^2 vg is the predicted change lr^2 V'^T F V' of the model's outputs.
+    Returns 1.0 when clipping is off (``kl_clip`` or ``lr`` None) or vg <= 0.
+    """
+    if kl_clip is None or lr is None:
+        return 1.0
+    value = float(lr) ** 2 * float(vg)
+    if not value > 0:
+        return 1.0
+    return min(1.0, (float(kl_clip) / value) ** 0.5)
+
+
+def sampled_backward(model, loss, layers, rng, read, n_samples=1):
+    """Backward passes for targets drawn from the model, y ~ p(y | x).
+
+    For each of ``n_samples`` draws: ``loss.forward(logits, loss.sample_target(rng))``
+    and ``model.backward(loss.backward())``, then ``read(layer)`` for every layer of
+    ``layers``. Everything the passes change (every leaf's grads, cache, R-slots and
+    buffers, the loss's cache) is put back afterwards (``preserved_state``).
+
+    Returns:
+        A list with one entry per draw, each a list of ``read(layer)`` in layer order.
+    """
+    samples = []
+    with preserved_state(model, loss):
+        logits = loss.logits()  # (N, K)
+        for _ in range(int(n_samples)):
+            loss.forward(logits, loss.sample_target(rng))
+            model.backward(loss.backward())
+            samples.append([read(layer) for layer in layers])
+    return samples
+
+
 class Preconditioner:
-    """Base class. Subclasses set ``covers`` (layer classes) and the three methods.
+    """Base class: the covered layers, the step, checkpoints.
+
+    Subclasses write ``covered_types()`` (or ``applies_to``) and the hooks
+    ``update_curvature``, ``update_inverse``, ``precondition`` and, when needed,
+    ``prepare`` and ``finish`` (see the module docstring).
 
     Args:
         model: the network (a ``Layer``); its leaves with parameters are considered.
@@ -40,12 +146,9 @@ class Preconditioner:
     name = "preconditioner"
 
     def __init__(self, model, T1=1, T2=1, warn=True):
-        for label, value in (("T1", T1), ("T2", T2)):
-            if int(value) != value or value < 1:
-                raise ValueError(f"{type(self).__name__}: {label} must be a positive integer, "
-                                 f"got {value!r}")
+        owner = type(self).__name__
         self.model = model
-        self.T1, self.T2 = int(T1), int(T2)
+        self.T1, self.T2 = check_period(owner, "T1", T1), check_period(owner, "T2", T2)
         self.t = 0
         self.layers = []      # covered leaf layers, forward order
         self.names = []       # their qualified names
@@ -59,12 +162,12 @@ class Preconditioner:
             else:
                 self.uncovered.append(f"{lname} ({type(leaf).__name__})")
         if not self.layers:
-            raise ValueError(f"{type(self).__name__} covers none of the model's layers; it "
-                             f"handles {[c.__name__ for c in self.covered_types()]}")
+            raise ValueError(f"{owner} covers none of the model's layers; it handles "
+                             f"{[c.__name__ for c in self.covered_types()]}")
         self.state = [dict() for _ in self.layers]
         if warn and self.uncovered:
-            warnings.warn(f"{type(self).__name__} leaves these layers' gradients to the "
-                          f"optimizer unchanged: {', '.join(self.uncovered)}",
+            warnings.warn(f"{owner} leaves these layers' gradients to the optimizer "
+                          f"unchanged: {', '.join(self.uncovered)}",
                           CoverageWarning, stacklevel=3)
 
     # -- what subclasses write -----------------------------------------------------------
@@ -75,14 +178,25 @@ class Preconditioner:
     def applies_to(self, layer):
         return isinstance(layer, tuple(self.covered_types()))
 
-    def update_curvature(self, i, layer):
+    def prepare(self, update_stats, update_inverse):
+        """Per-step values shared by all layers; returns the ``step`` dict of the hooks."""
+        return {"update_stats": update_stats, "update_inverse": update_inverse}
+
+    def update_curvature(self, i, layer, step=None):
         raise NotImplementedError
 
-    def update_inverse(self, i, layer):
+    def update_inverse(self, i, layer, step=None):
         raise NotImplementedError
 
-    def precondition(self, i, layer):
+    def precondition(self, i, layer, step=None):
         raise NotImplementedError
+
+    def finish(self, step):
+        """Called once after every layer is preconditioned (global rescaling)."""
+
+    def schedule(self):
+        """(update the statistics?, recompute the inverses?) for step ``t``."""
+        return self.t % self.T1 == 0, self.t % self.T2 == 0
 
     # -- the step ------------------------------------------------------------------------
     def check_ready(self):
@@ -92,18 +206,50 @@ class Preconditioner:
                 raise RuntimeError(f"{type(self).__name__}.step(): layer {name} has no "
                                    "gradient yet; call model.backward(...) first")
 
+    def check_finite(self):
+        """``NonFiniteError`` naming the layer when a gradient, input or dout is not finite."""
+        owner = f"{type(self).__name__}.step()"
+        for layer, name in zip(self.layers, self.names):
+            for key, g in layer.grads.items():
+                check_finite_array(owner, f"layer {name}: gradient {key!r}", g)
+            for key in ("x", "dout"):
+                a = layer.cache.get(key)
+                if a is not None and backend.is_array(a):
+                    what = "recorded input x" if key == "x" else "output gradient dout"
+                    check_finite_array(owner, f"layer {name}: {what}", a)
+
     def step(self):
-        """Update statistics (every T1), inverses (every T2), then precondition in place."""
+        """Statistics (every T1), inverses (every T2), then precondition in place."""
         self.check_ready()
-        if self.t % self.T1 == 0:
+        self.check_finite()
+        update_stats, update_inverse = self.schedule()
+        step = self.prepare(update_stats, update_inverse)
+        if update_stats:
             for i, layer in enumerate(self.layers):
-                self.update_curvature(i, layer)
-        if self.t % self.T2 == 0:
+                self.update_curvature(i, layer, step)
+        if update_inverse:
             for i, layer in enumerate(self.layers):
-                self.update_inverse(i, layer)
+                self.guarded_inverse(i, layer, step)
         for i, layer in enumerate(self.layers):
-            self.precondition(i, layer)
+            self.precondition(i, layer, step)
+        self.finish(step)
         self.t += 1
+
+    def guarded_inverse(self, i, layer, step=None):
+        """``update_inverse`` with non-finite statistics and LinAlgError as NonFiniteError."""
+        owner = f"{type(self).__name__}.step()"
+        for key, value in self.state[i].items():
+            if backend.is_array(value) and value.dtype.kind == "f":
+                check_finite_array(owner, f"layer {self.names[i]}: statistic {key!r}", value)
+        try:
+            self.update_inverse(i, layer, step)
+        except Exception as err:  # numpy/cupy LinAlgError ("Eigenvalues did not converge")
+            if type(err).__name__ != "LinAlgError":
+                raise
+            raise NonFiniteError(f"{owner}: the inverse for layer {self.names[i]} failed "
+                                 f"({err}); its statistics are ill-conditioned or too "
+                                 "large: the run has diverged (lower the learning rate or "
+                                 "raise the damping)") from err
 
     # -- checkpoints ---------------------------------------------------------------------
     def state_dict(self):

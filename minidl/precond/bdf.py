@@ -26,7 +26,7 @@ BatchNorm and other layers without ``per_example_grads`` are left to the optimiz
 from .. import backend
 from ..layers.conv import Conv2d
 from ..layers.linear import Linear
-from .base import Preconditioner
+from .base import Preconditioner, check_number
 
 __all__ = ["BDF", "cosine_similarity"]
 
@@ -75,7 +75,8 @@ class BDF(Preconditioner):
     Args:
         model: the network; its Linear and Conv2d layers are preconditioned.
         damping: lambda, added to each layer's block before inversion.
-        beta: decay of the moving average of the blocks (0: the current batch's EF).
+        stat_decay: beta, the decay of the moving average of the blocks (0: the current
+            batch's EF).
         loss: the loss object, read only for its ``reduction`` (default: a mean loss).
         T1: update the blocks every ``T1`` steps.
         T2: recompute the inverses every ``T2`` steps.
@@ -84,12 +85,10 @@ class BDF(Preconditioner):
 
     name = "bdf"
 
-    def __init__(self, model, damping=1e-3, beta=0.0, loss=None, T1=1, T2=1, warn=True):
-        if damping <= 0:
-            raise ValueError(f"BDF: damping must be > 0, got {damping!r}")
-        if not 0 <= beta < 1:
-            raise ValueError(f"BDF: beta must lie in [0, 1), got {beta!r}")
-        self.damping, self.beta = float(damping), float(beta)
+    def __init__(self, model, damping=1e-3, stat_decay=0.0, loss=None, T1=1, T2=1,
+                 warn=True):
+        self.damping = check_number("BDF", "damping", damping, low=0.0, low_open=True)
+        self.beta = check_number("BDF", "stat_decay (beta)", stat_decay, 0.0, 1.0, high_open=True)
         self.reduction = getattr(loss, "reduction", "mean")
         super().__init__(model, T1=T1, T2=T2, warn=warn)
         for i, layer in enumerate(self.layers):
@@ -113,21 +112,21 @@ class BDF(Preconditioner):
         G = xp.concatenate([shares[key].reshape(N, -1) for key in layer.params], axis=1)
         return G * N if self.reduction == "mean" else G  # (N, p)
 
-    def update_curvature(self, i, layer):
+    def update_curvature(self, i, layer, step=None):
         """F = (1/N) G^T G from the per-example gradients, averaged with decay beta."""
         s = self.state[i]
         G = self._flat_per_example(layer)  # (N, p)
         F = G.T @ G / G.shape[0]  # (p, p)
         s["F"] = self.beta * s["F"] + (1 - self.beta) * F
 
-    def update_inverse(self, i, layer):
+    def update_inverse(self, i, layer, step=None):
         """P = (F + lambda I)^{-1}."""
         s = self.state[i]
         xp = backend.array_module(s["F"])
         eye = xp.eye(s["F"].shape[0], dtype=s["F"].dtype)  # (p, p)
         s["P"] = xp.linalg.inv(s["F"] + self.damping * eye)  # (p, p)
 
-    def precondition(self, i, layer):
+    def precondition(self, i, layer, step=None):
         """d = P g over the layer's flattened [vec(W), b]."""
         xp = backend.array_module(layer.grads["W"])
         g = xp.concatenate([layer.grads[key].ravel() for key in layer.params])  # (p,)

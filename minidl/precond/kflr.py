@@ -38,10 +38,12 @@ sqrt((tr Qbar / m) / (tr Gbar / F)) (``damping_mode="factored"``, default);
 moving averages, T1 and T2 are those of ``KroneckerFactored`` (``kfac.py``).
 
 Defaults: damping 1e-3 (Lasagne's tikhonov_damping), stat_decay 0.9 (Lasagne's example
-curvature_avg; 0 uses the current mini-batch only), T1 = T2 = 1 (the paper recomputes the
-curvature at every update). The paper's step-size rescaling by the exact Gauss-Newton
-quadratic and its momentum are the optimizer's business (``minidl.curvature.optimal_step``
-computes the former).
+curvature_avg; 0 uses the current mini-batch only), factors started from the first
+mini-batch (``factor_init="batch"``), T1 = T2 = 1 (the paper recomputes the curvature at
+every update). The paper's step-size safeguard, the rescaling of the step by the exact
+Gauss-Newton quadratic, alpha = g^T d / (d^T G d + lambda d^T d), is ``rescale=True``
+(use it with ``SGD(lr=1)``, as the paper does); Levenberg-Marquardt damping adaptation is
+``adapt_damping=True`` (both in ``kfactored.py``). Momentum is the optimizer's business.
 
 BatchNorm and other layers without a Kronecker form keep their plain gradients (the base
 class's ``CoverageWarning`` names them); the backward passes still go through them.
@@ -50,7 +52,7 @@ Cost: K backward passes every T1 steps, factors O(N T K F^2 + N T m^2).
 """
 from .. import backend
 from ..curvature.products import preserved_state
-from .kfac import KroneckerFactored, check_loss, output_grads
+from .kfactored import KroneckerFactored, check_loss, covariance
 
 __all__ = ["KFLR"]
 
@@ -64,18 +66,26 @@ class KFLR(KroneckerFactored):
         damping: lambda (default 1e-3).
         stat_decay: moving-average weight of the old factors (default 0.9).
         damping_mode: ``"factored"`` (default, the paper's) or ``"eigen"``.
+        factor_init: ``"batch"`` (default) or ``"identity"``.
+        rescale: Botev's exact Gauss-Newton step rescaling (default False).
+        adapt_damping: Levenberg-Marquardt adaptation of ``damping`` (needs ``lr``).
+        adapt_every: its period in steps (default 5).
+        lr: the learning rate (a number or the optimizer), for ``adapt_damping``.
         T1: update the factors every T1 steps (default 1).
         T2: recompute the damped inverses every T2 steps (default 1).
         warn: issue the ``CoverageWarning`` for layers left to the optimizer.
     """
 
     def __init__(self, model, loss=None, damping=1e-3, stat_decay=0.9,
-                 damping_mode="factored", T1=1, T2=1, warn=True):
+                 damping_mode="factored", factor_init="batch", rescale=False,
+                 adapt_damping=False, adapt_every=5, lr=None, T1=1, T2=1, warn=True):
         check_loss("KFLR", loss)
-        super().__init__(model, damping, stat_decay, damping_mode, T1, T2, warn)
         self.loss = loss
+        super().__init__(model, damping, stat_decay, damping_mode, T1, T2, warn,
+                         factor_init=factor_init, rescale=rescale,
+                         adapt_damping=adapt_damping, adapt_every=adapt_every, lr=lr)
 
-    def output_factors(self):
+    def output_factors(self, step=None):
         """Gbar = (1/T) sum_{n,t,k} C^k C^k^T per layer, from K backward passes."""
         S = self.loss.hessian_factor()  # (N, K, K), S_n S_n^T = H_n
         xp = backend.array_module(S)
@@ -86,9 +96,7 @@ class KFLR(KroneckerFactored):
                 column = xp.ascontiguousarray(S[:, :, k]).reshape(logits_shape)  # (N, ...)
                 self.model.backward(column)
                 for i, layer in enumerate(self.layers):
-                    C = output_grads(layer.cache["dout"])  # (N, T, F)
-                    T = C.shape[1]
-                    C2 = C.reshape(-1, C.shape[2])  # (N T, F)
-                    term = C2.T @ C2 / T  # (F, F)
+                    C = layer.kron_output_grads()  # (N, T, F)
+                    term = covariance(C, 1.0 / C.shape[1])  # (F, F)
                     G[i] = term if G[i] is None else G[i] + term
         return G

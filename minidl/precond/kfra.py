@@ -14,8 +14,8 @@ product, and averages the diagonal Jacobians over the batch::
     Gbar_top = sum_n H_n                                           (K, K), the loss Hessian
     Gbar_l   = (W_{l+1}^T Gbar_{l+1} W_{l+1}) ⊙ (1/N) sum_n f'(h_n) f'(h_n)^T
 
-with H_n = ``loss.hessian()[n]`` (summed by ``loss.hessian_sum()``), which carries the 1/N of a "mean" reduction (so the
-sum is the paper's batch-averaged loss Hessian times N, the scale at which Gbar kron
+with H_n = ``loss.hessian()[n]`` (summed by ``loss.hessian_sum()``), which carries the
+1/N of a "mean" reduction (so the sum is the paper's batch-averaged loss Hessian times N, the scale at which Gbar kron
 Qbar approximates the GGN of the reduced loss; see ``kflr.py``). ⊙ is the elementwise
 product. An activation after the last Linear layer multiplies Gbar_top the same way;
 several activations in a row multiply their derivatives f' first, per example. For one
@@ -29,8 +29,9 @@ makes the constructor raise a ``ValueError`` naming the layer; use KFLR or KFAC 
 So there are no BatchNorm parameters to leave to the optimizer: a BatchNorm in the chain
 is rejected, since the recursion cannot pass through it.
 
-Damping, moving averages, T1/T2 and defaults are KFLR's: factored Tikhonov with the norm
-rule, damping 1e-3, stat_decay 0.9, T1 = T2 = 1.
+Damping, moving averages, T1/T2, the optional safeguards (``rescale``, ``adapt_damping``)
+and defaults are KFLR's: factored Tikhonov with the norm rule, damping 1e-3, stat_decay
+0.9, factors from the first mini-batch, T1 = T2 = 1.
 
 Cost: one (D_l, D_l) product W^T Gbar W per layer and an (N, D_l) outer-product average,
 independent of the number of outputs K: the cheap relative of KFLR.
@@ -39,7 +40,7 @@ from ..layers.activations import LeakyReLU, ReLU, Sigmoid, Tanh
 from ..layers.flatten import Flatten
 from ..layers.linear import Linear
 from ..layers.sequential import Sequential
-from .kfac import KroneckerFactored, check_loss
+from .kfactored import KroneckerFactored, check_loss
 
 __all__ = ["KFRA"]
 
@@ -78,22 +79,26 @@ class KFRA(KroneckerFactored):
         damping: lambda (default 1e-3).
         stat_decay: moving-average weight of the old factors (default 0.9).
         damping_mode: ``"factored"`` (default, the paper's) or ``"eigen"``.
+        factor_init, rescale, adapt_damping, adapt_every, lr: as ``KFLR``.
         T1: update the factors every T1 steps (default 1).
         T2: recompute the damped inverses every T2 steps (default 1).
         warn: unused in practice (every parameterised layer of a valid chain is covered).
     """
 
     def __init__(self, model, loss=None, damping=1e-3, stat_decay=0.9,
-                 damping_mode="factored", T1=1, T2=1, warn=True):
+                 damping_mode="factored", factor_init="batch", rescale=False,
+                 adapt_damping=False, adapt_every=5, lr=None, T1=1, T2=1, warn=True):
         check_loss("KFRA", loss)
         self.chain = chain_leaves(model)
-        super().__init__(model, damping, stat_decay, damping_mode, T1, T2, warn)
         self.loss = loss
+        super().__init__(model, damping, stat_decay, damping_mode, T1, T2, warn,
+                         factor_init=factor_init, rescale=rescale,
+                         adapt_damping=adapt_damping, adapt_every=adapt_every, lr=lr)
 
     def covered_types(self):
         return [Linear]
 
-    def output_factors(self):
+    def output_factors(self, step=None):
         """Gbar of every Linear layer, by the recursion from the loss Hessian down."""
         N = self.loss.logits().shape[0]
         M = self.loss.hessian_sum()  # (K, K), Gbar at the model's output: sum_n H_n

@@ -11,7 +11,8 @@ Mini-blocks (g is the mini-batch gradient, the mean over the batch as the loss g
     Conv2d  W (F, C, k, k):    one block per (output o, input channel c) over vec(W[o, c]),
                                F_oc is k^2 x k^2;  the bias b (F,) gets 1 x 1 blocks v_o.
 
-Algorithm 2 of the paper, as this file runs it (lambda damping, beta decay, mu momentum)::
+Algorithm 2 of the paper, as this file runs it (lambda = ``damping``, beta = ``stat_decay``,
+mu = ``momentum``)::
 
     every T1 steps:  F_blk <- beta F_blk + (1 - beta) g_blk g_blk^T          (rank one)
                      v_o   <- beta v_o   + (1 - beta) g_o^2                  (conv bias)
@@ -20,22 +21,43 @@ Algorithm 2 of the paper, as this file runs it (lambda damping, beta decay, mu m
                      d_blk <- P_blk m_blk ;   d_o = m_o / (v_o + lambda)  (conv bias)
                      layer.grads <- d         (then the optimizer steps: theta <- theta - lr d)
 
-Spatial averaging (large dense layers): one shared matrix for all n output neurons of the
-layer, the *mean* of their blocks,
+Spatial averaging (large dense layers, the paper's section 5): one shared matrix for all n
+output neurons of the layer, the *mean* of their blocks,
 ``Fbar <- beta Fbar + (1 - beta) (1/n) Ghat^T Ghat`` with ``Ghat = [G_W | G_b]`` (n, m+1),
-and ``d_o = (Fbar + lambda I)^{-1} m_o`` for every o. A layer is averaged when
-``spatial_average=True``, or when ``spatial_threshold`` is set and the per-neuron blocks
-would hold more than that many numbers (n (m+1)^2 > spatial_threshold).
+and ``d_o = (Fbar + lambda I)^{-1} m_o`` for every o. The per-neuron blocks of a dense
+layer hold n (m+1)^2 numbers, m+1 times the layer's weights, and cost O(n (m+1)^3) to
+invert; a layer is averaged when ``spatial_average=True`` or when those blocks would hold
+more than ``spatial_threshold`` numbers (default 2^20, 8 MiB in float64: the CLI's
+784-100-100-10 MLP averages its first layer only, the MNIST autoencoder all layers but
+the 30 -> 250 one). Then the layer costs one (m+1)^2 matrix, one inverse of it and two
+(n, m+1) x (m+1, m+1) products per step, about what Adam's elementwise work costs at a
+batch of a few hundred. ``spatial_threshold=None`` never averages by size.
 
-Warm start (the paper: one pass over the data before training, from the TNT code):
-``F_blk <- (j-1)/j F_blk + (1/j) g_blk g_blk^T`` for batches j = 1..J, i.e. the plain
-average over the epoch; see ``warm_start`` and ``warm_start_step``. Without it the first
-steps are about ``lr * g / lambda`` long, because F starts at zero.
+Warm start (the paper, App. 11.1.5: the blocks are estimated over a pass through the data
+before training and the moving average takes over afterwards):
+``F_blk <- (j-1)/j F_blk + (1/j) g_blk g_blk^T`` for batches j = 1..J, the plain average.
+``warm_start(batches)`` does that pass explicitly (the parameters do not move). Since a
+training loop calls only ``step()``, MBF also does it inside its first ``warm_start``
+statistics updates (default 10 = 1/(1 - beta)): they average with weight 1/j instead of
+1 - beta, and the inverses are recomputed after each of them, so no block starts from
+zero and no stale inverse of a one-batch estimate is used for T2 steps. (Unlike the
+paper's pass, the parameters move during these steps.) An explicit pass counts towards
+the same number. Without any warm start the first steps are about ``lr * g / lambda``
+long, because F starts at zero.
+
+Step bound (KL clipping, as K-FAC; Ba, Grosse & Martens 2017): after all layers are
+preconditioned, every direction is scaled by nu = min(1, sqrt(kl_clip / (lr^2 sum <d, m>))),
+which bounds lr^2 d^T (F + lambda I) d, the predicted change of the outputs under MBF's
+own curvature. At the paper's learning rates (1e-5 ... 1e-3) it rarely acts; it keeps a
+learning rate meant for SGD (0.01 - 0.05) from multiplying the directions outside the
+statistics' span by 1/lambda. It needs ``lr`` (a number or the optimizer;
+``minidl.methods.build`` passes it); without it no clipping is done and MBF warns.
 
 Normalisation layers (BatchNorm1d/2d, LayerNorm, GroupNorm, with parameters ``gamma``,
-``beta``) get Adam's direction, as in the paper: size-1 blocks, divided by
-their square root, ``d = m / (sqrt(v) + norm_eps)`` with v the same moving average of g^2.
-``norm_params="skip"`` leaves them to the optimizer instead.
+``beta``) get Adam's direction, as in the paper: size-1 blocks, divided by their square
+root, ``d = m / (sqrt(v_hat) + norm_eps)`` with v the moving average of g^2 updated at
+every step and v_hat = v / (1 - beta^k) its bias correction (Kingma & Ba;
+``bias_correction=False`` drops it). ``norm_params="skip"`` leaves them to the optimizer.
 
 MBF-True (Algorithm 4, ``fisher="true"``): identical, except that the g g^T of the
 statistics comes from labels sampled from the model, y ~ p(y | x), through one extra
@@ -57,17 +79,17 @@ How Algorithm 2 maps onto ``precond.step(); opt.step()``:
 The learning rates are small (1e-5 ... 1e-3): there is no square root, so the step scales
 like g / (g^2 + lambda); where the gradient is small (g^2 << lambda, typical for a mean
 loss) d ~ g / lambda, so MBF moves like SGD with learning rate lr / lambda (lr = 3e-4 with
-lambda = 3e-3 is SGD at 0.1 there). Defaults: lambda = 3e-3 (the paper's CNN value), beta = 0.9,
-T1 = 1, T2 = 20 (the paper's autoencoders; its CNNs used T1 = 10, T2 = 100).
+lambda = 3e-3 is SGD at 0.1 there). Defaults: lambda = 3e-3 (the paper's CNN value),
+beta = 0.9, T1 = 1, T2 = 20 (the paper's autoencoders; its CNNs used T1 = 10, T2 = 100),
+kl_clip = 1e-3 (KFAC-Pytorch's), warm start over 10 updates.
 
 Cost per dense layer: memory n (m+1)^2, inversion O(n (m+1)^3) every T2 steps; per conv
 layer: memory F C k^4, inversion O(F C k^6).
 """
 from .. import backend
 from ..layers.batchnorm import Normalization
-from ..layers.conv import Conv2d
-from ..layers.linear import Linear
-from .base import Preconditioner
+from .base import (Preconditioner, check_choice, check_number, current_lr, kl_clip_factor,
+                   sampled_backward)
 
 __all__ = ["MBF"]
 
@@ -78,20 +100,25 @@ class MBF(Preconditioner):
     Args:
         model: the network; its Linear and Conv2d layers (and normalisation layers, see
             ``norm_params``) are preconditioned.
-        damping: lambda, added to every mini-block before inversion.
-        beta: decay of the moving average of the blocks (0 keeps only the last batch).
-        T1: update the blocks every ``T1`` steps.
-        T2: recompute the inverses every ``T2`` steps.
+        damping: lambda, added to every mini-block before inversion (default 3e-3).
+        stat_decay: beta, the weight of the old blocks in the moving average (0.9).
+        T1: update the blocks every ``T1`` steps (default 1).
+        T2: recompute the inverses every ``T2`` steps (default 20).
         momentum: mu of the paper's m <- mu m + g, preconditioned as d = P m. Leave it 0
             when the optimizer has momentum (see the module docstring).
+        lr: the learning rate for the step bound: a number, or the optimizer (its
+            current ``lr`` is read at every step); None disables the bound.
+        kl_clip: the bound on lr^2 sum <d, m> (default 1e-3); None disables it.
+        warm_start: statistics updates averaged with weight 1/j (default 10).
         spatial_average: share one (mean) block between all neurons of every dense layer.
-        spatial_threshold: when set, also average the dense layers whose per-neuron
-            blocks would hold more than this many numbers, n (m+1)^2.
-        norm_params: ``"adam"`` (the paper: d = m / (sqrt(v) + norm_eps)) or ``"skip"``
+        spatial_threshold: average the dense layers whose per-neuron blocks would hold
+            more than this many numbers, n (m+1)^2 (default 2^20; None: never by size).
+        norm_params: ``"adam"`` (the paper: d = m / (sqrt(v_hat) + norm_eps)) or ``"skip"``
             (leave gamma/beta to the optimizer).
         norm_eps: Adam's epsilon for the normalisation parameters.
+        bias_correction: divide the normalisation layers' v by 1 - beta^k (default True).
         fisher: ``"empirical"`` (MBF, true labels) or ``"true"`` (MBF-True, sampled labels).
-        loss: the loss object; needed for ``fisher="true"`` and ``warm_start``.
+        loss: the loss object; needed for ``fisher="true"`` and ``warm_start(batches)``.
         rng: generator for the sampled labels of MBF-True (``minidl.default_rng(seed)``);
             a fresh unseeded one when None. Its state is not part of ``state_dict``.
         warn: warn about parameterised layers left to the optimizer.
@@ -99,46 +126,63 @@ class MBF(Preconditioner):
 
     name = "mbf"
 
-    def __init__(self, model, damping=3e-3, beta=0.9, T1=1, T2=20, momentum=0.0,
-                 spatial_average=False, spatial_threshold=None, norm_params="adam",
-                 norm_eps=1e-8, fisher="empirical", loss=None, rng=None, warn=True):
-        if damping <= 0:
-            raise ValueError(f"MBF: damping (lambda) must be > 0 because the rank-one "
-                             f"blocks are singular, got {damping!r}")
-        if not 0 <= beta < 1:
-            raise ValueError(f"MBF: beta must lie in [0, 1), got {beta!r}")
-        if not 0 <= momentum < 1:
-            raise ValueError(f"MBF: momentum must lie in [0, 1), got {momentum!r}")
-        if norm_params not in ("adam", "skip"):
-            raise ValueError(f"MBF: norm_params must be 'adam' or 'skip', got {norm_params!r}")
-        if fisher not in ("empirical", "true"):
-            raise ValueError(f"MBF: fisher must be 'empirical' or 'true', got {fisher!r}")
+    def __init__(self, model, damping=3e-3, stat_decay=0.9, T1=1, T2=20, momentum=0.0,
+                 lr=None, kl_clip=1e-3, warm_start=10, spatial_average=False,
+                 spatial_threshold=2 ** 20, norm_params="adam", norm_eps=1e-8,
+                 bias_correction=True, fisher="empirical", loss=None, rng=None, warn=True):
+        self.damping = check_number(
+            "MBF", "damping (lambda)", damping, low=0.0, low_open=True,
+            allowed="(0, inf) (the rank-one blocks are singular without it)")
+        self.beta = check_number("MBF", "stat_decay (beta)", stat_decay, 0.0, 1.0, high_open=True)
+        self.momentum = check_number("MBF", "momentum", momentum, 0.0, 1.0, high_open=True)
+        self.kl_clip = (check_number("MBF", "kl_clip", kl_clip, low=0.0) or None
+                        if kl_clip is not None else None)
+        if isinstance(warm_start, bool) or int(warm_start) != warm_start or warm_start < 0:
+            raise ValueError(f"MBF: warm_start must be an integer >= 0, got {warm_start!r}")
+        self.warm_steps = int(warm_start)
+        if spatial_threshold is not None:
+            check_number("MBF", "spatial_threshold", spatial_threshold, low=0.0)
+        self.spatial_average, self.spatial_threshold = bool(spatial_average), spatial_threshold
+        self.norm_params = check_choice("MBF", "norm_params", norm_params, ("adam", "skip"))
+        self.norm_eps = check_number("MBF", "norm_eps", norm_eps, low=0.0)
+        self.bias_correction = bool(bias_correction)
+        self.fisher = check_choice("MBF", "fisher", fisher, ("empirical", "true"))
         if fisher == "true" and loss is None:
             raise ValueError("MBF(fisher='true') samples labels from the model and needs the "
                              "loss object: pass loss=crit")
-        self.damping, self.beta, self.momentum = float(damping), float(beta), float(momentum)
-        self.spatial_average, self.spatial_threshold = bool(spatial_average), spatial_threshold
-        self.norm_params, self.norm_eps = norm_params, float(norm_eps)
-        self.fisher, self.loss = fisher, loss
+        self.loss, self.lr = loss, lr
         self.rng = rng if rng is not None else backend.default_rng()
-        self._sampled = None  # MBF-True: the sampled-label grads of the current step
         super().__init__(model, T1=T1, T2=T2, warn=warn)
+        if self.kl_clip is not None and lr is None:
+            import warnings
+            warnings.warn(f"MBF: kl_clip={self.kl_clip:g} bounds the step only when the "
+                          "learning rate is known: pass lr=optimizer (minidl.methods.build "
+                          "does), or kl_clip=None to silence this", UserWarning, stacklevel=2)
         self.kinds = [self._kind(layer) for layer in self.layers]
         for i, layer in enumerate(self.layers):
             self._init_state(i, layer)
 
     # -- which layers, which blocks --------------------------------------------------------
     def covered_types(self):
+        from ..layers.conv import Conv2d
+        from ..layers.linear import Linear
         return [Linear, Conv2d] + ([Normalization] if self.norm_params == "adam" else [])
+
+    def applies_to(self, layer):
+        """Layers seen as a matrix product (``kron_inputs``), and normalisation layers."""
+        if hasattr(layer, "kron_inputs") and layer.params.get("W") is not None:
+            return layer.params["W"].ndim in (2, 4)
+        return self.norm_params == "adam" and isinstance(layer, Normalization)
 
     def _kind(self, layer):
         """``"dense"``, ``"dense_avg"`` (spatial averaging), ``"conv"`` or ``"norm"``."""
-        if isinstance(layer, Linear):
-            n, m = layer.params["W"].shape
+        W = layer.params.get("W")
+        if W is not None and W.ndim == 2:
+            n, m = W.shape
             d = m + ("b" in layer.params)
             big = self.spatial_threshold is not None and n * d * d > self.spatial_threshold
             return "dense_avg" if self.spatial_average or big else "dense"
-        if isinstance(layer, Conv2d):
+        if W is not None and W.ndim == 4:
             return "conv"
         return "norm"
 
@@ -163,9 +207,9 @@ class MBF(Preconditioner):
                 s["p_b"] = xp.zeros(layer.params["b"].shape, dtype=W.dtype)  # (F,)
         else:  # norm: size-1 blocks for every parameter
             for key, p in layer.params.items():
-                xp = backend.array_module(p)
-                s["v_" + key] = xp.zeros(p.shape, dtype=p.dtype)  # like p
-                s["p_" + key] = xp.zeros(p.shape, dtype=p.dtype)
+                s["v_" + key] = backend.array_module(p).zeros(p.shape, dtype=p.dtype)  # like p
+            # the moving average of the constant 1: 1 - beta^k, Adam's bias correction
+            s["bc"] = backend.array_module(*layer.params.values()).zeros((), dtype="float64")
         if self.momentum > 0:
             for key, p in layer.params.items():
                 s["m_" + key] = backend.array_module(p).zeros(p.shape, dtype=p.dtype)
@@ -180,38 +224,70 @@ class MBF(Preconditioner):
         xp = backend.array_module(G)
         return xp.concatenate([G, grads["b"][:, None]], axis=1)  # (n, m+1)
 
+    # -- the schedule: the in-step warm start recomputes the inverses ----------------------
+    def _warming(self):
+        """True while the statistics updates still average with weight 1/j."""
+        return any(int(s["n_warm"]) < self.warm_steps
+                   for s, kind in zip(self.state, self.kinds) if kind != "norm")
+
+    def schedule(self):
+        update_stats, update_inverse = super().schedule()
+        return update_stats, update_inverse or (update_stats and self._warming())
+
+    def prepare(self, update_stats, update_inverse):
+        step = super().prepare(update_stats, update_inverse)
+        step["vg"] = 0.0  # sum over layers of <d, m>, for the step bound
+        step["sampled"] = None
+        if update_stats and self.fisher == "true":  # MBF-True: one extra backward pass
+            step["sampled"] = sampled_backward(self.model, self.loss, self.layers, self.rng,
+                                               lambda layer: dict(layer.grads))[0]
+        return step
+
     # -- statistics --------------------------------------------------------------------
     def _accumulate(self, i, layer, grads, keep, new):
-        """F_blk <- keep F_blk + new g_blk g_blk^T for every block of layer i."""
+        """F_blk <- keep F_blk + new g_blk g_blk^T for every block of layer i (not norm)."""
         s, kind = self.state[i], self.kinds[i]
         if kind == "dense":
             G = self._dense_rows(layer, grads)  # (n, d)
-            s["F"] = keep * s["F"] + new * (G[:, :, None] * G[:, None, :])  # (n, d, d)
+            s["F"] *= keep
+            s["F"] += new * (G[:, :, None] * G[:, None, :])  # (n, d, d)
         elif kind == "dense_avg":
             G = self._dense_rows(layer, grads)  # (n, d)
-            s["F"] = keep * s["F"] + new * (G.T @ G) / G.shape[0]  # (d, d), mean of blocks
+            s["F"] = keep * s["F"] + (new / G.shape[0]) * (G.T @ G)  # (d, d), mean of blocks
         elif kind == "conv":
             F, C, kh, kw = grads["W"].shape
             G = grads["W"].reshape(F * C, kh * kw)  # (F C, k^2), one row per (o, c)
-            s["F"] = keep * s["F"] + new * (G[:, :, None] * G[:, None, :])  # (F C, k^2, k^2)
+            s["F"] *= keep
+            s["F"] += new * (G[:, :, None] * G[:, None, :])  # (F C, k^2, k^2)
             if "b" in layer.params:
                 s["v_b"] = keep * s["v_b"] + new * grads["b"] ** 2  # (F,)
+
+    def _accumulate_norm(self, i, layer, grads, keep, new):
+        """v <- keep v + new g^2 for the normalisation parameters, and bc alike."""
+        s = self.state[i]
+        for key in layer.params:
+            s["v_" + key] = keep * s["v_" + key] + new * grads[key] ** 2  # like p
+        s["bc"] = keep * s["bc"] + new
+
+    def update_curvature(self, i, layer, step=None):
+        """Moving average of the mini-block outer products (every T1 steps); the first
+        ``warm_start`` updates average with weight 1/j."""
+        if self.kinds[i] == "norm":
+            return  # refreshed at every step, in precondition
+        s = self.state[i]
+        sampled = step.get("sampled") if step else None
+        grads = layer.grads if sampled is None else sampled[i]
+        j = int(s["n_warm"]) + 1
+        if j <= self.warm_steps:
+            self._accumulate(i, layer, grads, (j - 1) / j, 1.0 / j)
+            s["n_warm"] = s["n_warm"] + 1
         else:
-            for key in layer.params:
-                s["v_" + key] = keep * s["v_" + key] + new * grads[key] ** 2  # like p
+            self._accumulate(i, layer, grads, self.beta, 1.0 - self.beta)
 
-    def update_curvature(self, i, layer):
-        """Moving average of the mini-block outer products (every T1 steps)."""
-        grads = layer.grads if self._sampled is None else self._sampled[i]
-        self._accumulate(i, layer, grads, self.beta, 1.0 - self.beta)
-
-    def update_inverse(self, i, layer):
+    def update_inverse(self, i, layer, step=None):
         """P_blk = (F_blk + lambda I)^{-1}: one batched inverse over the stacked blocks."""
         s, kind = self.state[i], self.kinds[i]
         if kind == "norm":
-            for key in layer.params:
-                xp = backend.array_module(s["v_" + key])
-                s["p_" + key] = 1.0 / (xp.sqrt(s["v_" + key]) + self.norm_eps)  # like p
             return
         xp = backend.array_module(s["F"])
         eye = xp.eye(s["F"].shape[-1], dtype=s["F"].dtype)  # (d, d), broadcast over blocks
@@ -220,7 +296,18 @@ class MBF(Preconditioner):
             s["p_b"] = 1.0 / (s["v_b"] + self.damping)  # (F,), the 1 x 1 bias blocks
 
     # -- the direction -----------------------------------------------------------------
-    def precondition(self, i, layer):
+    def _norm_direction(self, i, layer, m):
+        """Adam's direction m / (sqrt(v_hat) + eps), v refreshed at every step."""
+        s = self.state[i]
+        self._accumulate_norm(i, layer, layer.grads, self.beta, 1.0 - self.beta)
+        bc = float(s["bc"]) if self.bias_correction else 1.0
+        out = {}
+        for key in layer.params:
+            xp = backend.array_module(s["v_" + key])
+            out[key] = m[key] / (xp.sqrt(s["v_" + key] / bc) + self.norm_eps)  # like p
+        return out
+
+    def precondition(self, i, layer, step=None):
         """d_blk = P_blk m_blk, written into ``layer.grads``."""
         s, kind = self.state[i], self.kinds[i]
         m = dict(layer.grads)
@@ -228,63 +315,35 @@ class MBF(Preconditioner):
             for key in layer.params:
                 s["m_" + key] = self.momentum * s["m_" + key] + layer.grads[key]
                 m[key] = s["m_" + key]
-        if kind == "dense":
+        if kind == "norm":
+            d = self._norm_direction(i, layer, m)
+        elif kind in ("dense", "dense_avg"):
             M = self._dense_rows(layer, m)  # (n, d)
-            D = (s["P"] @ M[:, :, None])[:, :, 0]  # (n, d, d) @ (n, d, 1) -> (n, d)
-        elif kind == "dense_avg":
-            D = self._dense_rows(layer, m) @ s["P"].T  # (n, d) @ (d, d): d_o = P m_o
-        elif kind == "conv":
+            if kind == "dense":
+                D = (s["P"] @ M[:, :, None])[:, :, 0]  # (n, d, d) @ (n, d, 1) -> (n, d)
+            else:
+                D = M @ s["P"].T  # (n, d) @ (d, d): d_o = P m_o
+            n_in = layer.params["W"].shape[1]
+            d = {"W": D[:, :n_in]}  # (n, m)
+            if "b" in layer.params:
+                d["b"] = D[:, n_in]  # (n,)
+        else:  # conv
             F, C, kh, kw = m["W"].shape
             M = m["W"].reshape(F * C, kh * kw, 1)  # (F C, k^2, 1)
-            layer.grads["W"] = (s["P"] @ M).reshape(F, C, kh, kw)  # (F, C, kh, kw)
+            d = {"W": (s["P"] @ M).reshape(F, C, kh, kw)}  # (F, C, kh, kw)
             if "b" in layer.params:
-                layer.grads["b"] = m["b"] * s["p_b"]  # (F,)
-            return
-        else:
-            for key in layer.params:
-                layer.grads[key] = m[key] * s["p_" + key]  # Adam's direction, like p
-            return
-        n_in = layer.params["W"].shape[1]
-        layer.grads["W"] = D[:, :n_in]  # (n, m)
-        if "b" in layer.params:
-            layer.grads["b"] = D[:, n_in]  # (n,)
+                d["b"] = m["b"] * s["p_b"]  # (F,)
+        if step is not None:
+            step["vg"] += sum(float((d[key] * m[key]).sum()) for key in d)
+        layer.grads.update(d)
 
-    # -- MBF-True: the statistics from sampled labels ----------------------------------
-    def step(self):
-        """As ``Preconditioner.step``; MBF-True first runs its extra backward pass."""
-        if self.fisher == "true" and self.t % self.T1 == 0:
-            self._sampled = self._sampled_grads()
-        try:
-            super().step()
-        finally:
-            self._sampled = None
-
-    def _sampled_grads(self):
-        """Grads of the loss at labels y ~ p(y | x), leaving the model as it was.
-
-        Saves every leaf's grads and cache and the loss's cache, runs
-        ``model.backward(dL(logits, y_sampled)/dlogits)``, keeps the covered layers' grads
-        and restores everything else.
-        """
-        for layer, lname in zip(self.layers, self.names):
-            if "dout" not in layer.cache or not layer.grads:
-                raise RuntimeError(f"MBF.step(): layer {lname} has no gradient yet; call "
-                                   "model.backward(...) first")
-        leaves = self.model.leaves()
-        saved = [({k: v.copy() for k, v in leaf.grads.items()}, dict(leaf.cache))
-                 for leaf in leaves]
-        saved_loss = dict(self.loss.cache)
-        try:
-            logits = self.loss.logits()  # (N, K)
-            y_sampled = self.loss.sample_target(self.rng)
-            self.loss.forward(logits, y_sampled)
-            self.model.backward(self.loss.backward())
-            sampled = [dict(layer.grads) for layer in self.layers]
-        finally:
-            for leaf, (grads, cache) in zip(leaves, saved):
-                leaf.grads, leaf.cache = grads, cache
-            self.loss.cache = saved_loss
-        return sampled
+    def finish(self, step):
+        """The step bound: scale every direction by nu = min(1, sqrt(kl_clip/(lr^2 vg)))."""
+        nu = kl_clip_factor(self.kl_clip, current_lr(self.lr), step["vg"])
+        if nu < 1.0:
+            for layer in self.layers:
+                for key in layer.params:
+                    layer.grads[key] = layer.grads[key] * nu
 
     # -- warm start ----------------------------------------------------------------------
     def warm_start_step(self):
@@ -293,17 +352,21 @@ class MBF(Preconditioner):
         Call it after each ``model.backward`` of the warm-start pass (no optimizer step);
         ``warm_start`` does the whole pass for you.
         """
+        self.check_ready()
+        self.check_finite()
+        sampled = None
         if self.fisher == "true":
-            self._sampled = self._sampled_grads()
-        try:
-            for i, layer in enumerate(self.layers):
-                s = self.state[i]
-                j = int(s["n_warm"]) + 1
-                grads = layer.grads if self._sampled is None else self._sampled[i]
+            sampled = sampled_backward(self.model, self.loss, self.layers, self.rng,
+                                       lambda layer: dict(layer.grads))[0]
+        for i, layer in enumerate(self.layers):
+            s = self.state[i]
+            j = int(s["n_warm"]) + 1
+            grads = layer.grads if sampled is None else sampled[i]
+            if self.kinds[i] == "norm":
+                self._accumulate_norm(i, layer, grads, (j - 1) / j, 1.0 / j)
+            else:
                 self._accumulate(i, layer, grads, (j - 1) / j, 1.0 / j)
-                s["n_warm"] = s["n_warm"] + 1
-        finally:
-            self._sampled = None
+            s["n_warm"] = s["n_warm"] + 1
 
     def warm_start(self, batches, loss=None):
         """Average the blocks over ``batches`` (e.g. one epoch) and invert them.
@@ -327,5 +390,5 @@ class MBF(Preconditioner):
         finally:
             self.loss = previous
         for i, layer in enumerate(self.layers):
-            self.update_inverse(i, layer)
+            self.guarded_inverse(i, layer)
         return self

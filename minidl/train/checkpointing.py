@@ -1,0 +1,54 @@
+"""Writing a run to a checkpoint after each epoch, and picking it up again.
+
+A run's checkpoint (``minidl.checkpoint``: atomic, pickle-free ``.npz``) holds the model,
+optimizer and preconditioner state, every random generator the run draws from, the
+``History`` so far, and the weights of the best epoch with the name of the metric that
+chose it, so that ``fit(..., resume=path)`` continues exactly as if it had never stopped
+and ``restore_best`` still keeps its promise.
+"""
+from .. import checkpoint as ckpt
+from .history import History
+
+__all__ = ["generators", "save_run", "resume_run"]
+
+
+def generators(train_loader, val_loader, model, precond):
+    """``{name: generator}`` of every random generator the run draws from."""
+    found = {}
+    for name, obj in (("train_loader", train_loader), ("val_loader", val_loader),
+                      ("precond", precond)):
+        rng = getattr(obj, "rng", None)
+        if hasattr(rng, "bit_generator"):
+            found[name] = rng
+    for lname, leaf in model.named_leaves():
+        rng = getattr(leaf, "rng", None)
+        if hasattr(rng, "bit_generator"):
+            found[f"layer.{lname}"] = rng
+    return found
+
+
+def save_run(path, model, optimizer, precond, rngs, history, best):
+    """Write the run after its last finished epoch (atomically)."""
+    ckpt.save(path, model, optimizer, precond, epoch=history.last["epoch"], rng=rngs,
+              extra={"history": history.to_dict(), "best": best.to_meta()},
+              best=best.state)
+
+
+def resume_run(path, model, optimizer, precond, rngs, best):
+    """Load a run's checkpoint into the given objects.
+
+    Returns:
+        ``(history, epochs_done)``; ``best`` knows the best epoch (and its weights).
+
+    Raises:
+        CheckpointError: the file is damaged or belongs to other objects (nothing changed).
+        ValueError: the best weights are wanted but not in the file.
+    """
+    ck = ckpt.load(path, model, optimizer, precond, rng=rngs)
+    extra = ck.extra if isinstance(ck.extra, dict) else {}
+    history = History()
+    if isinstance(extra.get("history"), dict):
+        history = History.from_dict(extra["history"])
+        history.stop_reason, history.divergence = None, None
+    best.from_checkpoint(history, model, extra.get("best"), ck.best, ck.epoch)
+    return history, ck.epoch

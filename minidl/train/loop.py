@@ -1,0 +1,245 @@
+"""``fit``: the training loop, one step and one epoch at a time.
+
+The pieces around the loop each live in their own module of ``minidl.train``:
+``evaluate`` (validation), ``best`` (best epoch, its weights, early stopping),
+``checkpointing`` (save after each epoch, resume), ``divergence`` (non-finite values and
+failed factorisations found before they change anything) and ``modes`` (training and
+evaluation mode without undoing a layer the user froze).
+"""
+import dataclasses
+import time
+
+from ..progress import ProgressBar
+from . import divergence
+from .best import BestEpoch
+from .checkpointing import generators, resume_run, save_run
+from .evaluate import batch_accuracy, evaluate, wants_accuracy
+from .history import History
+from .modes import training_mode
+
+__all__ = ["fit", "Trainer"]
+
+
+@dataclasses.dataclass
+class Trainer:
+    """One training step, and one epoch of steps, for a model, a loss and a method.
+
+    Attributes:
+        model, loss, optimizer: the network, the loss object and the optimizer.
+        precond: a preconditioner stepped between backward and the optimizer, or None.
+        schedule: ``lr = schedule(k)`` set before update k (k from 0), or None.
+        with_acc: count correct predictions for the accuracy.
+        progress: show a progress bar (True, False, or None: in a terminal or notebook).
+        log_every: print the running loss every n steps (None or 0: never).
+        log: the function receiving those lines.
+    """
+    model: object
+    loss: object
+    optimizer: object
+    precond: object = None
+    schedule: object = None
+    with_acc: bool = False
+    progress: object = None
+    log_every: int = None
+    log: object = print
+
+    def step(self, x, y):
+        """One update; returns ``(loss_value, out, diverged)``.
+
+        ``diverged`` is None, or a ``divergence.Diverged`` found before the optimizer
+        (and, for non-finite losses and gradients, the preconditioner) changed anything;
+        BatchNorm's running statistics are then put back as they were.
+        """
+        buffers = divergence.BufferSnapshot(self.model)
+        out = self.model.forward(x)                     # (N, K) scores
+        loss_value, note = divergence.forward_loss(self.loss, out, y)  # float: batch mean
+        try:
+            divergence.check_loss(loss_value, note)
+            self.model.backward(self.loss.backward())   # fills every layer.grads
+            divergence.check_grads(self.model)
+            if self.precond is not None:
+                with divergence.guard("preconditioner"):
+                    self.precond.step()                 # grads -> preconditioned directions
+            with divergence.guard("optimizer"):
+                self.optimizer.step()                   # params -= lr * direction
+        except divergence.Diverged as diverged:
+            buffers.restore()
+            return loss_value, out, diverged
+        # backward overwrites the grads (no accumulation), so no zero_grad is needed
+        return loss_value, out, None
+
+    def epoch(self, loader, epoch, epochs, history):
+        """Train one epoch; returns its record (``history.divergence`` set on divergence)."""
+        bar = ProgressBar(total=_length(loader), desc=f"epoch {epoch}/{epochs}",
+                          enabled=self.progress)
+        loss_sum, correct, seen, seconds = 0.0, 0, 0, 0.0
+        time_before = history.last.get("time", 0.0)
+        with training_mode(self.model):
+            tick = time.perf_counter()
+            for x, y in loader:
+                if self.schedule is not None:  # k = updates taken so far (kept on resume)
+                    k = getattr(self.optimizer, "t", len(history.steps["step"]))
+                    self.optimizer.lr = self.schedule(k)
+                loss_value, out, diverged = self.step(x, y)
+                n = int(x.shape[0])
+                correct += batch_accuracy(out, y) if self.with_acc else 0
+                seconds += time.perf_counter() - tick
+                history.record_step(loss_value, time_before + seconds, epoch)
+                loss_sum, seen = loss_sum + loss_value * n, seen + n
+                bar.update(n, loss=loss_value)
+                if diverged is not None:
+                    history.divergence = {"epoch": epoch, "step": history.steps["step"][-1],
+                                          "cause": diverged.cause, "detail": diverged.detail}
+                    break
+                self._log_step(history, loss_value)
+                tick = time.perf_counter()
+        bar.close()
+        if seen == 0:
+            raise ValueError("fit: the training loader gave no batches (is the data set "
+                             "smaller than one batch with drop_last=True?)")
+        record = {"epoch": epoch, "train_loss": loss_sum / seen}
+        if self.with_acc:
+            record["train_accuracy"] = correct / seen
+        record.update(lr=float(self.optimizer.lr), epoch_time=seconds,
+                      time=time_before + seconds, examples=seen,
+                      throughput=seen / seconds if seconds > 0 else 0.0)
+        return record
+
+    def _log_step(self, history, loss_value):
+        step = len(history.steps["step"])
+        if self.log_every and step % self.log_every == 0:
+            self.log(f"  step {step}  loss {loss_value:.4f}  lr {self.optimizer.lr:.3g}")
+
+
+def fit(model, loss, optimizer, train_loader, epochs=1, precond=None, val_loader=None,
+        schedule=None, early_stopping=None, monitor=None, restore_best=False, metrics=None,
+        progress=None, checkpoint=None, resume=None, log_every=None, log=None, meta=None):
+    """Train ``model`` and return its ``History``.
+
+    One step is ``forward -> loss -> backward -> precond.step() -> optimizer.step()``
+    (``Trainer.step``); after each epoch come validation, the best-epoch and
+    early-stopping bookkeeping, and the checkpoint.
+
+    Args:
+        model: the network (a ``Layer``). Layers it holds in evaluation mode inside a
+            model in training mode (frozen by the user) stay so; every layer's mode is
+            as before when ``fit`` returns.
+        loss: the loss object, e.g. ``SoftmaxCrossEntropy()``.
+        optimizer: a ``minidl.optim`` optimizer built from ``model``.
+        train_loader: iterable of (x, y) mini-batches on the active device, re-iterated
+            every epoch (a ``minidl.data.DataLoader`` reshuffles with its own ``rng``).
+        epochs: the total number of epochs (a resumed run counts the finished ones).
+        precond: a ``minidl.precond`` preconditioner, or None.
+        val_loader: batches evaluated after every epoch, or None.
+        schedule: ``lr = schedule(k)`` before update k = 0, 1, ... (``minidl.optim.Cosine``).
+        early_stopping: patience P: stop when the monitored metric has not improved for P
+            epochs in a row. None never stops early.
+        monitor: the metric watched for the best epoch (``"val_loss"`` with a validation
+            loader, else ``"train_loss"``); smaller is better except for accuracies.
+        restore_best: put back the weights of the best epoch at the end, whatever ended
+            the run (last epoch, early stopping, divergence), also after a resume.
+        metrics: None (accuracy when the loss is cross-entropy), ``()`` or ``("accuracy",)``.
+        progress: True or False for a progress bar (tqdm); None shows it only in a
+            terminal or a notebook.
+        checkpoint: path of a checkpoint written (atomically) after every epoch that did
+            not diverge; checked to be writable before training starts.
+        resume: path of a checkpoint to continue from; epochs already done are skipped.
+        log_every: None prints one line per epoch; n > 0 also prints the running
+            training loss every n steps; 0 prints nothing.
+        log: function receiving each log line (default ``print``).
+        meta: dict stored in ``history.meta`` (a label, settings).
+
+    Returns:
+        A ``History``; ``history.stop_reason`` and ``history.divergence`` say how it ended.
+
+    Raises:
+        ValueError: bad arguments, an empty loader, or best weights missing on resume.
+        CheckpointError: ``checkpoint`` cannot be written, ``resume`` cannot be read.
+    """
+    _check_arguments(epochs, early_stopping, log_every, checkpoint)
+    with_acc = wants_accuracy(metrics, loss)
+    log = print if log is None else log
+    trainer = Trainer(model, loss, optimizer, precond, schedule, with_acc, progress,
+                      log_every, log)
+    rngs = generators(train_loader, val_loader, model, precond)
+    best = BestEpoch(monitor or ("val_loss" if val_loader is not None else "train_loss"),
+                     patience=early_stopping, keep_weights=restore_best or bool(checkpoint))
+    history, done = History(meta), 0
+    if resume is not None:
+        history, done = resume_run(resume, model, optimizer, precond, rngs, best)
+    _describe(history, model, optimizer, precond)
+    wall_start = time.perf_counter() - history.last.get("wall", 0.0)
+    for epoch in range(done + 1, int(epochs) + 1):
+        record = trainer.epoch(train_loader, epoch, epochs, history)
+        if history.divergence is None:
+            if val_loader is not None:
+                val = evaluate(model, loss, val_loader, metrics=metrics)
+                record.update({f"val_{k}": v for k, v in val.items() if k != "examples"})
+            best.update(record, model)
+        record["wall"] = time.perf_counter() - wall_start
+        history.epochs.append(record)
+        history.stop_reason = _stop_reason(history, best, epoch)
+        if checkpoint is not None and history.divergence is None:
+            save_run(checkpoint, model, optimizer, precond, rngs, history, best)
+        if log_every != 0:
+            log(_summary(record, epochs))
+            if history.stop_reason is not None:
+                log(history.stop_reason)
+        if history.stop_reason is not None:
+            break
+    if restore_best:
+        best.restore(model)
+    model.clear_cache()
+    return history
+
+
+def _stop_reason(history, best, epoch):
+    """Why the run stops after ``epoch`` (divergence, early stopping), or None."""
+    d = history.divergence
+    if d is not None:
+        return (f"diverged: {d['cause']} in epoch {d['epoch']}, step {d['step']} "
+                f"({d['detail']})")
+    if best.patience_ran_out(epoch):
+        return best.stop_reason()
+    return None
+
+
+def _check_arguments(epochs, early_stopping, log_every, checkpoint):
+    if int(epochs) != epochs or epochs < 0:
+        raise ValueError(f"fit: epochs must be an integer >= 0, got {epochs!r}")
+    if early_stopping is not None and (int(early_stopping) != early_stopping
+                                       or early_stopping < 1):
+        raise ValueError(f"fit: early_stopping is a patience in epochs, an integer >= 1, "
+                         f"got {early_stopping!r}")
+    if log_every is not None and (int(log_every) != log_every or log_every < 0):
+        raise ValueError(f"fit: log_every must be None or an integer >= 0, got {log_every!r}")
+    if checkpoint is not None:
+        from ..checkpoint import check_writable
+        check_writable(checkpoint)  # fail now, not after the first epoch
+
+
+def _describe(history, model, optimizer, precond):
+    history.meta.setdefault("optimizer", type(optimizer).__name__)
+    history.meta.setdefault("precond", type(precond).__name__ if precond is not None else None)
+    history.meta.setdefault("num_params", model.num_params())
+
+
+def _length(loader):
+    try:
+        return len(loader)
+    except TypeError:
+        return None
+
+
+def _summary(record, epochs):
+    """One line for an epoch: losses, accuracies, time and throughput."""
+    parts = [f"epoch {record['epoch']}/{epochs}", f"loss {record['train_loss']:.4f}"]
+    if "train_accuracy" in record:
+        parts.append(f"acc {record['train_accuracy']:.4f}")
+    if "val_loss" in record:
+        parts.append(f"val_loss {record['val_loss']:.4f}")
+    if "val_accuracy" in record:
+        parts.append(f"val_acc {record['val_accuracy']:.4f}")
+    parts.append(f"{record['epoch_time']:.2f}s")
+    parts.append(f"{record['throughput']:,.0f} ex/s")
+    return "  ".join(parts)

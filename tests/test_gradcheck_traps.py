@@ -1,0 +1,242 @@
+"""The gradient checker cannot be fooled: classic wrong backward passes fail for data drawn
+with minidl.default_rng(s) for every s in 0..9, right layers (Dropout in train mode
+included) pass, and the report says which generator drew its random directions."""
+import numpy as np
+import pytest
+
+import minidl
+from minidl.gradcheck import check_jvp, check_layer, check_loss, check_model, check_rng
+from minidl.layers import (BatchNorm1d, Dropout, Layer, LeakyReLU, Linear, ReLU, Sequential,
+                           Sigmoid, Tanh)
+from minidl.losses import MSELoss, SoftmaxCrossEntropy
+
+SEEDS = range(10)
+
+
+# -- the classic wrong backward passes --------------------------------------------------------
+class TransposedLinear(Linear):
+    """dW = x^T dout instead of dout^T x: the same shape when the layer is square."""
+
+    def backward(self, dout):
+        dx = super().backward(dout)
+        self.grads["W"] = self.cache["x"].T @ dout
+        return dx
+
+
+class BiasNotSummed(Linear):
+    """db = dout: the sum over the batch forgotten (shape (N, out) instead of (out,))."""
+
+    def backward(self, dout):
+        dx = super().backward(dout)
+        self.grads["b"] = dout
+        return dx
+
+
+class BiasMeaned(Linear):
+    """db = mean over the batch instead of the sum."""
+
+    def backward(self, dout):
+        dx = super().backward(dout)
+        self.grads["b"] = dout.mean(axis=0)
+        return dx
+
+
+class BatchNormWithoutMeanTerm(BatchNorm1d):
+    """dx = (dx_hat - x_hat mean(dx_hat x_hat)) / sigma: the - mean(dx_hat) term dropped."""
+
+    def backward(self, dout):
+        super().backward(dout)
+        x_hat, sigma = self.cache["x_hat"], self.cache["sigma"]
+        dx_hat = self.params["gamma"] * dout
+        return (dx_hat - x_hat * (dx_hat * x_hat).mean(axis=0, keepdims=True)) / sigma
+
+
+class ReLUMaskFromOutput(ReLU):
+    """The mask read from the output with >=: every negative input (output 0) passes."""
+
+    def df(self):
+        out = self.cache["out"]
+        return (out >= 0).astype(out.dtype)
+
+
+class LeakyReLUWithReLUMask(LeakyReLU):
+    """The backward copied from ReLU: the negative side's slope a becomes 0."""
+
+    def df(self):
+        x = self.cache["x"]
+        return (x > 0).astype(x.dtype)
+
+
+class SigmoidDerivativeOfInput(Sigmoid):
+    """s'(x) = x (1 - x): the formula applied to the input instead of the output s."""
+
+    def df(self):
+        x = self.cache["x"]
+        return x * (1 - x)
+
+
+class TanhDerivativeOfInput(Tanh):
+    """tanh'(x) = 1 - x^2 instead of 1 - tanh(x)^2."""
+
+    def df(self):
+        x = self.cache["x"]
+        return 1 - x * x
+
+
+class MSEWithoutOneOverN(MSELoss):
+    """The mean's 1/(N D) missing from the gradient."""
+
+    def backward(self):
+        return 2 * self.cache["diff"]
+
+
+class CrossEntropyWithoutOneOverN(SoftmaxCrossEntropy):
+    """The mean's 1/N missing from the gradient."""
+
+    def backward(self):
+        return self.cache["p"] - self.cache["Y"]
+
+
+def _x(seed, shape=(5, 4)):
+    """The input as the README and lesson 1 draw it: the first draw of default_rng(seed)."""
+    return minidl.default_rng(seed).standard_normal(shape)
+
+
+def _layer_cases():
+    rng = minidl.default_rng
+    return {
+        "transposed dW (square Linear)": (lambda s: TransposedLinear(4, 4, rng=rng(s)),
+                                          lambda s: Linear(4, 4, rng=rng(s))),
+        "bias mean instead of sum": (lambda s: BiasMeaned(4, 3, rng=rng(s)),
+                                     lambda s: Linear(4, 3, rng=rng(s))),
+        "bias not summed": (lambda s: BiasNotSummed(4, 3, rng=rng(s)),
+                            lambda s: Linear(4, 3, rng=rng(s))),
+        "BatchNorm without the mean term": (lambda s: BatchNormWithoutMeanTerm(4),
+                                            lambda s: BatchNorm1d(4)),
+        "ReLU mask from the output": (lambda s: ReLUMaskFromOutput(), lambda s: ReLU()),
+        "LeakyReLU backward copied from ReLU": (lambda s: LeakyReLUWithReLUMask(0.1),
+                                                lambda s: LeakyReLU(0.1)),
+        "Sigmoid derivative of the input": (lambda s: SigmoidDerivativeOfInput(),
+                                            lambda s: Sigmoid()),
+        "Tanh derivative of the input": (lambda s: TanhDerivativeOfInput(), lambda s: Tanh()),
+    }
+
+
+@pytest.mark.parametrize("case", list(_layer_cases()))
+def test_classic_wrong_backward_fails_and_the_right_one_passes(case):
+    wrong, right = _layer_cases()[case]
+    for s in SEEDS:
+        x = _x(s)
+        report = check_layer(wrong(s), x)
+        assert not report.ok, f"{case} passed for default_rng({s}):\n{report}"
+        # even with the user's own generator (so that one direction equals x), the
+        # second direction catches it
+        assert not check_layer(wrong(s), x, rng=minidl.default_rng(s)).ok, (case, s)
+        good = check_layer(right(s), x)
+        assert good.ok, f"the right layer failed for default_rng({s}):\n{good}"
+
+
+def test_transposed_dW_is_the_issue_example():
+    """The exact example of the issue: rng = default_rng(0), x = rng.standard_normal((5, 4))."""
+    rng = minidl.default_rng(0)
+    x = rng.standard_normal((5, 4))
+    report = check_layer(TransposedLinear(4, 4, rng=minidl.default_rng(1)), x)
+    assert not report.ok and not report["W"].ok and report["x"].ok and report["b"].ok
+
+
+def test_a_missing_batch_sum_is_caught_even_for_one_example():
+    """With N = 1, db = dout has shape (1, out): broadcasting would make it look right."""
+    layer = BiasNotSummed(4, 3, rng=minidl.default_rng(0))
+    report = check_layer(layer, _x(0, (1, 4)))
+    assert not report.ok
+    assert "has shape (1, 3), expected (3,)" in str(report["b"])
+
+
+@pytest.mark.parametrize("wrong,right", [(MSEWithoutOneOverN, MSELoss),
+                                         (CrossEntropyWithoutOneOverN, SoftmaxCrossEntropy)])
+def test_missing_one_over_n_in_a_mean_loss_fails(wrong, right):
+    for s in SEEDS:
+        rng = minidl.default_rng(s)
+        z = rng.standard_normal((5, 3))
+        t = rng.standard_normal((5, 3)) if right is MSELoss else rng.integers(0, 3, 5)
+        assert not check_loss(wrong(), z, t).ok, s
+        assert check_loss(right(), z, t).ok, s
+        model = Sequential(Linear(3, 3, rng=minidl.default_rng(s)))
+        assert not check_model(model, wrong(), z, t).ok, s
+        assert check_model(model, right(), z, t).ok, s
+
+
+def test_right_layers_and_models_pass_for_every_seed():
+    for s in SEEDS:
+        x = _x(s)
+        rng = minidl.default_rng(100 + s)
+        for layer in (LeakyReLU(0.1), Sequential(Linear(4, 6, rng=rng), BatchNorm1d(6), Tanh(),
+                                                 Linear(6, 4, rng=rng))):
+            assert check_layer(layer, x).ok, (type(layer).__name__, s)
+            assert check_jvp(layer, x).ok, (type(layer).__name__, s)
+
+
+# -- random layers ---------------------------------------------------------------------------
+def test_dropout_in_train_mode_passes_and_is_left_as_found():
+    for s in SEEDS:
+        x = _x(s)
+        drop = Dropout(0.5, rng=minidl.default_rng(50 + s))
+        twin = Dropout(0.5, rng=minidl.default_rng(50 + s))  # the same stream, never checked
+        report = check_layer(drop, x)
+        assert report.ok, f"a right Dropout failed for seed {s}:\n{report}"
+        model = Sequential(Linear(4, 5, rng=minidl.default_rng(s)), drop, ReLU(),
+                           Linear(5, 3, rng=minidl.default_rng(s + 1)))
+        assert check_model(model, SoftmaxCrossEntropy(), x, np.arange(5) % 3).ok, s
+        # the checks held the mask fixed and then put the generator back: the next mask is
+        # the one the layer would have drawn without them
+        assert drop.training and not drop.freeze_mask and drop.mask is None
+        np.testing.assert_array_equal(drop.forward(x), twin.forward(x))
+
+
+class NoisyLayer(Layer):
+    """A random layer without fixed_randomness: the checks must refuse, not report it wrong."""
+
+    def __init__(self):
+        super().__init__()
+        self.rng = minidl.default_rng(0)
+
+    def forward(self, x):
+        self.cache["x"] = x
+        self.noise = self.rng.standard_normal(x.shape)
+        return x + self.noise
+
+    def backward(self, dout):
+        return dout
+
+
+def test_a_random_layer_that_cannot_be_held_fixed_is_refused():
+    with pytest.raises(RuntimeError, match=r"different results.*\.eval\(\).*fixed_randomness"):
+        check_layer(NoisyLayer(), _x(0))
+    with pytest.raises(RuntimeError, match="different results"):
+        check_model(Sequential(NoisyLayer()), MSELoss(), _x(0), _x(1))
+
+
+# -- the report says where its random directions came from ------------------------------------
+def test_report_names_the_generator_and_reproduces():
+    x = _x(0)
+    layer = TransposedLinear(4, 4, rng=minidl.default_rng(1))
+    a = check_layer(layer, x, seed=7)
+    assert a.directions_from == "2 upstream gradient(s) drawn from minidl.gradcheck.check_rng(7)"
+    assert "random directions: 2 upstream gradient(s) drawn from " \
+           "minidl.gradcheck.check_rng(7)" in str(a)
+    assert str(check_layer(layer, x, seed=7)) == str(a)  # the same seed, the same report
+    assert "check_rng(0)" in str(check_layer(layer, x))  # the default seed is named too
+    assert "the dout passed in" in str(check_layer(layer, x, dout=_x(2)))
+    assert check_layer(layer, x, directions=1).directions_from.startswith("1 upstream")
+
+
+def test_check_rng_never_repeats_default_rng():
+    for seed in range(4):
+        ours = check_rng(seed).standard_normal(20)
+        assert type(check_rng(seed).bit_generator).__name__ == "Philox"
+        for s in range(200):
+            theirs = minidl.default_rng(s).standard_normal(20)
+            assert abs(np.corrcoef(ours, theirs)[0, 1]) < 0.9
+    np.testing.assert_array_equal(check_rng(3).standard_normal(5), check_rng(3).standard_normal(5))
+    with pytest.raises(ValueError, match="non-negative integer seed"):
+        check_rng(-1)

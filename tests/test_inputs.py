@@ -1,0 +1,196 @@
+"""Inputs that used to go silently wrong or crash raw get the same clear answer in every
+layer and loss: integer arrays, mixed precision, empty batches, backward before forward,
+an optimizer step without gradients, NaN reaching the loss."""
+import numpy as np
+import pytest
+
+import minidl
+from minidl.errors import NonFiniteWarning
+from minidl.layers import (AvgPool2d, BatchNorm1d, BatchNorm2d, Conv2d, Dropout, Flatten,
+                           GlobalAvgPool2d, GroupNorm, LayerNorm, LeakyReLU, Linear, MaxPool2d,
+                           ReLU, Residual, Sequential, Sigmoid, Tanh)
+from minidl.losses import BCEWithLogits, MSELoss, SoftmaxCrossEntropy
+from minidl.optim import SGD, Adam
+
+
+def _rng():
+    return minidl.default_rng(0)
+
+
+# (factory, input shape) of every layer; containers wrap a Linear
+LAYERS = {
+    "Linear": (lambda: Linear(4, 3, rng=_rng()), (2, 4)),
+    "Conv2d": (lambda: Conv2d(2, 3, 3, padding=1, rng=_rng()), (2, 2, 5, 5)),
+    "MaxPool2d": (lambda: MaxPool2d(2), (2, 2, 4, 4)),
+    "AvgPool2d": (lambda: AvgPool2d(2), (2, 2, 4, 4)),
+    "GlobalAvgPool2d": (lambda: GlobalAvgPool2d(), (2, 2, 4, 4)),
+    "Flatten": (lambda: Flatten(), (2, 2, 3)),
+    "Dropout": (lambda: Dropout(0.3, rng=_rng()), (2, 4)),
+    "ReLU": (lambda: ReLU(), (2, 4)),
+    "LeakyReLU": (lambda: LeakyReLU(0.1), (2, 4)),
+    "Sigmoid": (lambda: Sigmoid(), (2, 4)),
+    "Tanh": (lambda: Tanh(), (2, 4)),
+    "BatchNorm1d": (lambda: BatchNorm1d(4), (2, 4)),
+    "BatchNorm2d": (lambda: BatchNorm2d(2), (2, 2, 4, 4)),
+    "LayerNorm": (lambda: LayerNorm(4), (2, 4)),
+    "GroupNorm": (lambda: GroupNorm(2, 4), (2, 4, 3)),
+    "Residual": (lambda: Residual(Linear(4, 4, rng=_rng())), (2, 4)),
+    "Sequential": (lambda: Sequential(Linear(4, 3, rng=_rng()), ReLU()), (2, 4)),
+}
+PARAMETRISED = [name for name in LAYERS if LAYERS[name][0]().parameters()]
+LOSSES = {
+    "SoftmaxCrossEntropy": (SoftmaxCrossEntropy, lambda n: np.arange(n) % 3),
+    "MSELoss": (MSELoss, lambda n: np.zeros((n, 3), dtype="float32")),
+    "BCEWithLogits": (BCEWithLogits, lambda n: np.ones((n, 3), dtype="float32")),
+}
+
+
+# -- integer arrays ------------------------------------------------------------------------
+@pytest.mark.parametrize("name", list(LAYERS))
+@pytest.mark.parametrize("dtype", ["int64", "uint8", "bool"])
+def test_every_layer_refuses_integer_input(name, dtype):
+    make, shape = LAYERS[name]
+    x = np.ones(shape, dtype=dtype)
+    with pytest.raises(TypeError, match=rf"expects a floating-point input, got dtype {dtype}"):
+        make().forward(x)
+
+
+@pytest.mark.parametrize("name", list(LAYERS))
+def test_the_uint8_message_says_how_to_get_floats_in_0_1(name):
+    make, shape = LAYERS[name]
+    with pytest.raises(TypeError) as err:
+        make().forward(np.full(shape, 255, dtype="uint8"))
+    text = str(err.value)
+    assert "floats in [0, 1]" in text and "minidl.data.transforms.to_float(x)" in text
+    assert "x / 255" in text
+
+
+def test_what_integer_input_used_to_break():
+    """Sigmoid of int64 was all zeros, Dropout's 1/(1-p) rounded away: now both refuse."""
+    for layer in (Sigmoid(), Dropout(0.3, rng=_rng())):
+        with pytest.raises(TypeError, match="int64"):
+            layer.forward(np.array([[3, -2, 5]]))
+
+
+@pytest.mark.parametrize("name", list(LOSSES))
+def test_every_loss_refuses_integer_logits(name):
+    loss, target = LOSSES[name]
+    with pytest.raises(TypeError, match=r"expects a floating-point input, got dtype int64"):
+        loss().forward(np.ones((4, 3), dtype="int64"), target(4))
+    with pytest.raises(TypeError, match=r"to_float\(x\) \(or x / 255\)"):
+        loss().forward(np.ones((4, 3), dtype="uint8"), target(4))
+
+
+# -- mixed precision -----------------------------------------------------------------------
+@pytest.mark.parametrize("name", PARAMETRISED)
+@pytest.mark.parametrize("model_dtype,data_dtype", [("float32", "float64"),
+                                                    ("float64", "float32")])
+def test_every_parametrised_layer_refuses_mixed_precision(name, model_dtype, data_dtype):
+    make, shape = LAYERS[name]
+    layer = make().astype(model_dtype)
+    x = _rng().standard_normal(shape).astype(data_dtype)
+    with pytest.raises(TypeError, match=rf"has {model_dtype} parameters but got a "
+                                        rf"{data_dtype} input.*x.astype\('{model_dtype}'\).*"
+                                        rf"model.astype\('{data_dtype}'\)"):
+        layer.forward(x)
+    assert layer.forward(x.astype(model_dtype)).dtype == model_dtype  # matching: fine
+
+
+# -- empty batches -------------------------------------------------------------------------
+@pytest.mark.parametrize("name", list(LAYERS))
+def test_an_empty_batch_passes_through_every_layer(name):
+    make, shape = LAYERS[name]
+    layer = make()
+    if name.startswith("BatchNorm"):
+        with pytest.raises(ValueError, match="more than 1 value per channel"):
+            layer.forward(np.zeros((0,) + shape[1:], dtype="float32"))
+        layer.eval()  # running statistics need no batch
+    full = layer.forward(_rng().standard_normal(shape).astype("float32"))
+    x = np.zeros((0,) + shape[1:], dtype="float32")
+    out = layer.forward(x)
+    assert out.shape == (0,) + full.shape[1:] and out.dtype == np.float32
+    dx = layer.backward(np.zeros(out.shape, dtype="float32"))
+    assert dx.shape == x.shape
+    for _, leaf, key in layer.parameters():
+        g = leaf.grads[key]
+        assert g.shape == leaf.params[key].shape and not g.any()  # a sum over no examples
+
+
+@pytest.mark.parametrize("name", list(LOSSES))
+def test_an_empty_batch_in_a_loss(name):
+    loss, target = LOSSES[name]
+    z = np.zeros((0, 3), dtype="float32")
+    with pytest.raises(ValueError, match=r"reduction='mean'\) got an empty batch.*0/0.*"
+                                         r"reduction='sum'"):
+        loss().forward(z, target(0))
+    crit = loss("sum")
+    assert crit.forward(z, target(0)) == 0.0
+    assert crit.backward().shape == (0, 3)
+
+
+# -- backward before forward ---------------------------------------------------------------
+@pytest.mark.parametrize("name", list(LAYERS))
+def test_backward_before_forward_says_what_to_call(name):
+    make, shape = LAYERS[name]
+    with pytest.raises(RuntimeError, match=r"\.backward was called before forward: call "
+                                           r"\w+\.forward\(x\) first"):
+        make().backward(np.zeros(shape, dtype="float32"))
+
+
+@pytest.mark.parametrize("name", list(LOSSES))
+def test_loss_backward_before_forward(name):
+    with pytest.raises(RuntimeError, match=r"call forward\(logits, target\) before"):
+        LOSSES[name][0]().backward()
+
+
+# -- an optimizer step without gradients ---------------------------------------------------
+@pytest.mark.parametrize("opt_class", [SGD, Adam])
+def test_step_without_gradients_names_the_parameter_and_what_to_call(opt_class):
+    model = Sequential(Linear(4, 3, rng=_rng()), ReLU(), Linear(3, 2, rng=_rng()))
+    before = model.state_dict()
+    opt = opt_class(model, lr=0.1)
+    with pytest.raises(RuntimeError, match=r"step\(\): no parameter has a gradient.*'0.W'.*"
+                                           r"model.backward\(loss.backward\(\)\)"):
+        opt.step()
+    assert opt.t == 0 and opt.state == {}
+    x = _rng().standard_normal((5, 4)).astype("float32")
+    crit = SoftmaxCrossEntropy()
+    crit.forward(model.forward(x), np.arange(5) % 2)
+    model.backward(crit.backward())
+    opt.step()  # now it moves
+    assert opt.t == 1 and not np.array_equal(model.state_dict()["0.W"], before["0.W"])
+    opt.zero_grad(set_to_none=True)
+    with pytest.raises(RuntimeError, match="no parameter has a gradient"):
+        opt.step()
+    # a model part without a gradient is skipped (frozen layers), as before
+    model.backward(crit.backward())
+    model[0].grads.clear()
+    w0 = model[0].params["W"].copy()
+    opt.step()
+    np.testing.assert_array_equal(model[0].params["W"], w0)
+
+
+# -- NaN reaching the loss -----------------------------------------------------------------
+def test_nan_in_the_data_is_announced_with_the_rows():
+    model = Sequential(Linear(4, 3, rng=_rng()))
+    x = _rng().standard_normal((6, 4)).astype("float32")
+    x[3, 1] = np.nan
+    crit = SoftmaxCrossEntropy()
+    with pytest.warns(NonFiniteWarning, match=r"the loss is nan; logits non-finite in 1 "
+                                              r"row\(s\) \[3\]; target all finite.*input "
+                                              r"batch.*expect_finite"):
+        value = crit.forward(model.forward(x), np.arange(6) % 3)
+    assert np.isnan(value)  # still returned, so a training loop stops as "diverged"
+
+
+def test_nan_in_the_target_and_an_overflow_are_told_apart():
+    z = np.zeros((3, 2), dtype="float64")
+    t = np.zeros((3, 2))
+    t[2, 0] = np.nan
+    with pytest.warns(NonFiniteWarning, match=r"logits all finite; target non-finite in 1 "
+                                              r"row\(s\) \[2\]. the targets hold NaN"):
+        MSELoss().forward(z, t)
+    with pytest.warns(NonFiniteWarning, match="overflowed: a diverging run"):
+        MSELoss().forward(np.full((2, 2), 1e200), np.zeros((2, 2)))
+    with pytest.warns(NonFiniteWarning, match=r"BCEWithLogits.*logits non-finite in 2 row"):
+        BCEWithLogits().forward(np.full((2, 2), np.nan), np.zeros((2, 2)))
