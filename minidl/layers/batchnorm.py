@@ -63,6 +63,8 @@ gamma sum(dout x_hat) / M). The general ``Normalization`` passes stay the refere
 test checks the two agree. BatchNorm keeps x_hat, mu and sigma, not x (x = mu + sigma
 x_hat): backward and the R-operator passes need only those.
 """
+import math
+
 from .. import backend
 from .base import Layer, expect_dim, expect_forward_done, expect_ndim
 
@@ -247,7 +249,8 @@ class _BatchNorm(Normalization):
         backend.check_same_device(f"{type(self).__name__}.forward(x)", x, gamma)
         xp = backend.array_module(x)
         N, C = x.shape[:2]
-        x3 = x.reshape(N, C, -1)  # (N, C, L), L = H W (1 for (N, C) input)
+        L = math.prod(x.shape[2:])  # H W (1 for (N, C) input)
+        x3 = x.reshape(N, C, L)  # (N, C, L)
         M = N * x3.shape[2]  # values per channel
         if self.training:
             mu = x3.sum(axis=2).sum(axis=0) / M  # (C,)
@@ -274,8 +277,9 @@ class _BatchNorm(Normalization):
         x_hat, sigma = self.cache["x_hat"], self.cache["sigma"]
         self.cache["dout"] = dout
         N, C = dout.shape[:2]
-        d3 = dout.reshape(N, C, -1)  # (N, C, L)
-        xh3 = x_hat.reshape(N, C, -1)  # (N, C, L)
+        L = math.prod(dout.shape[2:])
+        d3 = dout.reshape(N, C, L)  # (N, C, L)
+        xh3 = x_hat.reshape(N, C, L)  # (N, C, L)
         xp = backend.array_module(dout)
         dbeta = d3.sum(axis=2).sum(axis=0)  # (C,) sum(dout)
         dgamma = xp.einsum("ncl,ncl->c", d3, xh3)  # (C,) sum(dout * x_hat)

@@ -158,8 +158,9 @@ class Conv2d(Layer):
         n = max(1, CHUNK_VALUES // per_example)
         return [slice(i, min(i + n, N)) for i in range(0, N, n)]
 
-    def _conv(self, x, W2):
-        """out[n, f] = sum_{c,i,j} W2[f, (c,i,j)] x_pad[n, c, ho + i, wo + j]: (N, F, Ho, Wo)."""
+    def _conv(self, x, W2, b=None):
+        """out[n, f] = b[f] + sum_{c,i,j} W2[f, (c,i,j)] x_pad[n, c, sh ho + i, sw wo + j]:
+        (N, F, Ho, Wo); no bias when b is None."""
         xp = backend.array_module(x, W2)
         N, F = x.shape[0], W2.shape[0]
         Ho, Wo = output_size(x.shape[2], x.shape[3], self.kernel_size, self.stride,
@@ -169,7 +170,11 @@ class Conv2d(Layer):
         for chunk in self._chunks(x):
             out_T = W2 @ self._columns(x[chunk])  # (F, CKK) @ (CKK, n Ho Wc) -> (F, n Ho Wc)
             # drop the wide columns and swap the filter and batch axes: (n, F, Ho, Wo)
-            out[chunk] = out_T.reshape(F, -1, Ho, Wc)[:, :, :, :Wo].transpose(1, 0, 2, 3)
+            out_T = out_T.reshape(F, -1, Ho, Wc)[:, :, :, :Wo].transpose(1, 0, 2, 3)
+            if b is None:
+                out[chunk] = out_T
+            else:  # the bias added in the same pass
+                xp.add(out_T, b[:, None, None], out=out[chunk])
         return out  # (N, F, Ho, Wo)
 
     def _grads(self, x, dout, W2, need_dW=True, need_dx=True):
@@ -187,8 +192,9 @@ class Conv2d(Layer):
         for chunk in self._chunks(x):
             n = dout[chunk].shape[0]
             # dout_T (F, n Ho Wc), zero in the wide columns, as the columns' products need
-            dout_T = xp.zeros((F, n, Ho, Wc), dtype=dout.dtype)  # (F, n, Ho, Wc)
+            dout_T = xp.empty((F, n, Ho, Wc), dtype=dout.dtype)  # (F, n, Ho, Wc)
             dout_T[:, :, :, :Wo] = dout[chunk].transpose(1, 0, 2, 3)
+            dout_T[:, :, :, Wo:] = 0
             dout_T = dout_T.reshape(F, -1)  # (F, n Ho Wc)
             if need_dW:
                 # computed as (cols @ dout_T^T)^T: the same numbers, and OpenBLAS runs this
@@ -205,10 +211,8 @@ class Conv2d(Layer):
         W = self.params["W"]
         backend.check_same_device("Conv2d.forward(x)", x, W)
         self.cache = _ConvCache(self, x=x)
-        out = self._conv(x, W.reshape(self.out_channels, -1))  # (N, F, Ho, Wo)
-        if "b" in self.params:
-            out += self.params["b"][:, None, None]  # (N, F, Ho, Wo) + (F, 1, 1)
-        return out
+        return self._conv(x, W.reshape(self.out_channels, -1),
+                          self.params.get("b"))  # (N, F, Ho, Wo)
 
     def backward(self, dout):
         expect_forward_done(self, dout)
@@ -218,8 +222,8 @@ class Conv2d(Layer):
                               need_dx=self.needs_input_grad)
         self.grads["W"] = dW2.reshape(W.shape)  # (F, C, kh, kw)
         if "b" in self.params:
-            N, F = dout.shape[:2]
-            self.grads["b"] = dout.reshape(N, F, -1).sum(axis=2).sum(axis=0)  # (F,)
+            N, F, Ho, Wo = dout.shape
+            self.grads["b"] = dout.reshape(N, F, Ho * Wo).sum(axis=2).sum(axis=0)  # (F,)
         return dx  # (N, C, H, W), or None when needs_input_grad is False
 
     def jvp(self, Rx):
@@ -244,8 +248,8 @@ class Conv2d(Layer):
             Rdx += self._grads(x, dout, self.Rparams["W"].reshape(F, -1), need_dW=False)[1]
         self.Rgrads["W"] = RdW2.reshape(W.shape)  # (F, C, kh, kw)
         if "b" in self.params:
-            N = Rdout.shape[0]
-            self.Rgrads["b"] = Rdout.reshape(N, F, -1).sum(axis=2).sum(axis=0)  # (F,)
+            N, _, Ho, Wo = Rdout.shape
+            self.Rgrads["b"] = Rdout.reshape(N, F, Ho * Wo).sum(axis=2).sum(axis=0)  # (F,)
         return Rdx  # (N, C, H, W)
 
     def per_example_grads(self):

@@ -227,10 +227,14 @@ def col2im_wide(dcols, x_shape, kernel, padding):
     xp = backend.array_module(dcols)
     Hp1, Wp = H + 2 * ph + 1, W + 2 * pw
     Ho = dcols.shape[2]
-    dx_pad = xp.zeros((N, C, Hp1 * Wp), dtype=dcols.dtype)  # (N, C, (Hp + 1) Wp)
     d = dcols.reshape(C, kh, kw, N, Ho * Wp)  # (C, kh, kw, N, Ho Wp)
+    dx_pad = xp.empty((N, C, Hp1 * Wp), dtype=dcols.dtype)  # (N, C, (Hp + 1) Wp)
+    dx_pad[:, :, :Ho * Wp] = d[:, 0, 0].transpose(1, 0, 2)  # offset (0, 0) starts at 0
+    dx_pad[:, :, Ho * Wp:] = 0
     for i in range(kh):
         for j in range(kw):
+            if i == j == 0:
+                continue
             start = i * Wp + j
             slab = dx_pad[:, :, start:start + Ho * Wp]  # (N, C, Ho Wp), a view
             slab += d[:, i, j].transpose(1, 0, 2)
