@@ -57,7 +57,7 @@ the end of this module, called on the first line of ``forward`` and ``backward``
 * NaN and infinity are not searched for in every activation (that would cost a pass over
   each array per step); the losses check their one value and warn (``NonFiniteWarning``)
   naming the rows of the batch whose logits or targets are not finite.
-  ``expect_finite(name, x)`` checks a batch explicitly.
+  ``expect_finite(name, x)`` (this module) checks a batch explicitly.
 """
 import contextlib
 

@@ -52,9 +52,9 @@ class Trainer:
         """
         buffers = divergence.BufferSnapshot(self.model)
         out = self.model.forward(x)                     # (N, K) scores
-        loss_value = self.loss.forward(out, y)          # a float: the mean over the batch
+        loss_value, note = divergence.forward_loss(self.loss, out, y)  # float: batch mean
         try:
-            divergence.check_loss(loss_value)
+            divergence.check_loss(loss_value, note)
             self.model.backward(self.loss.backward())   # fills every layer.grads
             divergence.check_grads(self.model)
             if self.precond is not None:
