@@ -288,3 +288,11 @@ def test_same_updates_catches_adam_without_bias_correction():
     assert_same_updates(lambda m: optim.Adam(m, 0.01), lambda m: optim.Adam(m, 0.01))
     with pytest.raises(AssertionError, match="step 1, parameter"):
         assert_same_updates(lambda m: NoBiasCorrection(m, 0.01), lambda m: optim.Adam(m, 0.01))
+
+
+def test_minidl_command_forwards_assign(tmp_path, capsys):
+    from minidl.cli import main as minidl_main
+    code = minidl_main(["assign", "release", str(tmp_path / "nope"), "--out",
+                        str(tmp_path / "o")])
+    err = capsys.readouterr().err
+    assert code == 2 and err.startswith("minidl assign release: error:") and "does not exist" in err
