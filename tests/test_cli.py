@@ -192,6 +192,13 @@ def kfac_checkpoint(tmp_path_factory):
     (["--method", "momentum"], "method 'kfac' (now 'momentum')"),
     (["--method", "kfac", "--hidden", "32"], "hidden [16] (now [32])"),
     (["--method", "kfac", "--batchnorm"], "batchnorm False (now True)"),
+    # data options: another subset of the data would be trained on without a word
+    (["--method", "kfac", "--limit", "100"], "limit 200 (now 100)"),
+    (["--method", "kfac", "--seed", "3"], "seed 0 (now 3)"),
+    # method settings: the checkpoint's optimizer state would silently win over them
+    (["--method", "kfac", "--lr", "0.5"], "lr 0.01 (now 0.5)"),
+    (["--method", "kfac", "--weight-decay", "0.1"], "optimizer_kw {} (now {'weight_decay': 0.1})"),
+    (["--method", "kfac", "--precond-opt", "damping=0.1"], "precond_kw {} (now {'damping': 0.1})"),
 ])
 def test_resume_with_another_method_or_model_is_refused(kfac_checkpoint, tmp_path, capsys,
                                                         change, expected):

@@ -150,8 +150,9 @@ def build_parser():
     opt.add_argument("--checkpoint", metavar="PATH", default=None,
                      help="write a checkpoint (.npz) here after every epoch")
     opt.add_argument("--resume", metavar="PATH", default=None,
-                     help="continue from this checkpoint (same method, model and data "
-                          "options; --epochs counts the epochs already done)")
+                     help="continue from this checkpoint (same method and method settings, "
+                          "--lr included, same model and data options, --limit and --seed "
+                          "included; --epochs counts the epochs already done)")
 
     compare = sub.add_parser(
         "compare", formatter_class=_HelpFormatter,
