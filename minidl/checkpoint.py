@@ -283,7 +283,10 @@ def _read_arrays(path):
                               "by unpickling (and unpickling can run code); minidl "
                               "checkpoints hold numeric arrays only, so it was refused") from None
         raise _fail(path, f"corrupted entry {key!r} ({err})") from None
-    except (zipfile.BadZipFile, zlib.error, EOFError, OSError, KeyError) as err:
+    # (zipfile raises NotImplementedError for a damaged header naming an unknown
+    # compression method or zip version, RuntimeError for one whose "encrypted" flag is set)
+    except (zipfile.BadZipFile, zlib.error, EOFError, OSError, KeyError,
+            NotImplementedError, RuntimeError) as err:
         where = f" while reading entry {key!r}" if key else ""
         raise _fail(path, f"truncated or corrupted archive{where} "
                           f"({type(err).__name__}: {err})") from None
