@@ -228,6 +228,12 @@ def check_writable(path):
         raise CheckpointError(f"checkpoint path {path!r} is a folder; give a file name, "
                               "e.g. run.npz")
     folder = os.path.dirname(os.path.abspath(path))
+    above = folder
+    while not os.path.exists(above):  # the nearest part of the path that exists
+        above = os.path.dirname(above)
+    if not os.path.isdir(above):
+        raise CheckpointError(f"cannot write the checkpoint {path!r}: {above!r} is a file, "
+                              "not a folder")
     try:
         os.makedirs(folder, exist_ok=True)
         fd, tmp = tempfile.mkstemp(prefix="." + os.path.basename(path) + ".", suffix=".tmp",

@@ -172,7 +172,8 @@ def test_a_checkpoint_that_cannot_be_written_is_refused_before_epoch_1(tmp_path,
     one_line_refusal(capsys, ["train", "--method", "sgd", "--epochs", "1", *TINY,
                               "--out", str(tmp_path / "o"),
                               "--checkpoint", str(blocker / "run.npz")],
-                     "--checkpoint", "cannot write the checkpoint")
+                     "--checkpoint", "cannot write the checkpoint",
+                     f"{str(blocker)!r} is a file, not a folder")
     assert not (tmp_path / "o").exists()
 
 
