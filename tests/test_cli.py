@@ -367,6 +367,8 @@ def test_readme_and_help_quote_the_same_measured_time(capsys):
     with open(os.path.join(ROOT, "README.md"), encoding="utf-8") as f:
         readme = " ".join(f.read().split())
     assert f"{took[1]} to {took[2]} s from start to finish" in readme
+    cpu = re.search(r"using (\d+) s of CPU time", text)
+    assert cpu and f"the command had {cpu[1]} s of CPU time" in readme
     assert "--threads" in readme and "threadpoolctl" in readme
 
 
