@@ -56,6 +56,11 @@ def test_train_help_lists_its_options(capsys):
     (["compare", "--frobnicate"], "unrecognized arguments"),       # argparse's own error
     (["train", "--resume", "/no/such/checkpoint.npz"], "no such file"),
     (["compare", "--threads", "0", "--limit", "10"], "--threads must be an integer >= 1"),
+    # settings an optimizer does not take: named with the ones it does, as for --precond-opt
+    (["train", "--optim-opt", "foo=1", "--limit", "10"],
+     "adam (Adam) does not take ['foo']; it takes lr, betas, eps, weight_decay"),
+    (["train", "--method", "rprop", "--weight-decay", "0.1", "--limit", "10"],
+     "Rprop) does not take ['weight_decay']; it takes lr, etas, step_sizes"),
 ])
 def test_bad_arguments_give_one_line_and_status_2(capsys, argv, expected):
     assert cli.main(argv) == 2
