@@ -61,6 +61,7 @@ def test_train_help_lists_its_options(capsys):
      "adam (Adam) does not take ['foo']; it takes lr, betas, eps, weight_decay"),
     (["train", "--method", "rprop", "--weight-decay", "0.1", "--limit", "10"],
      "Rprop) does not take ['weight_decay']; it takes lr, etas, step_sizes"),
+    (["train", "--optim-opt", "lr=0.5", "--limit", "10"], "(the command line's --lr)"),
 ])
 def test_bad_arguments_give_one_line_and_status_2(capsys, argv, expected):
     assert cli.main(argv) == 2
