@@ -62,6 +62,9 @@ def test_train_help_lists_its_options(capsys):
     (["train", "--method", "rprop", "--weight-decay", "0.1", "--limit", "10"],
      "Rprop) does not take ['weight_decay']; it takes lr, etas, step_sizes"),
     (["train", "--optim-opt", "lr=0.5", "--limit", "10"], "(the command line's --lr)"),
+    (["compare", "--methods", "sgd", "adam", "--precond-opt", "damping=0.1"],
+     "--precond-opt ['damping']: none of the methods of this run (sgd, adam) has a "
+     "preconditioner"),
 ])
 def test_bad_arguments_give_one_line_and_status_2(capsys, argv, expected):
     assert cli.main(argv) == 2
