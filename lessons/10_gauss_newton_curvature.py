@@ -31,9 +31,6 @@
 # %%
 import warnings
 
-import matplotlib
-
-matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 
 import minidl

@@ -21,9 +21,6 @@
 # %%
 import time
 
-import matplotlib
-
-matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 from matplotlib.ticker import NullFormatter
 from threadpoolctl import threadpool_limits
