@@ -1,7 +1,7 @@
 # %% [markdown]
 # # Lesson 8: batch normalisation -- train vs eval, rank collapse, and why deep nets need it
 #
-# Seed: lecture 4 (optimisation of deep networks), the slides "Rank collapse" and
+# Seed: 004 (Ilin, "Deep learning optimization"), the slides "Rank collapse" and
 # "Batch normalization" after Daneshmand et al. (2020, "Batch normalization provably
 # avoids rank collapse for randomly initialised deep networks") and Bjorck et al. (2018,
 # "Understanding batch normalization").
@@ -107,7 +107,8 @@ for use_bn in (False, True):
     ranks[use_bn] = hidden_ranks(model, xb)
 print("rank after layers 1, 10, 20, 30, 40, 50:")
 for use_bn in (False, True):
-    print(f"  {'BN   ' if use_bn else 'no BN'} {[ranks[use_bn][i] for i in (0, 9, 19, 29, 39, 49)]}")
+    picked = [ranks[use_bn][i] for i in (0, 9, 19, 29, 39, 49)]
+    print(f"  {'BN   ' if use_bn else 'no BN'} {picked}")
 assert ranks[False][-1] <= 2 and ranks[False][19] < 10, "rank should collapse without BN"
 assert min(ranks[True]) >= 120, "BN should keep the rank (almost) full"
 

@@ -1,7 +1,7 @@
 # %% [markdown]
 # # Lesson 9: batch normalisation as preconditioning (BNP)
 #
-# Seed: Q. Ye, S. Lange, K. Helfrich, "Structured preconditioning for neural network
+# Seed: 000, Q. Ye, S. Lange, K. Helfrich, "Structured preconditioning for neural network
 # training" (slides; Lange, Helfrich, Ye, JMLR 2022). Gradient descent converges at the
 # rate (kappa - 1)/(kappa + 1), kappa the condition number of the Hessian. For one neuron
 # of a dense layer with input h and weights w_hat = [b; w], the Hessian of the mini-batch

@@ -1,7 +1,7 @@
 # %% [markdown]
 # # Lesson 10: Gauss-Newton and the structure of curvature
 #
-# Seed: A. Botev, H. Ritter, D. Barber, "Practical Gauss-Newton optimisation for deep
+# Seed: 002, A. Botev, H. Ritter, D. Barber, "Practical Gauss-Newton optimisation for deep
 # learning", ICML 2017 (slides). For a layer h_l = W_l a_{l-1}, a_l = f(h_l), the
 # Hessian block of one example's loss E with respect to W_l is
 #
@@ -125,7 +125,8 @@ for name, act in (("ReLU", ReLU), ("tanh", Tanh)):
                          H_min=float(xp.linalg.eigvalsh(H)[0]),
                          G_min=float(xp.linalg.eigvalsh(G)[0]),
                          off=float(xp.abs(H - G).max()))
-    print(f"{name}: max |H - G| on the W-blocks {diag_diff:.1e}, anywhere {results[name]['off']:.1e};"
+    print(f"{name}: max |H - G| on the W-blocks {diag_diff:.1e}, "
+          f"anywhere {results[name]['off']:.1e};"
           f" smallest eigenvalue of a W-block of H {block_min_eig:.1e}; of H "
           f"{results[name]['H_min']:.1e}; of G {results[name]['G_min']:.1e}")
 relu, tanh = results["ReLU"], results["tanh"]

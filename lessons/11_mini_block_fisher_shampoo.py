@@ -1,7 +1,7 @@
 # %% [markdown]
 # # Lesson 11: Mini-Block Fisher (MBF) and Shampoo -- between Adam and K-FAC
 #
-# Seed: A. Bahamou, D. Goldfarb, Y. Ren, "A Mini-Block Fisher Method for Deep Neural
+# Seed: 003, A. Bahamou, D. Goldfarb, Y. Ren, "A Mini-Block Fisher Method for Deep Neural
 # Networks" (AISTATS 2023). Second-order methods such as K-FAC and Shampoo precondition
 # each layer's gradient with an approximation of that layer's whole block of the
 # empirical Fisher F = E[g g^T]; Adam uses only its diagonal (and a square root). MBF sits

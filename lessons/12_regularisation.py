@@ -1,10 +1,10 @@
 # %% [markdown]
 # # Lesson 12: regularisation -- weight decay vs L1, dropout, early stopping, augmentation
 #
-# Seed: lecture 1 (challenges of DNN optimisation), slides "Regularization: parameter norm
-# penalty" and "Overfitting". A regulariser changes the problem we solve,
-# f~(w) = f(w) + r(w). The slides make two precise claims about the solution
-# w~ = argmin f~ relative to w* = argmin f:
+# Seed: 001 (Ghauch and Ghadikolaei, "Large-scale training for deep neural networks"),
+# slides "Regularization: parameter norm penalty" and "Overfitting". A regulariser
+# changes the problem we solve, f~(w) = f(w) + r(w). The slides make two precise claims
+# about the solution w~ = argmin f~ relative to w* = argmin f:
 #
 # * **Weight decay** (r = lambda/2 ||w||^2): along an eigenvector q_i of the Hessian H of f,
 #   w~ keeps the component of w* when lambda_i(H) >> lambda and shrinks it to zero when

@@ -1,9 +1,9 @@
 # %% [markdown]
 # # Lesson 14: learning-rate schedules and parameter averaging (EMA)
 #
-# Seed: lecture 4, "model fine-tuning": with a constant learning rate, mini-batch SGD does
-# not settle at a minimum -- the noise of the gradient keeps the iterate theta_t jittering
-# around it. Two remedies:
+# Seed: 004 (Ilin, "Deep learning optimization"), "model fine-tuning": with a constant
+# learning rate, mini-batch SGD does not settle at a minimum -- the noise of the gradient
+# keeps the iterate theta_t jittering around it. Two remedies:
 #
 # * **anneal** the learning rate towards the end of training (step decay, 1/k, cosine...);
 # * **average** the parameters: theta'_t = gamma theta'_{t-1} + (1 - gamma) theta_t, an
