@@ -176,8 +176,7 @@ assert mass > 3 * share, "most of the inverse's weight should sit in the mini-bl
 # and their inverses every 10 (Shampoo's roots every 20) steps. (With the library's K-FAC
 # default T2 = 100 the factors stay at their identity start for the first 100 steps, and
 # K-FAC equals SGD-m for most of a race this short.) K-FAC's and MBF's KL clipping is
-# off (`kl_clip=None`): it needs the learning rate, which `methods.build` does not hand
-# to the preconditioner today, so it was off in the grid search as well.
+# off (`kl_clip=None`), as it was in the grid search the rates come from.
 # **Expected plot (paper):** MBF, K-FAC and Shampoo below SGD-m and Adam.
 
 # %%
@@ -244,7 +243,5 @@ print("saved", savefig(fig, "11_mini_block_fisher_shampoo", dpi=80))
 #    Is its cosine close to MBF's, as the paper finds?
 # 2. Vary MBF's damping (1e-4 ... 1e-1). How does its cosine with BDF move between the
 #    SGD-m curve and the K-FAC curve? Explain with d ~ g / lambda for small g.
-# 3. Draw the inverse EF of layer 5 (the last middle layer). Is the mini-block structure
-#    as clear as in layer 2?
-# 4. (Long; a GPU helps.) Run the race on the paper's network, `models.autoencoder("mnist")`
+# 3. (Long; a GPU helps.) Run the race on the paper's network, `models.autoencoder("mnist")`
 #    on full 28x28 MNIST with batch 1,000, for the same wall-clock time per method.
