@@ -235,7 +235,7 @@ for name, weights in slices.items():
         for j, b in enumerate(grid):
             W1[...], W2[...] = weights(float(a), float(b))
             E[i, j] = mse.forward(net2(X2), Y2)
-            pattern[i][j] = (net2.layers[1].cache["x"] > 0).tobytes()    # ReLU pattern
+            pattern[i][j] = (net2.layers[1].df() > 0).tobytes()    # ReLU on/off pattern
     count = 0
     for i in range(1, n_grid - 1):
         for j in range(1, n_grid - 1):
