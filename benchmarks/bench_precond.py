@@ -1,20 +1,27 @@
 """Time per training step of each preconditioner relative to Adam, and its memory.
 
-Two problems from the seed papers, each in float32 on the active backend:
+Three problems, each in float32 on the active backend:
 
 * the MNIST deep autoencoder 784-1000-500-250-30-250-500-1000-784 (ReLU, sigmoid
   cross-entropy), batch 1000, with the autoencoder update periods T1=1, T2=20;
 * BNP's 5-layer CNN (3x3 convs 32-64-32 + 2 dense) on 3x32x32 images, batch 128, with
-  the CNN update periods T1=10, T2=100.
+  the CNN update periods T1=10, T2=100;
+* the command line's MLP 784-100-100-10 on MNIST, batch 128, with every method exactly as
+  ``minidl.methods.build`` makes it (the table's periods; ``minidl compare``'s setting).
 
-A "step" is forward + loss + backward + precond.step() + optimizer.step(). Each method
+Every method is built by ``minidl.methods.build`` (its table defaults, SGD momentum 0.9,
+the step bounds on), with only the periods T1/T2 of the first two problems set, plus the
+choices noted in ``EXTRA``. A "step" is forward + loss + backward + precond.step() +
+optimizer.step(). Each method
 runs a whole number of T2 periods after a warm-up, so the inverse cost is amortised as in
 training. The methods take turns (round-robin, one T2 period each per round), so a busy
 neighbour on a shared machine slows all of them alike; the table shows the median step
 time and the median over rounds of the ratio to Adam's time in the same round. Memory is
 what the preconditioner and the optimizer keep between steps.
 
-Run:  python benchmarks/bench_precond.py [--quick] [--problems autoencoder cnn5]
+Run:  python benchmarks/bench_precond.py [--quick] [--problems autoencoder cnn5 mlp]
+(for timings quoted anywhere: env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE python ...; the
+BLAS library, its kernel and thread count are printed first)
 Image content does not change the timings: the autoencoder reads real MNIST from
 MINIDL_DATA (or the bundled subset), the CNN uses random images.
 """
@@ -25,40 +32,37 @@ import warnings
 
 
 import minidl
-from minidl import backend, models
+from minidl import backend, methods, models
 from minidl.losses import BCEWithLogits, SoftmaxCrossEntropy
-from minidl.optim import SGD, Adam
-from minidl import precond as P
 
 METHODS = ["adam", "bnp", "mbf", "kfac", "shampoo", "kfra", "kflr"]
 
+# choices beyond the table, for the paper problems (autoencoder, cnn5)
+EXTRA = {
+    # factored Tikhonov damping, as the MBF paper's KFAC baseline on autoencoders: two
+    # products per step instead of the exact eigen-damped solve's four, inv instead of eigh
+    "kfac": {"damping_mode": "factored"},
+    # the bias as a column of [W | b] (one factor pair per layer, not three factors)
+    "shampoo": {"bias": "appended"},
+}
 
-def make_precond(name, model, crit, T1, T2):
-    """The preconditioner of ``name`` with the papers' update periods (None for Adam)."""
-    rng = minidl.default_rng(0)
-    if name == "adam":
-        return None
-    if name == "bnp":
-        return P.BNP(model)
-    if name == "mbf":
-        # dense layers above 2e7 block entries share one spatially averaged block (MBF §5)
-        return P.MBF(model, T1=T1, T2=T2, spatial_threshold=2e7)
-    if name == "kfac":
-        # factored Tikhonov damping, as the MBF paper's KFAC baseline: two products per
-        # step instead of the exact eigen-damped solve's four, and inv instead of eigh
-        return P.KFAC(model, loss=crit, T1=T1, T2=T2, damping=0.03, rng=rng,
-                      damping_mode="factored")
-    if name == "shampoo":
+
+def blas_info():
+    """One line per BLAS library loaded: its name, kernel and thread count (threadpoolctl)."""
+    from threadpoolctl import threadpool_info
+    return [f"{i.get('internal_api')} {i.get('version')} kernel {i.get('architecture')} "
+            f"threads {i.get('num_threads')}" for i in threadpool_info()]
+
+
+def make_method(name, model, crit, T1, T2):
+    """(optimizer, preconditioner) of ``name`` via ``methods.build``; T1/T2 None: the table's."""
+    kw = {} if T1 is None else {"T1": T1, "T2": T2, **EXTRA.get(name, {})}
+    if name == "shampoo" and T1 is not None and backend.get_backend() == "numpy":
         # on a CPU an eigendecomposition is much cheaper than the ~75 products of coupled
-        # Newton for a 1000x1000 statistic; on a GPU the products win
-        root = "eigh" if backend.get_backend() == "numpy" else "newton"
-        # the bias as a column of [W | b] (one factor pair per layer, not three factors)
-        return P.Shampoo(model, T1=T1, T2=T2, root=root, bias="appended")
-    if name == "kfra":
-        return P.KFRA(model, loss=crit, T1=T1, T2=T2)
-    if name == "kflr":
-        return P.KFLR(model, loss=crit, T1=T1, T2=T2)
-    raise ValueError(name)
+        # Newton for a 512^2 statistic block; on a GPU the products win
+        kw["root"] = "eigh"
+    return methods.build(name, model, crit, rng=minidl.default_rng(0),
+                         precond_kw=kw if methods.METHODS[name].precond else None)
 
 
 def nbytes(state):
@@ -70,17 +74,21 @@ def nbytes(state):
 
 
 def problem_periods(name):
-    """T2, the steps of one inverse period: the number of steps timed per round."""
-    return 20 if name == "autoencoder" else 100
+    """Steps timed per round: one inverse period (the table's KFAC T2 = 10 ... Shampoo 20)."""
+    return {"autoencoder": 20, "cnn5": 100, "mlp": 20}[name]
 
 
 def problem(name, rng):
-    if name == "autoencoder":
+    """(model, loss, x, y, T1, T2); T1 = T2 = None keeps the methods table's periods."""
+    if name in ("autoencoder", "mlp"):
         from minidl.data import load_default
-        x, _ = load_default("train")
-        x = x[:1000].reshape(1000, -1).astype("float32") / 255.0  # (1000, 784)
+        x, y = load_default("train")
+        x = x.reshape(x.shape[0], -1).astype("float32") / 255.0  # (N, 784)
+        if name == "mlp":
+            model = models.mlp([784, 100, 100, 10], rng=rng)
+            return model, SoftmaxCrossEntropy(), x[:128], y[:128], None, None
         model = models.autoencoder("mnist", rng=rng)
-        return model, BCEWithLogits(), x, x.copy(), 1, 20
+        return model, BCEWithLogits(), x[:1000], x[:1000].copy(), 1, 20
     x = rng.standard_normal((128, 3, 32, 32)).astype("float32")  # (128, 3, 32, 32)
     y = rng.integers(0, 10, 128)
     model = models.cnn5((3, 32, 32), 10, rng=rng)
@@ -98,10 +106,10 @@ def setup_method(name, prob):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         try:
-            pre = make_precond(name, model, crit, T1, T2)
+            opt, pre = make_method(name, model, crit, T1, T2)
         except ValueError as err:
             return None, str(err).split(";")[0]
-    opt = Adam(model, lr=1e-4) if name == "adam" else SGD(model, lr=1e-4, momentum=0.9)
+    opt.lr = 1e-5  # the time of a step does not depend on it; keeps the weights sane
 
     def step():
         crit.forward(model.forward(x), y)
@@ -110,7 +118,11 @@ def setup_method(name, prob):
             pre.step()
         opt.step()
 
-    step()  # warm-up: allocates statistics, first inverse
+    # warm-up: allocates statistics and the first inverse, and runs MBF's in-step warm
+    # start (an inverse after each of its first updates) so that the rounds time the
+    # steady state, as the docstring says
+    for _ in range(1 + getattr(pre, "warm_steps", 0) * getattr(pre, "T1", 1)):
+        step()
     sync()
     memory = nbytes(opt.state_dict()) + (nbytes(pre.state_dict()) if pre else 0)
     return step, memory
@@ -137,7 +149,7 @@ SLOW = {("autoencoder", "kflr"): "784 backward passes per step at T1=1; name it 
 
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--problems", nargs="+", default=["autoencoder", "cnn5"])
+    p.add_argument("--problems", nargs="+", default=["autoencoder", "cnn5", "mlp"])
     p.add_argument("--methods", nargs="+", default=None,
                    help=f"default: {' '.join(METHODS)} (Adam is always timed)")
     p.add_argument("--repeats", type=int, default=5, help="rounds for the median (5)")
@@ -149,6 +161,8 @@ def main(argv=None):
     names = ["adam"] + [n for n in names if n != "adam"]
     print(f"backend {backend.get_backend()}, float32, {repeats} interleaved round(s): "
           f"medians of the step time and of the per-round ratio to Adam")
+    for line in blas_info():
+        print("BLAS:", line)
     for prob in args.problems:
         steppers, memory, skipped = {}, {}, {}
         for name in names:

@@ -18,28 +18,38 @@ adamw          AdamW, lr 1e-3, weight decay 1e-2           -
 adagrad        AdaGrad, lr 1e-2                            -
 rmsprop        RMSProp, lr 1e-3                            -
 rprop          Rprop, lr 1e-3 (a full-batch method)        -
-kfac           SGD momentum 0.9, lr 0.01                   KFAC damping 0.03
+kfac           SGD momentum 0.9, lr 0.01                   KFAC damping 0.03, T1 1, T2 10,
+                                                           KL clip 1e-2 (lr=optimizer)
 shampoo        SGD momentum 0.9, lr 0.05                   Shampoo, roots every 20 steps
 kfra           SGD momentum 0.9, lr 0.01                   KFRA damping 0.03 (loss=)
 kflr           SGD momentum 0.9, lr 0.01                   KFLR damping 0.03 (loss=)
-mbf            SGD momentum 0.9, lr 3e-4                   MBF damping 3e-3
+mbf            SGD momentum 0.9, lr 3e-4                   MBF damping 3e-3, KL bound 1e-3
+                                                           (lr=optimizer)
 bnp            SGD momentum 0.9, lr 2e-3                   BNP
 bdf            SGD momentum 0.9, lr 0.01                   BDF damping 1e-3 (tiny models:
                                                            a dense p x p block per layer)
 =============  ==========================================  ===========================
 
 The default rates suit the small MNIST classifiers of the command line (batch 128, mean
-cross-entropy); other problems want their own (``--lr``). Preconditioner keywords that a
-class does not accept are dropped, and ``loss=`` is passed to the classes that take it,
-so the table keeps working while the preconditioners evolve. A method whose class is not
-in ``minidl.precond`` is reported as unavailable rather than failing at import.
+cross-entropy); other problems want their own (``--lr``). The table's values are part of
+the interface (tests and the command line rely on them); change them only with a reason.
+
+``build`` makes the pair. It passes ``loss=`` and ``rng=`` to the classes that take them,
+and ``lr=optimizer`` to those with a step bound that needs the learning rate (KFAC's KL
+clipping, MBF's step bound, the optional Levenberg-Marquardt damping), so those
+safeguards are on whenever a method is built by name. ``precond_kw`` sets any constructor
+keyword of the class (``damping``, ``stat_decay``, ``T1``, ``T2``, ``kl_clip``, ...; the
+command line's ``--precond-opt KEY=VALUE``); a keyword the class does not take is a
+``ValueError`` listing the ones it does (``precond_options(name)`` gives them with their
+defaults). A method whose class is not in ``minidl.precond`` is reported as unavailable
+rather than failing at import.
 """
 import dataclasses
 import difflib
 import inspect
 
 __all__ = ["Method", "METHODS", "DEFAULT_COMPARE", "get_method", "available_methods",
-           "build"]
+           "build", "precond_options"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -52,7 +62,7 @@ class Method:
         lr: the default learning rate.
         optimizer_kw: other optimizer hyperparameters.
         precond: the class name in ``minidl.precond`` (None for first-order methods).
-        precond_kw: preconditioner hyperparameters (dropped when not accepted).
+        precond_kw: preconditioner hyperparameters, replacing the class's defaults.
         note: one line for ``--help``.
     """
     name: str
@@ -76,7 +86,8 @@ METHODS = {m.name: m for m in (
     Method("adagrad", "adagrad", 1e-2, note="AdaGrad"),
     Method("rmsprop", "rmsprop", 1e-3, note="RMSProp"),
     Method("rprop", "rprop", 1e-3, note="Rprop (meant for full batches)"),
-    Method("kfac", "sgd", 0.01, _MOMENTUM, "KFAC", {"damping": 0.03},
+    Method("kfac", "sgd", 0.01, _MOMENTUM, "KFAC",
+           {"damping": 0.03, "T1": 1, "T2": 10, "kl_clip": 1e-2},
            note="K-FAC preconditioner + SGD momentum"),
     Method("shampoo", "sgd", 0.05, _MOMENTUM, "Shampoo", {"T2": 20},
            note="Shampoo preconditioner + SGD momentum"),
@@ -85,7 +96,7 @@ METHODS = {m.name: m for m in (
     Method("kflr", "sgd", 0.01, _MOMENTUM, "KFLR", {"damping": 0.03},
            note="KFLR preconditioner + SGD momentum"),
     Method("mbf", "sgd", 3e-4, _MOMENTUM, "MBF", {"damping": 3e-3},
-           note="mini-block Fisher + SGD momentum (slow on wide dense layers)"),
+           note="mini-block Fisher + SGD momentum"),
     Method("bnp", "sgd", 2e-3, _MOMENTUM, "BNP", {},
            note="BN-like preconditioner + SGD momentum"),
     Method("bdf", "sgd", 0.01, _MOMENTUM, "BDF", {"damping": 1e-3},
@@ -129,12 +140,22 @@ def get_method(name):
     return METHODS[key]
 
 
-def _accepted(cls, kw):
-    """The entries of ``kw`` that ``cls.__init__`` accepts by name."""
-    params = inspect.signature(cls).parameters
-    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
-        return dict(kw)
-    return {k: v for k, v in kw.items() if k in params}
+_PASSED_BY_BUILD = ("model", "loss", "rng", "lr", "warn")
+
+
+def precond_options(name):
+    """``{keyword: default}`` a method's preconditioner takes (its table values applied).
+
+    These are the names ``build(precond_kw=...)`` and the command line's
+    ``--precond-opt KEY=VALUE`` accept; empty for a first-order method.
+    """
+    method = get_method(name)
+    if method.precond is None:
+        return {}
+    params = inspect.signature(_precond_class(method)).parameters
+    out = {k: p.default for k, p in params.items() if k not in _PASSED_BY_BUILD}
+    out.update({k: v for k, v in method.precond_kw.items() if k in out})
+    return out
 
 
 def build(name, model, loss, lr=None, rng=None, optimizer_kw=None, precond_kw=None,
@@ -149,7 +170,8 @@ def build(name, model, loss, lr=None, rng=None, optimizer_kw=None, precond_kw=No
         rng: generator handed to preconditioners that sample (``rng=``), if they take one.
         optimizer_kw: optimizer hyperparameters replacing the table's (``momentum=0.5``).
         precond_kw: preconditioner hyperparameters replacing the table's
-            (``damping=0.01``, ``T2=50``); a key the class does not accept is an error.
+            (``damping=0.01``, ``T2=50``); a key the class does not accept is an error
+            (so are ``loss``, ``rng`` and ``lr``, which build passes itself).
         **overrides: more optimizer hyperparameters (the same as ``optimizer_kw``).
 
     Returns:
@@ -176,16 +198,16 @@ def build(name, model, loss, lr=None, rng=None, optimizer_kw=None, precond_kw=No
         return optimizer, None
     cls = _precond_class(method)
     params = inspect.signature(cls).parameters
-    refused = sorted(k for k in precond_kw if k not in params)
+    refused = sorted(k for k in precond_kw if k not in params or k in _PASSED_BY_BUILD)
     if refused:
-        accepted = [k for k in params if k not in ("model", "loss", "rng")]
-        raise ValueError(f"{cls.__name__} does not take {refused}; it takes "
+        accepted = [k for k in params if k not in _PASSED_BY_BUILD]
+        raise ValueError(f"{cls.__name__} does not take {refused} here; it takes "
                          f"{', '.join(accepted)}")
     pkw = dict(method.precond_kw, **precond_kw)
-    pkw["loss"] = loss
-    if rng is not None:
-        pkw["rng"] = rng
+    for key, value in (("loss", loss), ("rng", rng), ("lr", optimizer)):
+        if key in params and value is not None:
+            pkw[key] = value  # lr: the optimizer, so schedules reach the step bounds
     with warnings.catch_warnings():  # uncovered layers are expected (BatchNorm, ...)
         warnings.simplefilter("ignore", CoverageWarning)
-        precond = cls(model, **_accepted(cls, pkw))
+        precond = cls(model, **pkw)
     return optimizer, precond

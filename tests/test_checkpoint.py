@@ -272,3 +272,29 @@ def test_rewritten_array_with_stale_digest_is_refused(saved, tmp_path):
     with pytest.raises(CheckpointError, match="SHA-256"):
         checkpoint.load(bad, model, opt)
     assert_same(before, snapshot(model, opt))
+
+
+def test_best_weights_travel_with_the_checkpoint_and_are_checked(tmp_path):
+    model = models.mlp((6, 8, 3), rng=minidl.default_rng(0))
+    best = {k: v + 1.0 for k, v in model.state_dict().items()}
+    path = checkpoint.save(tmp_path / "b.npz", model, epoch=2, best=best)
+    ck = checkpoint.read(path)
+    assert sorted(ck.best) == sorted(best)
+    assert all(np.array_equal(ck.best[k], best[k]) for k in best)
+    with np.load(path, allow_pickle=False) as f:  # still a plain, pickle-free archive
+        assert any(name.startswith("best/") for name in f.files)
+    other = models.mlp((6, 9, 3), rng=minidl.default_rng(0))
+    bad = checkpoint.save(tmp_path / "c.npz", model, epoch=2,
+                          best=other.state_dict())  # best weights of another shape
+    with pytest.raises(CheckpointError, match="best entry"):
+        checkpoint.load(bad, models.mlp((6, 8, 3), rng=minidl.default_rng(1)))
+
+
+def test_check_writable(tmp_path):
+    assert checkpoint.check_writable(tmp_path / "new" / "run.npz")
+    assert not list((tmp_path / "new").iterdir())  # the probe file is gone
+    with pytest.raises(CheckpointError, match="is a folder"):
+        checkpoint.check_writable(tmp_path)
+    (tmp_path / "f").write_text("x")
+    with pytest.raises(CheckpointError, match="cannot write"):
+        checkpoint.check_writable(tmp_path / "f" / "run.npz")

@@ -140,3 +140,235 @@ def test_method_table_is_consistent():
         assert m.optimizer in OPTIMIZERS and m.lr > 0
     assert set(methods.DEFAULT_COMPARE) <= set(methods.METHODS)
     assert {"sgd", "momentum", "adam"} <= set(methods.available_methods())
+
+
+# -- refusals before training (issue 8) -----------------------------------------------------
+TINY = ["--limit", "200", "--hidden", "16", "--quiet"]
+
+
+def one_line_refusal(capsys, argv, *expected):
+    """``argv`` exits with 2 and one line on standard error holding every ``expected``."""
+    status = cli.main(argv)
+    captured = capsys.readouterr()
+    assert status == 2, captured
+    err = captured.err
+    assert len(err.strip().splitlines()) == 1 and "Traceback" not in err, err
+    for text in expected:
+        assert text in err, (text, err)
+    assert "epoch 1" not in captured.out  # nothing was trained
+    return err
+
+
+def test_an_output_folder_that_cannot_be_written_is_refused(tmp_path, capsys):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("x")
+    one_line_refusal(capsys, ["compare", "--methods", "sgd", "--epochs", "1", *TINY,
+                              "--out", str(blocker / "sub")], "cannot be written")
+
+
+def test_a_checkpoint_that_cannot_be_written_is_refused_before_epoch_1(tmp_path, capsys):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("x")
+    one_line_refusal(capsys, ["train", "--method", "sgd", "--epochs", "1", *TINY,
+                              "--out", str(tmp_path / "o"),
+                              "--checkpoint", str(blocker / "run.npz")],
+                     "--checkpoint", "cannot write the checkpoint")
+    assert not (tmp_path / "o").exists()
+
+
+@pytest.fixture(scope="module")
+def kfac_checkpoint(tmp_path_factory):
+    """A 1-epoch checkpoint written by 'minidl train --method kfac --hidden 16'."""
+    if not methods.is_available("kfac"):
+        pytest.skip("minidl.precond has no KFAC")
+    folder = tmp_path_factory.mktemp("kfac")
+    ck = folder / "run.npz"
+    assert cli.main(["train", "--method", "kfac", "--epochs", "1", *TINY, "--checkpoint",
+                     str(ck), "--out", str(folder / "out")]) == 0
+    return ck
+
+
+@pytest.mark.parametrize("change, expected", [
+    (["--method", "momentum"], "method 'kfac' (now 'momentum')"),
+    (["--method", "kfac", "--hidden", "32"], "hidden [16] (now [32])"),
+    (["--method", "kfac", "--batchnorm"], "batchnorm False (now True)"),
+])
+def test_resume_with_another_method_or_model_is_refused(kfac_checkpoint, tmp_path, capsys,
+                                                        change, expected):
+    argv = ["train", "--epochs", "2", *TINY, "--resume", str(kfac_checkpoint), "--out",
+            str(tmp_path / "o")] + change
+    one_line_refusal(capsys, argv, "written with other settings", expected)
+
+
+def test_resume_with_no_epochs_left_is_refused(kfac_checkpoint, tmp_path, capsys):
+    one_line_refusal(capsys, ["train", "--method", "kfac", "--epochs", "1", *TINY, "--resume",
+                              str(kfac_checkpoint), "--out", str(tmp_path / "o")],
+                     "has already done 1 epochs", "--epochs")
+
+
+def test_a_damaged_data_file_is_reported_with_its_checksum(tmp_path, capsys, monkeypatch):
+    folder = tmp_path / "data" / "mnist"
+    folder.mkdir(parents=True)
+    for name in ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz",
+                 "t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz"):
+        (folder / name).write_bytes(b"\x1f\x8b\x08\x00 truncated")
+    monkeypatch.delenv("MINIDL_DATA", raising=False)
+    err = one_line_refusal(capsys, ["compare", "--data", "mnist", "--data-dir",
+                                    str(tmp_path / "data"), "--methods", "sgd", *TINY],
+                           "rejected", "md5", str(folder / "train-images-idx3-ubyte.gz"))
+    assert "not found" not in err
+    assert "MINIDL_DATA" not in os.environ  # the folder was passed, not put in the environment
+
+
+def test_an_existing_run_folder_is_not_mixed(tmp_path, capsys):
+    out = tmp_path / "run"
+    argv = ["compare", "--methods", "sgd", "--epochs", "1", *TINY, "--out", str(out)]
+    assert cli.main(argv) == 0
+    before = sorted(p.name for p in out.iterdir())
+    one_line_refusal(capsys, argv, "already holds files", "new or empty folder")
+    assert sorted(p.name for p in out.iterdir()) == before
+
+
+# -- divergence in the table and the figure -------------------------------------------------
+@pytest.mark.filterwarnings("ignore::RuntimeWarning")  # the overflow that makes sgd diverge
+def test_a_diverged_method_is_reported_with_epoch_step_and_cause(tmp_path, capsys,
+                                                                 monkeypatch):
+    import numpy as np
+    from minidl import precond
+    if not methods.is_available("kfac"):
+        pytest.skip("minidl.precond has no KFAC")
+
+    def failing_step(self):
+        raise np.linalg.LinAlgError("Eigenvalues did not converge")
+
+    monkeypatch.setattr(precond.KFAC, "step", failing_step)
+    out = tmp_path / "cmp"
+    status = cli.main(["compare", "--methods", "sgd,kfac,adam", "--lr", "sgd=1e30",
+                       "--epochs", "2", *TINY, "--out", str(out)])
+    assert status == 0
+    text = capsys.readouterr().out
+    rows = {r["method"]: r for r in json.loads((out / "summary.json").read_text())["results"]}
+    assert rows["adam"]["status"] == "ok"
+    assert rows["kfac"]["status"] == "diverged at epoch 1, step 1: linear-algebra failure"
+    assert rows["sgd"]["status"].startswith("diverged at epoch 1, step ")
+    assert rows["sgd"]["status"].endswith(("NaN loss", "infinite loss", "non-finite gradient"))
+    assert "linear-algebra failure" in text
+    history = History.from_json(out / "histories" / "kfac.json")
+    assert "Eigenvalues did not converge" in history.divergence["detail"]
+    assert (out / "curves.png").read_bytes()[:4] == b"\x89PNG"
+
+
+# -- method settings ------------------------------------------------------------------------
+def test_method_settings_reach_methods_build(tmp_path, capsys, monkeypatch):
+    if not methods.is_available("kfac"):
+        pytest.skip("minidl.precond has no KFAC")
+    calls = []
+    real = methods.build
+
+    def spy(name, model, loss, **kw):
+        calls.append((name, kw.get("optimizer_kw"), kw.get("precond_kw")))
+        return real(name, model, loss, **kw)
+
+    monkeypatch.setattr(methods, "build", spy)
+    assert cli.main(["compare", "--methods", "kfac", "momentum", "--epochs", "1", *TINY,
+                     "--precond-opt", "damping=0.5", "--precond-opt", "kfac:T2=7",
+                     "--optim-opt", "momentum=0.5", "--optim-opt", "nesterov=true",
+                     "--out", str(tmp_path / "o")]) == 0
+    assert ("kfac", {"momentum": 0.5, "nesterov": True}, {"damping": 0.5, "T2": 7}) in calls
+    assert ("momentum", {"momentum": 0.5, "nesterov": True}, {}) in calls
+
+
+@pytest.mark.parametrize("argv, expected", [
+    (["train", "--method", "kfac", "--precond-opt", "dampin=0.1"], "does not take ['dampin']"),
+    (["train", "--method", "sgd", "--precond-opt", "damping=0.1"], "has no preconditioner"),
+    (["train", "--method", "adam", "--optim-opt", "momentom=0.9"], "momentom"),
+    (["train", "--method", "adam", "--optim-opt", "0.9"], "expects KEY=VALUE"),
+    (["compare", "--methods", "sgd", "--precond-opt", "adam:damping=1"], "not among"),
+])
+def test_bad_method_settings_are_one_line(tmp_path, capsys, argv, expected):
+    if "kfac" in argv and not methods.is_available("kfac"):
+        pytest.skip("minidl.precond has no KFAC")
+    one_line_refusal(capsys, argv + [*TINY, "--out", str(tmp_path / "o")], expected)
+    assert not (tmp_path / "o").exists()
+
+
+# -- assign, threads ------------------------------------------------------------------------
+def test_assign_forwards_the_rest_of_the_command_line(monkeypatch):
+    import types
+    seen = []
+    fake = types.ModuleType("minidl.assign")
+    fake.main = lambda argv: seen.append(argv) or 7
+    monkeypatch.setitem(sys.modules, "minidl.assign", fake)
+    assert cli.main(["assign", "grade", "a.zip", "s.ipynb", "-o", "r.json"]) == 7
+    assert seen == [["grade", "a.zip", "s.ipynb", "-o", "r.json"]]
+
+
+def test_assign_without_the_module_says_so(monkeypatch, capsys):
+    monkeypatch.setitem(sys.modules, "minidl.assign", None)  # import fails
+    assert cli.main(["assign", "release", "x"]) == 2
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1 and "minidl.assign" in err
+
+
+def test_training_uses_one_blas_thread_by_default(tmp_path, capsys, monkeypatch):
+    from threadpoolctl import threadpool_info
+    from minidl import train
+    blas = [p for p in threadpool_info() if p["user_api"] == "blas"]
+    if not blas:
+        pytest.skip("no BLAS library that threadpoolctl can see")
+    before = blas[0]["num_threads"]
+    seen = []
+    real_fit = train.fit
+
+    def fit(*args, **kw):
+        seen.append({p["num_threads"] for p in threadpool_info() if p["user_api"] == "blas"})
+        return real_fit(*args, **kw)
+
+    monkeypatch.setattr(train, "fit", fit)
+    assert cli.main(["compare", "--methods", "sgd", "--epochs", "1", *TINY,
+                     "--out", str(tmp_path / "o")]) == 0
+    assert seen == [{1}]
+    after = [p for p in threadpool_info() if p["user_api"] == "blas"][0]["num_threads"]
+    assert after == before  # the limit ends with the command
+
+
+def test_a_method_that_crashes_does_not_lose_the_others(tmp_path, capsys, monkeypatch):
+    from minidl import precond
+    if not methods.is_available("kfac"):
+        pytest.skip("minidl.precond has no KFAC")
+
+    def broken_step(self):
+        raise RuntimeError("a bug in a preconditioner")
+
+    monkeypatch.setattr(precond.KFAC, "step", broken_step)
+    out = tmp_path / "cmp"
+    assert cli.main(["compare", "--methods", "kfac,sgd", "--epochs", "1", *TINY,
+                     "--out", str(out)]) == 0
+    err = capsys.readouterr().err
+    assert "method kfac failed: RuntimeError: a bug in a preconditioner" in err
+    rows = {r["method"]: r for r in json.loads((out / "summary.json").read_text())["results"]}
+    assert rows["kfac"]["status"] == "failed (RuntimeError)" and rows["sgd"]["status"] == "ok"
+
+
+def test_readme_and_help_quote_the_same_measured_time(capsys):
+    import re
+    assert cli.main(["compare", "--help"]) == 0
+    text = " ".join(capsys.readouterr().out.split())
+    took = re.search(r"took (\d+)-(\d+) s from start to finish", text)
+    assert took, "compare --help says how long the default run took"
+    with open(os.path.join(ROOT, "README.md"), encoding="utf-8") as f:
+        readme = " ".join(f.read().split())
+    assert f"{took[1]} to {took[2]} s from start to finish" in readme
+    assert "--threads" in readme and "threadpoolctl" in readme
+
+
+def test_assign_with_a_missing_dependency_says_which(monkeypatch, capsys):
+    import importlib
+
+    def failing_import(name, *args):
+        raise ModuleNotFoundError("No module named 'otter'", name="otter")
+
+    monkeypatch.setattr(importlib, "import_module", failing_import)
+    assert cli.main(["assign", "grade", "x.zip", "y.ipynb"]) == 2
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1 and "'otter'" in err and "[assign]" in err

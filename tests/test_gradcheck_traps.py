@@ -59,6 +59,14 @@ class ReLUMaskFromOutput(ReLU):
         return (out >= 0).astype(out.dtype)
 
 
+class LeakyReLUWithReLUMask(LeakyReLU):
+    """The backward copied from ReLU: the negative side's slope a becomes 0."""
+
+    def df(self):
+        x = self.cache["x"]
+        return (x > 0).astype(x.dtype)
+
+
 class SigmoidDerivativeOfInput(Sigmoid):
     """s'(x) = x (1 - x): the formula applied to the input instead of the output s."""
 
@@ -95,16 +103,19 @@ def _x(seed, shape=(5, 4)):
 
 
 def _layer_cases():
+    rng = minidl.default_rng
     return {
-        "transposed dW (square Linear)": (lambda s: TransposedLinear(4, 4, rng=minidl.default_rng(s)),
-                                          lambda s: Linear(4, 4, rng=minidl.default_rng(s))),
-        "bias mean instead of sum": (lambda s: BiasMeaned(4, 3, rng=minidl.default_rng(s)),
-                                     lambda s: Linear(4, 3, rng=minidl.default_rng(s))),
-        "bias not summed": (lambda s: BiasNotSummed(4, 3, rng=minidl.default_rng(s)),
-                            lambda s: Linear(4, 3, rng=minidl.default_rng(s))),
+        "transposed dW (square Linear)": (lambda s: TransposedLinear(4, 4, rng=rng(s)),
+                                          lambda s: Linear(4, 4, rng=rng(s))),
+        "bias mean instead of sum": (lambda s: BiasMeaned(4, 3, rng=rng(s)),
+                                     lambda s: Linear(4, 3, rng=rng(s))),
+        "bias not summed": (lambda s: BiasNotSummed(4, 3, rng=rng(s)),
+                            lambda s: Linear(4, 3, rng=rng(s))),
         "BatchNorm without the mean term": (lambda s: BatchNormWithoutMeanTerm(4),
                                             lambda s: BatchNorm1d(4)),
         "ReLU mask from the output": (lambda s: ReLUMaskFromOutput(), lambda s: ReLU()),
+        "LeakyReLU backward copied from ReLU": (lambda s: LeakyReLUWithReLUMask(0.1),
+                                                lambda s: LeakyReLU(0.1)),
         "Sigmoid derivative of the input": (lambda s: SigmoidDerivativeOfInput(),
                                             lambda s: Sigmoid()),
         "Tanh derivative of the input": (lambda s: TanhDerivativeOfInput(), lambda s: Tanh()),

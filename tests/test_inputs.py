@@ -177,7 +177,8 @@ def test_nan_in_the_data_is_announced_with_the_rows():
     x[3, 1] = np.nan
     crit = SoftmaxCrossEntropy()
     with pytest.warns(NonFiniteWarning, match=r"the loss is nan; logits non-finite in 1 "
-                                              r"row\(s\) \[3\].*input batch.*expect_finite"):
+                                              r"row\(s\) \[3\]; target all finite.*input "
+                                              r"batch.*expect_finite"):
         value = crit.forward(model.forward(x), np.arange(6) % 3)
     assert np.isnan(value)  # still returned, so a training loop stops as "diverged"
 
@@ -187,7 +188,7 @@ def test_nan_in_the_target_and_an_overflow_are_told_apart():
     t = np.zeros((3, 2))
     t[2, 0] = np.nan
     with pytest.warns(NonFiniteWarning, match=r"logits all finite; target non-finite in 1 "
-                                              r"row\(s\) \[2\]"):
+                                              r"row\(s\) \[2\]. the targets hold NaN"):
         MSELoss().forward(z, t)
     with pytest.warns(NonFiniteWarning, match="overflowed: a diverging run"):
         MSELoss().forward(np.full((2, 2), 1e200), np.zeros((2, 2)))

@@ -269,3 +269,17 @@ def test_plots_write_a_png(tmp_path):
     assert len(fig.axes[0].lines) == 2  # one line per run
     single = runs["lr 0.05"].plot(tmp_path / "one.png")
     assert (tmp_path / "one.png").stat().st_size > 1000 and single is not None
+
+
+def test_fit_reads_in_one_screen():
+    """fit's body (docstring aside) fits in one screen; each concern is its own piece."""
+    import ast
+    import inspect
+    import textwrap
+    source = textwrap.dedent(inspect.getsource(train.fit))
+    func = ast.parse(source).body[0]
+    body = func.body[1:] if isinstance(func.body[0], ast.Expr) else func.body
+    lines = body[-1].end_lineno - body[0].lineno + 1
+    assert lines <= 40, f"fit's body is {lines} lines"
+    for module in ("evaluate", "best", "checkpointing", "divergence", "modes", "history"):
+        assert hasattr(train, module), module

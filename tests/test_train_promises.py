@@ -10,9 +10,6 @@ from minidl.data import DataLoader
 from minidl.errors import NonFiniteError
 from minidl.losses import SoftmaxCrossEntropy
 
-# the NaN-pixel runs: the loss warns and names the row; fit then stops as diverged
-pytestmark = pytest.mark.filterwarnings("ignore::minidl.errors.NonFiniteWarning")
-
 
 def blobs(n=240, d=6, k=3, seed=0):
     rng = np.random.default_rng(seed)
@@ -89,8 +86,8 @@ def test_resume_without_the_best_weights_is_refused(tmp_path):
     h = train.fit(model, loss, opt, loader, epochs=3, val_loader=val, log_every=0)
     assert h.best("val_loss")["epoch"] < 3
     ck = tmp_path / "old.npz"  # a checkpoint as older code wrote it: no best weights
-    checkpoint.save(ck, model, opt, epoch=3, rng={"train_loader": loader.rng, "val_loader": val.rng},
-                    extra={"history": h.to_dict()})
+    checkpoint.save(ck, model, opt, epoch=3, extra={"history": h.to_dict()},
+                    rng={"train_loader": loader.rng, "val_loader": val.rng})
     m2, l2, o2, tl2, v2 = overfitting_problem()
     with pytest.raises(ValueError, match="does not hold that epoch's weights"):
         train.fit(m2, l2, o2, tl2, epochs=5, val_loader=v2, resume=ck, restore_best=True,
@@ -199,6 +196,8 @@ def test_one_nan_pixel_stops_cleanly_before_anything_changes(method):
             assert np.array_equal(a, pre.state_dict()[name]), name
     assert h.stop_reason.startswith("diverged: NaN loss in epoch 1, step 3")
     assert h.divergence["cause"] == "NaN loss" and h.divergence["step"] == 3
+    # the loss's own warning (the row of the batch to blame) is in the report, not printed
+    assert "row(s) [44]" in h.divergence["detail"]
 
 
 def test_a_nan_step_leaves_batchnorm_statistics_alone():
@@ -271,3 +270,23 @@ def test_a_diverged_run_stays_visible_in_the_plot(tmp_path):
         assert any(t.startswith("early: diverged (NaN loss, epoch 1, step 3)") for t in legend)
         assert any(t.startswith("late: diverged (") and "epoch 3" in t for t in legend)
     assert (tmp_path / "curves.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_the_loss_warning_about_a_nan_goes_into_the_report():
+    import warnings
+
+    class WarningLoss(SoftmaxCrossEntropy):  # as the losses warn about a non-finite value
+        def forward(self, logits, target):
+            value = super().forward(logits, target)
+            if value != value:
+                warnings.warn("the loss is nan; logits non-finite in 1 row(s) [44]",
+                              RuntimeWarning)  # NumPy's kind; the losses' own is tested above
+            return value
+
+    x, y = mnist_with_a_nan_pixel()
+    model = models.mlp((784, 32, 10), rng=minidl.default_rng(0))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # nothing escapes to the terminal
+        h = train.fit(model, WarningLoss(), optim.SGD(model, lr=0.1),
+                      DataLoader(x, y, 128, shuffle=False), log_every=0)
+    assert "row(s) [44]" in h.divergence["detail"] and "row(s) [44]" in h.stop_reason

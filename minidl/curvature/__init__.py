@@ -20,7 +20,8 @@ from .products import hvp, ggn_vp, loss_and_grad, hvp_fn, ggn_vp_fn, preserved_s
 from .per_example import per_example_grads, batch_coupled_layers
 from .dense import hessian, ggn, empirical_fisher, true_fisher
 from .spectra import (power_iteration, lanczos, top_eigenvalues, extreme_eigenvalues,
-                      condition_number, optimal_step)
+                      condition_number, optimal_step, EigenPair, RitzValues,
+                      NotConvergedWarning)
 
 __all__ = [
     "num_params", "param_slices", "flatten_params", "flatten_grads", "flatten_rgrads",
@@ -29,5 +30,5 @@ __all__ = [
     "per_example_grads", "batch_coupled_layers",
     "hessian", "ggn", "empirical_fisher", "true_fisher",
     "power_iteration", "lanczos", "top_eigenvalues", "extreme_eigenvalues",
-    "condition_number", "optimal_step",
+    "condition_number", "optimal_step", "EigenPair", "RitzValues", "NotConvergedWarning",
 ]

@@ -26,15 +26,17 @@ Two ways to get G:
 
 Per-example gradients exist only when example n's output depends on example n alone.
 BatchNorm in train mode normalises with batch statistics, which couples the examples,
-so both methods raise a ``ValueError`` for it: call ``model.eval()`` first. (Dropout in
-train mode draws a new mask on every pass; put it in eval mode too.)
+so both methods raise a ``ValueError`` for it: call ``model.eval()`` first. Dropout in
+train mode draws a new mask on every pass and is refused the same way (eval mode, or a
+frozen mask, which only the "layers" method can use: the loop's one-example batches do
+not fit a mask drawn for the whole batch).
 
 The "layers" method covers layers that define ``per_example_grads()`` (Linear, Conv2d);
 a model with any other parameterised layer (the normalisation layers) takes the loop.
 """
 from .. import backend
 from . import flat
-from .products import preserved_state
+from .products import check_deterministic, preserved_state
 
 __all__ = ["per_example_grads", "batch_coupled_layers", "check_per_example_ok"]
 
@@ -56,6 +58,7 @@ def check_per_example_ok(model, what):
         model: the network.
         what: the quantity asked for, for the message (e.g. "per_example_grads").
     """
+    check_deterministic(model, what)
     coupled = batch_coupled_layers(model)
     if coupled:
         raise ValueError(

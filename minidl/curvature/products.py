@@ -24,8 +24,11 @@ products are N times (cross-entropy) or N D times (MSE, BCE with D outputs per e
 those of ``reduction="mean"``.
 
 The input is held fixed (its tangent is zero). The model must compute the same function
-on every call: put Dropout in eval mode, or freeze its mask (``with d.frozen_mask():``
-after one forward). BatchNorm in train mode is allowed here (its
+on every call: a layer that draws random numbers (``Layer.is_random()``: Dropout in train
+mode) is refused with a ``ValueError`` naming it, since each call would draw a new mask,
+give a different answer and advance the layer's generator. Put it in eval mode, or freeze
+its mask (``with d.frozen_mask():`` around the calls) to study the curvature of one
+draw. BatchNorm in train mode is allowed here (its
 batch statistics make H couple the examples, and that is the Hessian of the batch loss),
 and its running statistics are restored after each call.
 
@@ -38,7 +41,31 @@ import contextlib
 from .. import backend
 from . import flat
 
-__all__ = ["hvp", "ggn_vp", "loss_and_grad", "hvp_fn", "ggn_vp_fn", "preserved_state"]
+__all__ = ["hvp", "ggn_vp", "loss_and_grad", "hvp_fn", "ggn_vp_fn", "preserved_state",
+           "random_layers", "check_deterministic"]
+
+
+def random_layers(model):
+    """Names of the leaves whose next forward pass draws random numbers (``is_random()``)."""
+    return [name or type(leaf).__name__ for name, leaf in model.named_leaves()
+            if leaf.is_random()]
+
+
+def check_deterministic(model, what):
+    """Raise a ``ValueError`` naming the random layers (Dropout in train mode, unfrozen).
+
+    Args:
+        model: the network.
+        what: the quantity asked for, for the message (e.g. "hvp").
+    """
+    names = random_layers(model)
+    if names:
+        raise ValueError(
+            f"{what}: layer(s) {names} draw random numbers in train mode (Dropout draws a "
+            "new mask on every forward pass), so the curvature would change from call to "
+            "call and every call would advance the layer's generator. Call model.eval() "
+            "for the network without dropout, or freeze the mask to study one draw: "
+            "`with layer.frozen_mask(): ...` around the calls")
 
 
 @contextlib.contextmanager
@@ -85,6 +112,7 @@ def hvp_fn(model, loss, x, target):
     Returns:
         A function mapping v of shape (P,) to H v of shape (P,).
     """
+    check_deterministic(model, "hvp")
     logits = model.forward(x)
     loss.forward(logits, target)
     model.backward(loss.backward())
@@ -116,6 +144,7 @@ def ggn_vp_fn(model, loss, x, target):
     Returns:
         A function mapping v of shape (P,) to G v of shape (P,).
     """
+    check_deterministic(model, "ggn_vp")
     logits = model.forward(x)
     loss.forward(logits, target)
     Rx = _zero_input_tangent(x)

@@ -18,7 +18,7 @@ from .loader import DataLoader
 from .download import DataNotFoundError, RemoteFile, fetch, data_home, cache_home
 from .idx import read_idx, IDXFormatError
 from .mnist import mnist, fashion_mnist, MNIST_CLASSES, FASHION_MNIST_CLASSES
-from .cifar import cifar10, cifar100, UnsafePickleError, CIFAR10_CLASSES
+from .cifar import cifar10, cifar100, UnsafePickleError, CifarFormatError, CIFAR10_CLASSES
 from .mat5 import read_mat5, MatFileError
 from .svhn import svhn
 from .bundled import bundled_mnist
@@ -29,7 +29,7 @@ from . import transforms
 
 __all__ = ["DataLoader", "DataNotFoundError", "RemoteFile", "fetch", "data_home", "cache_home",
            "read_idx", "IDXFormatError", "mnist", "fashion_mnist", "MNIST_CLASSES",
-           "FASHION_MNIST_CLASSES", "cifar10", "cifar100", "UnsafePickleError",
+           "FASHION_MNIST_CLASSES", "cifar10", "cifar100", "UnsafePickleError", "CifarFormatError",
            "CIFAR10_CLASSES", "read_mat5", "MatFileError", "svhn", "bundled_mnist", "load",
            "load_default", "default_dataset", "DATASETS", "to_float", "normalise",
            "Standardise", "PCAWhiten", "ZCAWhiten", "random_crop", "random_hflip",

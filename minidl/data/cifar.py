@@ -24,6 +24,16 @@ the few a CIFAR batch needs, so a tampered file fails with ``UnsafePickleError``
 * ``_codecs.encode``, only with the ``latin1`` encoding: Python 3 writes ``bytes`` in a
   protocol-2 pickle as ``_codecs.encode(text, "latin1")``. The published files were written
   by Python 2 and do not need it; files written in the same format today do.
+* ``numpy.core.numeric._frombuffer`` (``numpy._core`` in NumPy 2): how pickle protocol 5
+  (Python 3.8's default for NumPy arrays) writes an array, as raw bytes with a dtype,
+  shape and order. It is answered by a checked stand-in that accepts only a byte buffer,
+  a plain dtype, a tuple of sizes and an order of ``C``, ``F`` or ``K``.
+
+A batch written by current Python has ``str`` keys (``"data"``, ``"labels"``) where the
+published files have ``bytes`` (``b"data"``); both are read.
+
+A damaged file (truncated, bytes flipped, not a pickle at all) raises
+``CifarFormatError`` naming the file, whatever the unpickler tripped over.
 
 Where to find the files: an extracted folder ``<folder>/cifar-10-batches-py/`` (as other
 libraries leave it) is read directly; otherwise ``<folder>/cifar-10-python.tar.gz`` is
@@ -34,12 +44,13 @@ import io
 import os
 import pickle
 import tarfile
+import zlib
 
 from .. import backend
 from .download import RemoteFile, fetch, search_folders
 
 __all__ = ["cifar10", "cifar100", "CIFAR10_FILE", "CIFAR100_FILE", "SafeUnpickler",
-           "UnsafePickleError", "safe_load_pickle", "CIFAR10_CLASSES"]
+           "UnsafePickleError", "CifarFormatError", "safe_load_pickle", "CIFAR10_CLASSES"]
 
 _MIRRORS = ("https://www.cs.toronto.edu/~kriz/",)
 
@@ -54,6 +65,10 @@ CIFAR10_CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog
 
 class UnsafePickleError(pickle.UnpicklingError):
     """A pickle asked for a global that a CIFAR batch never needs; it was not loaded."""
+
+
+class CifarFormatError(ValueError):
+    """A CIFAR batch file is damaged or is not a CIFAR batch (safe, but unreadable)."""
 
 
 def _latin1_encode(text, encoding="utf-8"):
@@ -72,6 +87,25 @@ def _plain_dtype(*args, **kwargs):
     return dtype
 
 
+def _frombuffer(buf, dtype, shape, order, axis_order=None):
+    """NumPy's protocol-5 array constructor, checking every argument a pickle passes."""
+    np = backend.host()
+    if not isinstance(buf, (bytes, bytearray, memoryview, pickle.PickleBuffer)):
+        raise UnsafePickleError(f"_frombuffer expects a byte buffer, got {type(buf).__name__}")
+    if not isinstance(dtype, np.dtype) or dtype.hasobject:
+        raise UnsafePickleError(f"_frombuffer expects a plain numpy dtype, got {dtype!r}")
+    if not isinstance(shape, tuple) or not all(isinstance(d, int) and d >= 0 for d in shape):
+        raise UnsafePickleError(f"_frombuffer expects a tuple of sizes, got {shape!r}")
+    if order not in ("C", "F", "K"):
+        raise UnsafePickleError(f"_frombuffer expects order 'C', 'F' or 'K', got {order!r}")
+    array = np.frombuffer(bytes(buf), dtype=dtype)  # (size,) a read-only view of a copy
+    if order == "K" and axis_order is not None:
+        if sorted(axis_order) != list(range(len(shape))):
+            raise UnsafePickleError(f"_frombuffer: bad axis order {axis_order!r}")
+        return array.reshape(shape, order="C").transpose(axis_order)
+    return array.reshape(shape, order="C" if order == "K" else order)
+
+
 def _allowed_globals():
     """{(module, name): object} for the globals a CIFAR batch may name."""
     np = backend.host()
@@ -81,7 +115,9 @@ def _allowed_globals():
             ("numpy._core.multiarray", "_reconstruct"): reconstruct,
             ("numpy", "ndarray"): np.ndarray,
             ("numpy", "dtype"): _plain_dtype,
-            ("_codecs", "encode"): _latin1_encode}
+            ("_codecs", "encode"): _latin1_encode,
+            ("numpy.core.numeric", "_frombuffer"): _frombuffer,
+            ("numpy._core.numeric", "_frombuffer"): _frombuffer}
 
 
 class SafeUnpickler(pickle.Unpickler):
@@ -106,30 +142,57 @@ class SafeUnpickler(pickle.Unpickler):
 
 
 def safe_load_pickle(data, source="pickle"):
-    """Unpickle ``data`` (bytes) with ``SafeUnpickler``; ``source`` names it in errors."""
-    return SafeUnpickler(io.BytesIO(data), source).load()
+    """Unpickle ``data`` (bytes) with ``SafeUnpickler``; ``source`` names it in errors.
+
+    Raises:
+        UnsafePickleError: the pickle names a global outside the allowed few.
+        CifarFormatError: the bytes are not a readable pickle (damaged or another file).
+    """
+    try:
+        return SafeUnpickler(io.BytesIO(data), source).load()
+    except UnsafePickleError:
+        raise
+    except Exception as err:  # whatever a damaged stream makes the unpickler trip over
+        raise CifarFormatError(
+            f"{source}: not a readable CIFAR batch, the pickle is damaged "
+            f"({type(err).__name__}: {err}); delete it and download it again") from None
+
+
+def _str_keys(batch):
+    """The batch dict with ``bytes`` keys (Python 2 files) decoded to ``str``."""
+    return {k.decode("latin1") if isinstance(k, bytes) else k: v for k, v in batch.items()}
 
 
 def _batch_arrays(batch, label_key, source):
-    """(x, y) from one unpickled batch dict: x uint8 (n, 3, 32, 32), y int64 (n,)."""
+    """(x, y) from one unpickled batch dict: x uint8 (n, 3, 32, 32), y int64 (n,).
+
+    Keys may be ``bytes`` (the published files) or ``str`` (written by Python 3).
+    """
     np = backend.host()
-    if not isinstance(batch, dict) or b"data" not in batch or label_key not in batch:
-        raise ValueError(f"{source}: expected a dict with b'data' and {label_key!r}, got "
-                         f"{type(batch).__name__}")
-    data = np.asarray(batch[b"data"])
+    label = label_key.decode("latin1") if isinstance(label_key, bytes) else label_key
+    if isinstance(batch, dict):
+        batch = _str_keys(batch)
+    if not isinstance(batch, dict) or "data" not in batch or label not in batch:
+        raise CifarFormatError(f"{source}: expected a dict with 'data' and {label!r} (as str "
+                               f"or bytes keys), got {type(batch).__name__}")
+    try:
+        data = np.asarray(batch["data"])
+        y = np.asarray(batch[label], dtype=np.int64)  # (n,)
+    except (TypeError, ValueError) as err:
+        raise CifarFormatError(f"{source}: 'data' or {label!r} is not an array ({err})") \
+            from None
     if data.dtype != np.uint8 or data.ndim != 2 or data.shape[1] != 3072:
-        raise ValueError(f"{source}: b'data' should be uint8 (n, 3072), got {data.dtype} "
-                         f"{data.shape}")
+        raise CifarFormatError(f"{source}: 'data' should be uint8 (n, 3072), got "
+                               f"{data.dtype} {data.shape}")
     x = data.reshape(-1, 3, 32, 32)  # (n, 3, 32, 32) NCHW: R, G, B planes, rows in order
-    y = np.asarray(batch[label_key], dtype=np.int64)  # (n,)
     if y.shape != (x.shape[0],):
-        raise ValueError(f"{source}: {x.shape[0]} images but labels of shape {y.shape}")
+        raise CifarFormatError(f"{source}: {x.shape[0]} images but labels of shape {y.shape}")
     return x, y
 
 
-def _read_members(folder, tarball, members, download):
+def _read_members(folder, tarball, members, download, data_dir=None):
     """{member: bytes} from the extracted ``folder`` if complete, else from the tarball."""
-    for base, _ in search_folders(""):
+    for base, _ in search_folders("", data_dir):
         paths = [os.path.join(base, folder, m) for m in members]
         if all(os.path.isfile(p) for p in paths):
             out = {}
@@ -137,24 +200,28 @@ def _read_members(folder, tarball, members, download):
                 with open(p, "rb") as f:
                     out[m] = f.read()
             return out
-    path = fetch(tarball, download)
+    path = fetch(tarball, download, data_dir)
     wanted = {f"{folder}/{m}": m for m in members}
     out = {}
-    with tarfile.open(path, "r:gz") as tar:
-        for info in tar:
-            if info.name in wanted and info.isfile():
-                out[wanted[info.name]] = tar.extractfile(info).read()
+    try:
+        with tarfile.open(path, "r:gz") as tar:
+            for info in tar:
+                if info.name in wanted and info.isfile():
+                    out[wanted[info.name]] = tar.extractfile(info).read()
+    except (tarfile.TarError, OSError, EOFError, zlib.error) as err:
+        raise CifarFormatError(f"{path}: damaged tarball ({type(err).__name__}: {err}); "
+                               "delete it and download it again") from None
     missing = [m for m in members if m not in out]
     if missing:
         names = ", ".join(f"{folder}/{m}" for m in missing)
-        raise ValueError(f"{path}: the tarball lacks {names}")
+        raise CifarFormatError(f"{path}: the tarball lacks {names}")
     return out
 
 
-def _load(folder, tarball, members, label_key, download):
+def _load(folder, tarball, members, label_key, download, data_dir=None):
     """Concatenate the batches named by ``members`` into (x, y)."""
     np = backend.host()
-    raw = _read_members(folder, tarball, members, download)
+    raw = _read_members(folder, tarball, members, download, data_dir)
     xs, ys = [], []
     for m in members:
         source = f"{folder}/{m}"
@@ -164,12 +231,13 @@ def _load(folder, tarball, members, label_key, download):
     return np.concatenate(xs), np.concatenate(ys)  # (N, 3, 32, 32), (N,)
 
 
-def cifar10(split="train", download=True):
+def cifar10(split="train", download=True, data_dir=None):
     """CIFAR-10: 10 classes of 32x32 colour images.
 
     Args:
         split: ``"train"`` (data_batch_1..5, 50,000 images) or ``"test"`` (10,000).
         download: fetch the tarball when missing (163 MB, MD5-checked); False stays offline.
+        data_dir: the folder searched first (instead of ``MINIDL_DATA``), or None.
 
     Returns:
         (x, y): host arrays, x uint8 (N, 3, 32, 32) NCHW, y int64 (N,) in 0..9 (names in
@@ -182,16 +250,18 @@ def cifar10(split="train", download=True):
     members = {"train": [f"data_batch_{i}" for i in range(1, 6)], "test": ["test_batch"]}
     if split not in members:
         raise ValueError(f"cifar10: split must be 'train' or 'test', got {split!r}")
-    return _load("cifar-10-batches-py", CIFAR10_FILE, members[split], b"labels", download)
+    return _load("cifar-10-batches-py", CIFAR10_FILE, members[split], b"labels", download,
+                 data_dir)
 
 
-def cifar100(split="train", label="fine", download=True):
+def cifar100(split="train", label="fine", download=True, data_dir=None):
     """CIFAR-100: 100 fine classes grouped into 20 coarse ones, 32x32 colour images.
 
     Args:
         split: ``"train"`` (50,000 images) or ``"test"`` (10,000).
         label: ``"fine"`` (0..99) or ``"coarse"`` (0..19).
         download: fetch the tarball when missing (161 MB, MD5-checked); False stays offline.
+        data_dir: the folder searched first (instead of ``MINIDL_DATA``), or None.
 
     Returns:
         (x, y): host arrays, x uint8 (N, 3, 32, 32) NCHW, y int64 (N,).
@@ -205,4 +275,4 @@ def cifar100(split="train", label="fine", download=True):
     if label not in ("fine", "coarse"):
         raise ValueError(f"cifar100: label must be 'fine' or 'coarse', got {label!r}")
     key = b"fine_labels" if label == "fine" else b"coarse_labels"
-    return _load("cifar-100-python", CIFAR100_FILE, [split], key, download)
+    return _load("cifar-100-python", CIFAR100_FILE, [split], key, download, data_dir)

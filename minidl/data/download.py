@@ -72,19 +72,23 @@ def cache_home():
     return os.path.join(os.path.expanduser("~"), ".cache", "minidl")
 
 
-def search_folders(folder):
+def search_folders(folder, data_dir=None):
     """The folders searched for a file of sub-folder ``folder``, in order, with labels.
 
     Args:
         folder: the dataset's sub-folder (``mnist``).
+        data_dir: a data folder given explicitly (it replaces ``MINIDL_DATA``), or None.
 
     Returns:
-        list of (path, label) pairs, ``$MINIDL_DATA/folder`` first when it is set.
+        list of (path, label) pairs, ``data_dir/folder`` (else ``$MINIDL_DATA/folder``)
+        first when there is one.
     """
     out = []
-    home = data_home()
-    if home is not None:
-        out.append((os.path.join(home, folder), "from MINIDL_DATA"))
+    if data_dir is not None:
+        out.append((os.path.join(os.path.expanduser(os.fspath(data_dir)), folder),
+                    "the data folder given"))
+    elif data_home() is not None:
+        out.append((os.path.join(data_home(), folder), "from MINIDL_DATA"))
     out.append((os.path.join(cache_home(), folder), "user cache"))
     return out
 
@@ -102,18 +106,19 @@ def md5sum(path):
     return _verified[key]
 
 
-def find(remote, rejected=None):
+def find(remote, rejected=None, data_dir=None):
     """The path of a local copy of ``remote`` with the published MD5, or None.
 
     Args:
         remote: the ``RemoteFile`` to look for.
         rejected: optional list; each copy found with a wrong MD5 is appended to it as a
             readable string (it is not used).
+        data_dir: a data folder searched first instead of ``MINIDL_DATA``, or None.
 
     Returns:
         str path, or None when no folder holds a good copy.
     """
-    for folder, _ in search_folders(remote.folder):
+    for folder, _ in search_folders(remote.folder, data_dir):
         path = os.path.join(folder, remote.name)
         if not os.path.isfile(path):
             continue
@@ -125,16 +130,16 @@ def find(remote, rejected=None):
     return None
 
 
-def _download_folder(remote):
+def _download_folder(remote, data_dir=None):
     """The first folder (MINIDL_DATA's, then the cache) that exists or can be made, writable."""
-    for folder, _ in search_folders(remote.folder):
+    for folder, _ in search_folders(remote.folder, data_dir):
         try:
             os.makedirs(folder, exist_ok=True)
         except OSError:
             continue
         if os.access(folder, os.W_OK):
             return folder
-    return search_folders(remote.folder)[-1][0]
+    return search_folders(remote.folder, data_dir)[-1][0]
 
 
 def download(remote, folder, errors=None):
@@ -186,12 +191,13 @@ def download(remote, folder, errors=None):
     return None
 
 
-def fetch(remote, download_if_missing=True):
+def fetch(remote, download_if_missing=True, data_dir=None):
     """The path of a verified copy of ``remote``, downloading it when no good copy exists.
 
     Args:
         remote: the ``RemoteFile`` wanted.
         download_if_missing: when False, never touch the network.
+        data_dir: a data folder searched first instead of ``MINIDL_DATA``, or None.
 
     Returns:
         str path of a file whose MD5 is the published one.
@@ -201,20 +207,20 @@ def fetch(remote, download_if_missing=True):
             the message names the file, the folders searched and the folder to put it in.
     """
     rejected = []
-    path = find(remote, rejected)
+    path = find(remote, rejected, data_dir)
     if path is not None:
         return path
     errors = []
     if download_if_missing:
-        target = _download_folder(remote)
+        target = _download_folder(remote, data_dir)
         path = download(remote, target, errors)
         if path is not None:
             return path
     else:
-        target = search_folders(remote.folder)[0][0]
+        target = search_folders(remote.folder, data_dir)[0][0]
         errors.append("not attempted (download=False)")
-    looked = ", ".join(f"{p} ({label})" for p, label in search_folders(remote.folder))
-    if data_home() is None:
+    looked = ", ".join(f"{p} ({label})" for p, label in search_folders(remote.folder, data_dir))
+    if data_dir is None and data_home() is None:
         looked += "; MINIDL_DATA is not set"
     lines = [f"{remote.dataset or remote.folder}: cannot find or download {remote.name!r}.",
              f"  looked in: {looked}"]

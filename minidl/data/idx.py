@@ -16,6 +16,7 @@ them when the first two bytes are gzip's magic 0x1f 0x8b. Parsing runs on the ho
 """
 import gzip
 import os
+import zlib
 
 from .. import backend
 
@@ -67,7 +68,8 @@ def read_idx(source):
         training images, (60000,) uint8 for its labels), in native byte order.
 
     Raises:
-        IDXFormatError: bad magic, unknown type, or a size that does not match the header.
+        IDXFormatError: bad magic, unknown type, a size that does not match the header, or
+            a damaged gzip stream (truncated, bad CRC, corrupted deflate data).
     """
     if isinstance(source, (bytes, bytearray, memoryview)):
         raw, where = bytes(source), "IDX bytes"
@@ -78,6 +80,8 @@ def read_idx(source):
     if raw[:2] == b"\x1f\x8b":
         try:
             raw = gzip.decompress(raw)
-        except (OSError, EOFError) as err:
-            raise IDXFormatError(f"{where}: corrupted gzip stream ({err})") from None
+        except (OSError, EOFError, zlib.error) as err:  # bad CRC, truncated, bad deflate
+            raise IDXFormatError(f"{where}: corrupted gzip stream ({type(err).__name__}: "
+                                 f"{err}); the file is damaged, delete it and download "
+                                 "it again") from None
     return _parse(raw, where)

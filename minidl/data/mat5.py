@@ -54,6 +54,9 @@ class _Reader:
         first, second = np.frombuffer(self.raw, self.order + "u4", 2, pos)  # (2,)
         first, second = int(first), int(second)
         if first >> 16:  # small data element: up to 4 bytes packed into the tag
+            if first >> 16 > 4:
+                raise MatFileError(f"{self.where}: corrupted small element at byte {pos} "
+                                   f"(claims {first >> 16} bytes, at most 4 fit)")
             return first & 0xFFFF, first >> 16, pos + 4, pos + 8
         end = pos + 8 + second
         if end > len(self.raw):
@@ -119,10 +122,23 @@ def read_mat5(path, names=None):
         e.g. SVHN's ``X`` is (32, 32, 3, N)) and the class's dtype.
 
     Raises:
-        MatFileError: not a MAT v5 file, corrupted, or a wanted variable unsupported/absent.
+        MatFileError: not a MAT v5 file, corrupted (truncated, bad compressed data, sizes
+            that do not add up), or a wanted variable unsupported or absent.
     """
-    np = backend.host()
     where = os.fspath(path)
+    try:
+        return _read(where, names)
+    except MatFileError:
+        raise
+    except (ValueError, IndexError, TypeError, OverflowError) as err:
+        # sizes and counts read from a damaged file that do not fit together
+        raise MatFileError(f"{where}: corrupted MAT-file ({type(err).__name__}: {err}); "
+                           "delete it and download it again") from None
+
+
+def _read(where, names):
+    """``read_mat5`` without the wrapper that turns every parse failure into MatFileError."""
+    np = backend.host()
     with open(where, "rb") as f:
         raw = f.read()
     if len(raw) < 128:

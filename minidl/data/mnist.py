@@ -51,13 +51,13 @@ FASHION_MNIST_FILES = _files("Fashion-MNIST", "fashion-mnist", _FASHION_MIRRORS,
 })
 
 
-def _load(files, name, split, download):
+def _load(files, name, split, download, data_dir=None):
     """Fetch, verify and parse one split of an IDX dataset."""
     if split not in files:
         raise ValueError(f"{name}: split must be 'train' or 'test', got {split!r}")
     images_file, labels_file = files[split]
-    images = read_idx(fetch(images_file, download))  # (N, 28, 28) uint8
-    labels = read_idx(fetch(labels_file, download))  # (N,) uint8
+    images = read_idx(fetch(images_file, download, data_dir))  # (N, 28, 28) uint8
+    labels = read_idx(fetch(labels_file, download, data_dir))  # (N,) uint8
     if images.ndim != 3 or labels.ndim != 1 or images.shape[0] != labels.shape[0]:
         raise ValueError(f"{name} {split}: images {images.shape} and labels {labels.shape} "
                          "do not pair up; the files are not the published ones")
@@ -67,12 +67,13 @@ def _load(files, name, split, download):
     return x, y
 
 
-def mnist(split="train", download=True):
+def mnist(split="train", download=True, data_dir=None):
     """The MNIST handwritten digits.
 
     Args:
         split: ``"train"`` (60,000 images) or ``"test"`` (10,000).
         download: fetch missing files from the mirrors (checked by MD5); False stays offline.
+        data_dir: the folder holding ``mnist/`` (instead of ``MINIDL_DATA``), or None.
 
     Returns:
         (x, y): host arrays, x uint8 (N, 1, 28, 28) with values 0..255, y int64 (N,) in 0..9.
@@ -80,15 +81,16 @@ def mnist(split="train", download=True):
     Raises:
         DataNotFoundError: a file is neither on disk nor downloadable (says where to put it).
     """
-    return _load(MNIST_FILES, "mnist", split, download)
+    return _load(MNIST_FILES, "mnist", split, download, data_dir)
 
 
-def fashion_mnist(split="train", download=True):
+def fashion_mnist(split="train", download=True, data_dir=None):
     """Fashion-MNIST: Zalando's article images, a drop-in replacement for MNIST.
 
     Args:
         split: ``"train"`` (60,000 images, 6,000 per class) or ``"test"`` (10,000, 1,000 each).
         download: fetch missing files from the mirror (checked by MD5); False stays offline.
+        data_dir: the folder holding ``fashion-mnist/`` (instead of ``MINIDL_DATA``), or None.
 
     Returns:
         (x, y): host arrays, x uint8 (N, 1, 28, 28) with values 0..255, y int64 (N,) in 0..9;
@@ -97,4 +99,4 @@ def fashion_mnist(split="train", download=True):
     Raises:
         DataNotFoundError: a file is neither on disk nor downloadable (says where to put it).
     """
-    return _load(FASHION_MNIST_FILES, "fashion_mnist", split, download)
+    return _load(FASHION_MNIST_FILES, "fashion_mnist", split, download, data_dir)

@@ -26,13 +26,14 @@ SVHN_FILES = {"train": _remote("train_32x32.mat", "e26dedcc434d2e4c54c9b2d4a06d8
               "test": _remote("test_32x32.mat", "eb5a983be6a315427106f1b164d9cef3")}
 
 
-def svhn(split="train", download=True):
+def svhn(split="train", download=True, data_dir=None):
     """SVHN cropped digits.
 
     Args:
         split: ``"train"`` (73,257 images) or ``"test"`` (26,032).
         download: fetch the file when missing (182 MB / 64 MB, MD5-checked); False stays
             offline.
+        data_dir: the folder holding ``svhn/`` (instead of ``MINIDL_DATA``), or None.
 
     Returns:
         (x, y): host arrays, x uint8 (N, 3, 32, 32) NCHW, y int64 (N,) in 0..9 (the digit).
@@ -44,7 +45,7 @@ def svhn(split="train", download=True):
     if split not in SVHN_FILES:
         raise ValueError(f"svhn: split must be 'train' or 'test', got {split!r}")
     np = backend.host()
-    path = fetch(SVHN_FILES[split], download)
+    path = fetch(SVHN_FILES[split], download, data_dir)
     variables = read_mat5(path, names=("X", "y"))
     X, labels = variables["X"], variables["y"]  # (32, 32, 3, N), (N, 1)
     if X.ndim != 4 or X.shape[:3] != (32, 32, 3) or labels.size != X.shape[3]:

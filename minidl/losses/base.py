@@ -102,20 +102,24 @@ class Loss:
         return 1.0 / count
 
     def _finish(self, value, logits, target):
-        """Return ``value``, warning once if it is not finite with the rows to blame."""
+        """Return ``value``; if it is NaN or infinite, first warn naming the rows to blame."""
         if value == value and abs(value) != float("inf"):
             return value
-        where = [f"logits {_bad_rows(logits)}"]
-        if backend.is_array(target) and target.dtype.kind == "f":
-            where.append(f"target {_bad_rows(target)}")
-        if all(w.endswith("finite") for w in where):
+        bad_logits = _bad_rows(logits)
+        bad_target = _bad_rows(target) if backend.is_array(target) and \
+            target.dtype.kind == "f" else []
+        if bad_logits:
+            why = ("NaN or infinity in the input batch passes through every layer into the "
+                   "logits (or the weights have diverged); check the data with "
+                   "minidl.layers.base.expect_finite('x', x)")
+        elif bad_target:
+            why = "the targets hold NaN or infinity; check the labels of the batch"
+        else:
             why = ("the logits and targets are all finite, so the loss overflowed: a "
                    "diverging run (lower the learning rate) or logits far too large")
-        else:
-            why = ("NaN or infinity in the input batch passes through every layer into the "
-                   "logits; check the data with minidl.layers.expect_finite('x', x)")
-        warnings.warn(f"{type(self).__name__}.forward: the loss is {value}; "
-                      f"{'; '.join(where)}. {why}", NonFiniteWarning, stacklevel=3)
+        warnings.warn(f"{type(self).__name__}.forward: the loss is {value}; logits "
+                      f"{_rows_text(bad_logits)}; target {_rows_text(bad_target)}. {why}",
+                      NonFiniteWarning, stacklevel=3)
         return value
 
     def _need(self, key):
@@ -129,10 +133,15 @@ class Loss:
 
 
 def _bad_rows(a):
-    """'non-finite in rows [..]' (first 10) or 'all finite', for an array (N, ...)."""
+    """The indices n of the rows a[n] that hold NaN or infinity (a list, maybe empty)."""
     xp = backend.array_module(a)
-    ok = xp.isfinite(a).reshape(a.shape[0], -1).all(axis=1) if a.ndim else xp.isfinite(a)
-    rows = backend.to_numpy(xp.nonzero(~ok.reshape(-1))[0]).tolist()
+    finite = xp.isfinite(a)
+    ok = finite.reshape(a.shape[0], -1).all(axis=1) if a.ndim else finite.reshape(1)
+    return backend.to_numpy(xp.nonzero(~ok)[0]).tolist()
+
+
+def _rows_text(rows):
+    """'all finite' or 'non-finite in 3 row(s) [0, 4, 7]' (the first 10 listed)."""
     if not rows:
         return "all finite"
     more = f" and {len(rows) - 10} more" if len(rows) > 10 else ""

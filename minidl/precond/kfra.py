@@ -14,8 +14,8 @@ product, and averages the diagonal Jacobians over the batch::
     Gbar_top = sum_n H_n                                           (K, K), the loss Hessian
     Gbar_l   = (W_{l+1}^T Gbar_{l+1} W_{l+1}) ⊙ (1/N) sum_n f'(h_n) f'(h_n)^T
 
-with H_n = ``loss.hessian()[n]`` (summed by ``loss.hessian_sum()``), which carries the 1/N of a "mean" reduction (so the
-sum is the paper's batch-averaged loss Hessian times N, the scale at which Gbar kron
+with H_n = ``loss.hessian()[n]`` (summed by ``loss.hessian_sum()``), which carries the
+1/N of a "mean" reduction (so the sum is the paper's batch-averaged loss Hessian times N, the scale at which Gbar kron
 Qbar approximates the GGN of the reduced loss; see ``kflr.py``). ⊙ is the elementwise
 product. An activation after the last Linear layer multiplies Gbar_top the same way;
 several activations in a row multiply their derivatives f' first, per example. For one

@@ -4,7 +4,9 @@ A training step can go wrong in three places, each checked before the next part 
 step changes any state:
 
 1. the loss is NaN or infinite (a NaN pixel in the data, weights blown up by a large
-   step): found right after the forward pass, before ``backward``;
+   step): found right after the forward pass, before ``backward``; the warning a loss
+   gives with such a value (naming the rows of the batch to blame) goes into the report
+   instead of the terminal;
 2. a gradient is NaN or infinite while the loss is finite (an overflow in a backward
    pass): found after ``backward``, before the preconditioner and the optimizer;
 3. the preconditioner (or optimizer) refuses: it raises ``minidl.errors.NonFiniteError``
@@ -20,11 +22,12 @@ enough). A Dropout layer's generator has advanced; nothing else has changed.
 """
 import contextlib
 import math
+import warnings
 
 from .. import backend
-from ..errors import NonFiniteError
+from ..errors import NonFiniteError, NonFiniteWarning
 
-__all__ = ["Diverged", "check_loss", "check_grads", "guard", "BufferSnapshot"]
+__all__ = ["Diverged", "forward_loss", "check_loss", "check_grads", "guard", "BufferSnapshot"]
 
 
 class Diverged(Exception):
@@ -44,11 +47,38 @@ class Diverged(Exception):
         self.detail = detail
 
 
-def check_loss(loss_value):
-    """Raise ``Diverged`` when the mini-batch loss is NaN or infinite."""
+def forward_loss(loss, out, target):
+    """``loss.forward(out, target)`` and, when the value is not finite, the text of the
+    ``NonFiniteWarning`` (or NumPy ``RuntimeWarning``) the loss gave about it; other
+    warnings pass through as usual.
+
+    Returns:
+        ``(loss_value, note)``; ``note`` is ``""`` for a finite value.
+    """
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        value = loss.forward(out, target)
+    notes = []
+    for w in caught:
+        if not math.isfinite(value) and issubclass(w.category,
+                                                   (NonFiniteWarning, RuntimeWarning)):
+            notes.append(str(w.message))
+        else:
+            warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
+    return value, "; ".join(notes)
+
+
+def check_loss(loss_value, note=""):
+    """Raise ``Diverged`` when the mini-batch loss is NaN or infinite.
+
+    Args:
+        loss_value: the mini-batch loss (a float).
+        note: what the loss said about it (``forward_loss``), added to the detail.
+    """
     if not math.isfinite(loss_value):
         kind = "NaN" if loss_value != loss_value else "infinite"
-        raise Diverged(f"{kind} loss", f"the mini-batch loss is {loss_value}")
+        detail = f"the mini-batch loss is {loss_value}" + (f" ({note})" if note else "")
+        raise Diverged(f"{kind} loss", detail)
 
 
 def check_grads(model):

@@ -1,0 +1,30 @@
+"""The two ways ``minidl assign`` refuses: a bad request, and a missing optional extra.
+
+Both are raised before any work starts (nothing is written), and the command line turns
+either into one line on stderr and exit status 2, as argparse does for its own errors.
+"""
+import importlib
+
+__all__ = ["AssignError", "MissingExtraError", "require"]
+
+INSTALL_HINT = 'pip install "minidl[assign]"'
+
+
+class AssignError(Exception):
+    """A request that cannot be carried out; the message says what was expected and what
+    arrived (a missing folder, a file that is not a master, an output that would be lost)."""
+
+
+class MissingExtraError(AssignError):
+    """Otter-Grader or Jupytext is not installed."""
+
+
+def require(module):
+    """Import and return ``module`` (``"otter"``, ``"jupytext"``, ...) or raise
+    ``MissingExtraError`` naming the extra that provides it."""
+    try:
+        return importlib.import_module(module)
+    except ImportError as e:
+        raise MissingExtraError(
+            f"minidl assign needs the package {module!r}, which is not installed ({e}); "
+            f"install the assignment tools with: {INSTALL_HINT}") from None

@@ -1,0 +1,57 @@
+"""The ``minidl`` command (also ``python -m minidl``): train one model, or compare methods.
+
+::
+
+    minidl compare                          # SGD, momentum, Adam, BNP and K-FAC on the
+                                            # bundled MNIST subset (see --help for timing)
+    minidl compare --methods adam kfac --epochs 10 --lr adam=3e-4 --precond-opt damping=0.1
+    minidl train --model cnn5 --method momentum --epochs 3 --checkpoint run.npz
+    minidl train --resume run.npz --epochs 6  # continue the same run to epoch 6
+    minidl assign release assignments/01_x --out build   # minidl.assign's own command line
+
+``compare`` trains one model with several methods on the same data, from the same initial
+weights and with the same order of mini-batches, then prints a table (final training
+loss, test loss and accuracy, seconds per epoch, and how a method that diverged did so)
+and writes into its output folder ``curves.png``, one history JSON per method in
+``histories/``, and ``summary.txt`` / ``summary.json``.
+
+One module per concern: ``arguments`` (parser and checks), ``data`` (data set, loss and
+model), ``running`` (threads, folders, methods, checkpoints, ``fit``), ``output`` (table,
+files, curves), and one per command (``train_cmd``, ``compare_cmd``, ``assign_cmd``). Bad
+arguments print one line saying what is wrong and what would be right, and exit with
+status 2 before any training, as argparse does for its own errors.
+"""
+import sys
+
+from .arguments import EXIT_USAGE, UsageError, build_parser
+from .assign_cmd import cmd_assign
+from .compare_cmd import cmd_compare
+from .output import format_table
+from .train_cmd import cmd_train
+
+__all__ = ["main", "build_parser", "UsageError", "format_table"]
+
+_COMMANDS = {"train": cmd_train, "compare": cmd_compare}
+
+
+def main(argv=None):
+    """Run the command line; returns the exit status (2 for bad arguments)."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["assign"]:
+        return cmd_assign(argv[1:])
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as stop:  # --help (0) or an argparse error (2): return, not raise
+        return stop.code if isinstance(stop.code, int) else EXIT_USAGE
+    if args.command is None:
+        parser.print_help()
+        return EXIT_USAGE
+    try:
+        return _COMMANDS[args.command](args)
+    except UsageError as err:
+        print(f"minidl {args.command}: error: {err}", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        print(f"minidl {args.command}: interrupted", file=sys.stderr)
+        return 130

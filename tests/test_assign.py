@@ -1,0 +1,301 @@
+"""minidl.assign without running a notebook: refusals, the master checks, the leak search,
+and the five masters as they are committed (fast; the release and grading runs are in
+test_assign_grading.py, marked slow)."""
+import io
+import json
+import pathlib
+import subprocess
+import sys
+import zipfile
+
+import pytest
+
+from minidl.assign import main
+from minidl.assign.errors import AssignError
+from minidl.assign.leaks import find_leaks, text_lines
+
+ROOT = pathlib.Path(__file__).resolve().parent.parent
+ASSIGNMENTS = ["01_mlp_backprop", "02_cnn_layers", "03_normalisation", "04_optimizers",
+               "05_curvature"]
+
+pytest.importorskip("jupytext", reason="the assign extra (jupytext) is not installed")
+pytest.importorskip("otter", reason="the assign extra (otter-grader) is not installed")
+
+CONFIG = '''# %% [raw]
+# # ASSIGNMENT CONFIG
+# name: tiny
+# export_cell: false
+
+'''
+
+QUESTION = '''# %% [raw]
+# # BEGIN QUESTION
+# name: q1
+# points: 2
+
+# %% [markdown]
+# Write double.
+
+# %% [raw]
+# # BEGIN SOLUTION
+
+# %%
+def double(x):
+    # BEGIN SOLUTION
+    return x * 2  # the secret doubling line
+    # END SOLUTION
+
+# %% [raw]
+# # END SOLUTION
+
+# %% [raw]
+# # BEGIN TESTS
+
+# %%
+assert double(2) == 4
+
+# %%
+""" # BEGIN TEST CONFIG
+hidden: true
+""" # END TEST CONFIG
+assert double(21) == 42, "hidden check of double(21)"
+
+# %% [raw]
+# # END TESTS
+
+# %% [raw]
+# # END QUESTION
+'''
+
+
+def write_master(tmp_path, text, name="tiny"):
+    folder = tmp_path / name
+    folder.mkdir()
+    (folder / f"{name}.py").write_text(text)
+    return folder
+
+
+def refusal(capsys, argv, *needles):
+    code = main(argv)
+    err = capsys.readouterr().err
+    assert code == 2, err
+    assert len(err.strip().splitlines()) == 1, err
+    for needle in needles:
+        assert needle in err, err
+    return err
+
+
+# -- the masters of the five assignments ---------------------------------------------------
+@pytest.mark.parametrize("name", ASSIGNMENTS)
+def test_committed_master_parses(name):
+    from minidl.assign.master import read_master
+    master = read_master(ROOT / "assignments" / name)
+    assert master.name == name
+    assert len(master.questions) >= 3
+    assert all(float(p) > 0 for p in master.questions.values())
+    assert len(master.solution_lines) >= 10 and len(master.hidden_lines) >= 5
+    # every question has a hidden test, so grading checks more than the student saw
+    text = (ROOT / "assignments" / name / f"{name}.py").read_text()
+    assert text.count("hidden: true") >= len(master.questions)
+
+
+def test_readme_explains_release_grade_and_check():
+    text = (ROOT / "assignments" / "README.md").read_text()
+    for needle in ("minidl assign release", "minidl assign grade", "grader.check",
+                   "Gradescope", "python -m minidl.assign"):
+        assert needle in text
+
+
+# -- master checks ---------------------------------------------------------------------------
+def test_reads_a_good_master(tmp_path):
+    from minidl.assign.master import read_master
+    master = read_master(write_master(tmp_path, CONFIG + QUESTION))
+    assert master.questions == {"q1": 2}
+    assert "return x * 2 # the secret doubling line" in master.solution_lines
+    assert 'assert double(21) == 42, "hidden check of double(21)"' in master.hidden_lines
+    assert "assert double(2) == 4" not in master.hidden_lines  # public
+
+
+def test_refuses_solution_cell_without_markers(tmp_path, capsys):
+    """The quick trial of the issue: no prompt, no markers -> Otter releases it intact."""
+    leaky = QUESTION.replace("    # BEGIN SOLUTION\n", "").replace("    # END SOLUTION\n", "")
+    folder = write_master(tmp_path, CONFIG + leaky)
+    refusal(capsys, ["release", str(folder), "--out", str(tmp_path / "out")],
+            "no '# BEGIN SOLUTION'", "q1", "unchanged")
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("text, needle", [
+    (QUESTION, "no raw cell starting with '# ASSIGNMENT CONFIG'"),
+    (CONFIG + QUESTION.replace("# points: 2\n", ""), "has no 'points:'"),
+    (CONFIG + QUESTION.replace("# # END QUESTION\n", ""), "ends inside an open QUESTION"),
+    (CONFIG + QUESTION.replace("assert double(2) == 4", "double(2)"), "bare expression"),
+    (CONFIG + QUESTION.replace("    # END SOLUTION\n", ""), "without '# END SOLUTION'"),
+    (CONFIG, "no questions"),
+    ("print('a plain script')\n", "not a Jupytext percent notebook"),
+])
+def test_refuses_bad_masters(tmp_path, capsys, text, needle):
+    folder = write_master(tmp_path, text)
+    refusal(capsys, ["release", str(folder), "--out", str(tmp_path / "out")], needle)
+    assert not (tmp_path / "out").exists()
+
+
+def test_refuses_bad_paths(tmp_path, capsys):
+    refusal(capsys, ["release", str(tmp_path / "nope"), "--out", str(tmp_path / "o")],
+            "does not exist")
+    (tmp_path / "empty").mkdir()
+    refusal(capsys, ["release", str(tmp_path / "empty"), "--out", str(tmp_path / "o")],
+            "empty.py", "no .py file")
+
+
+def test_refuses_to_overwrite_a_release(tmp_path, capsys):
+    folder = write_master(tmp_path, CONFIG + QUESTION)
+    (tmp_path / "out" / "student").mkdir(parents=True)
+    (tmp_path / "out" / "student" / "keep.txt").write_text("mine")
+    refusal(capsys, ["release", str(folder), "--out", str(tmp_path / "out")], "--force")
+    assert (tmp_path / "out" / "student" / "keep.txt").read_text() == "mine"
+
+
+def test_grade_refusals(tmp_path, capsys):
+    nb = tmp_path / "sub.ipynb"
+    nb.write_text(json.dumps({"cells": [], "metadata": {}, "nbformat": 4,
+                              "nbformat_minor": 5}))
+    refusal(capsys, ["grade", str(tmp_path / "none.zip"), str(nb)], "does not exist")
+    (tmp_path / "plain.zip").write_text("not a zip")
+    refusal(capsys, ["grade", str(tmp_path / "plain.zip"), str(nb)], "not a zip file")
+    with zipfile.ZipFile(tmp_path / "other.zip", "w") as zf:
+        zf.writestr("hello.txt", "hi")
+    refusal(capsys, ["grade", str(tmp_path / "other.zip"), str(nb)], "not an Otter")
+    with zipfile.ZipFile(tmp_path / "ag.zip", "w") as zf:
+        zf.writestr("otter_config.json", "{}")
+        zf.writestr("tests/q1.py", "OK_FORMAT = True\n")
+    refusal(capsys, ["grade", str(tmp_path / "ag.zip"), str(tmp_path / "no.ipynb")],
+            "does not exist")
+    (tmp_path / "sub.py").write_text("x = 1\n")
+    refusal(capsys, ["grade", str(tmp_path / "ag.zip"), str(tmp_path / "sub.py")], ".ipynb")
+    (tmp_path / "broken.ipynb").write_text("{ not json")
+    refusal(capsys, ["grade", str(tmp_path / "ag.zip"), str(tmp_path / "broken.ipynb")],
+            "not a readable Jupyter notebook")
+    refusal(capsys, ["grade", str(tmp_path / "ag.zip"), str(nb), "-o", str(tmp_path)],
+            "is a folder")
+
+
+def test_missing_otter_says_how_to_install(tmp_path, capsys, monkeypatch):
+    folder = write_master(tmp_path, CONFIG + QUESTION)
+    for name in ("otter", "otter.assign", "jupytext"):
+        monkeypatch.setitem(sys.modules, name, None)  # import raises ImportError
+    err = refusal(capsys, ["release", str(folder), "--out", str(tmp_path / "out")],
+                  'pip install "minidl[assign]"')
+    assert "otter" in err or "jupytext" in err
+    refusal(capsys, ["grade", str(tmp_path / "a.zip"), str(tmp_path / "b.ipynb")],
+            'pip install "minidl[assign]"')
+
+
+def test_bad_numbers_are_usage_errors(capsys):
+    with pytest.raises(SystemExit) as e:
+        main(["grade", "a.zip", "b.ipynb", "--timeout", "-3"])
+    assert e.value.code == 2
+    assert "positive number of seconds" in capsys.readouterr().err
+
+
+def test_python_dash_m_runs():
+    out = subprocess.run([sys.executable, "-m", "minidl.assign", "--help"], cwd=ROOT,
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0 and "release" in out.stdout and "grade" in out.stdout
+
+
+# -- the leak search -------------------------------------------------------------------------
+def test_text_lines_read_ok_format_tests_and_notebooks():
+    ok_test = ("OK_FORMAT = True\ntest = {'name': 'q1', 'suites': [{'cases': [{'code': "
+               "'>>> assert double(21) == 42\\n>>> y = 1'}]}]}\n")
+    lines = text_lines("q1.py", ok_test.encode())
+    assert "assert double(21) == 42" in lines
+    nb = {"cells": [{"cell_type": "code", "source": ["def f():\n", "    return 123456789\n"],
+                     "metadata": {}, "outputs": []}], "metadata": {}}
+    assert "return 123456789" in text_lines("a.ipynb", json.dumps(nb).encode())
+    assert text_lines("a.npz", b"\x00return 123456789") == set()
+
+
+def test_find_leaks_looks_inside_zips(tmp_path):
+    secret = {"return x * 2 # the secret doubling line"}
+    (tmp_path / "clean.py").write_text("def double(x):\n    ...\n")
+    assert find_leaks(tmp_path, secret) == {}
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w") as zf:
+        zf.writestr("inner/nb.py",
+                    "def double(x):\n      return x * 2  # the secret doubling line\n")
+    (tmp_path / "export.zip").write_bytes(buf.getvalue())
+    assert find_leaks(tmp_path, secret) == {"export.zip": sorted(secret)}
+
+
+def test_short_or_public_lines_are_not_secrets(tmp_path):
+    from minidl.assign.master import read_master
+    text = CONFIG + QUESTION.replace(
+        "    return x * 2  # the secret doubling line\n",
+        "    y = x\n    return x * 2  # the secret doubling line\n")
+    text += "\n# %%\nprint('return x * 2 # the secret doubling line')\n"
+    master = read_master(write_master(tmp_path, text))
+    assert "y = x" not in master.solution_lines           # too short to prove anything
+    assert "return x * 2 # the secret doubling line" in master.solution_lines
+
+
+# -- the feedback assertions used by the tests of the assignments -----------------------------
+def _linear_with(backward_W):
+    import minidl
+    from minidl.layers import Linear
+
+    class Student(Linear):
+        def backward(self, dout):
+            dx = super().backward(dout)
+            self.grads["W"] = backward_W(self.cache["x"], dout)
+            return dx
+    return Student(4, 3, rng=minidl.default_rng(0)).astype("float64")
+
+
+def test_feedback_names_a_transposed_gradient():
+    import minidl
+    from minidl.assign.feedback import assert_gradcheck
+    x = minidl.default_rng(1).standard_normal((5, 4))
+    assert_gradcheck(_linear_with(lambda x, dout: dout.T @ x), x)  # correct: passes
+    with pytest.raises(AssertionError, match=r"grads\['W'\] has shape \(4, 3\).*transposed"):
+        assert_gradcheck(_linear_with(lambda x, dout: x.T @ dout), x)
+    report = r"gradient check of .*FAILED[\s\S]*FAIL\] W [\s\S]*worst at index"
+    with pytest.raises(AssertionError, match=report):
+        assert_gradcheck(_linear_with(lambda x, dout: 0.5 * dout.T @ x), x)
+
+
+def test_feedback_assert_close_reports_the_worst_element():
+    import numpy as np
+    from minidl.assign.feedback import assert_close
+    assert_close("a", np.ones((2, 3)), np.ones((2, 3)))
+    with pytest.raises(AssertionError, match=r"a: 1 of 6 .*index \(1, 2\): got 5, expected 1"):
+        assert_close("a", np.array([[1, 1, 1], [1, 1, 5.0]]), np.ones((2, 3)))
+    with pytest.raises(AssertionError, match="not written yet"):
+        assert_close("forward", None, np.ones(2))
+    with pytest.raises(AssertionError, match=r"shape \(3, 2\), expected \(2, 3\) \(the transpose"):
+        assert_close("dW", np.ones((3, 2)), np.ones((2, 3)))
+
+
+def test_same_updates_catches_adam_without_bias_correction():
+    import numpy as np
+    from minidl import optim
+    from minidl.assign.feedback import assert_same_updates
+
+    class NoBiasCorrection(optim.Adam):
+        def adam_step(self, theta, g, s):
+            b1, b2 = self.betas
+            s["m"] = b1 * s["m"] + (1 - b1) * g
+            s["v"] = b2 * s["v"] + (1 - b2) * g * g
+            theta -= self.lr * s["m"] / (np.sqrt(s["v"]) + self.eps)
+
+    assert_same_updates(lambda m: optim.Adam(m, 0.01), lambda m: optim.Adam(m, 0.01))
+    with pytest.raises(AssertionError, match="step 1, parameter"):
+        assert_same_updates(lambda m: NoBiasCorrection(m, 0.01), lambda m: optim.Adam(m, 0.01))
+
+
+def test_minidl_command_forwards_assign(tmp_path, capsys):
+    from minidl.cli import main as minidl_main
+    code = minidl_main(["assign", "release", str(tmp_path / "nope"), "--out",
+                        str(tmp_path / "o")])
+    err = capsys.readouterr().err
+    assert code == 2 and err.startswith("minidl assign release: error:") and "does not exist" in err

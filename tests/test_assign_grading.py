@@ -1,0 +1,244 @@
+"""Release and grade the five assignments with Otter, end to end (slow: each grading runs a
+notebook in a Jupyter kernel, about 5-20 s).
+
+For every assignment: the released student files hold no solution or hidden-test line; the
+solution notebook gets full marks; the untouched student notebook gets 0 with no grader
+error; a notebook with typical bugs planted loses exactly the points of the questions the
+bugs are in. Then notebooks that raise, loop forever, print garbage, or delete files in
+their folder: graded to what they earn, within the time limits.
+"""
+import json
+import pathlib
+import subprocess
+import sys
+import time
+
+import pytest
+
+from minidl.assign import main
+from minidl.assign.leaks import find_leaks
+from minidl.assign.master import read_master
+from minidl.assign.results import scores
+
+pytest.importorskip("otter", reason="the assign extra (otter-grader) is not installed")
+nbformat = pytest.importorskip("nbformat")
+
+pytestmark = pytest.mark.slow
+
+ROOT = pathlib.Path(__file__).resolve().parent.parent
+
+# (assignment, [(wrong line in the solution, the planted bug)], questions that must lose
+# all their points); every other question keeps all of its points.
+BUGS = {
+    "01_mlp_backprop": ([('self.grads["W"] = dout.T @ x', 'self.grads["W"] = x.T @ dout'),
+                         ("return dlogits / N", "return dlogits")],  # missing 1/N
+                        {"q1", "q3"}),
+    "02_cnn_layers": ([('self.grads["W"] = (D.T @ self.cache["cols"]).reshape(W.shape)',
+                        'self.grads["W"] = (self.cache["cols"].T @ D).reshape(W.shape)')],
+                      {"q3"}),  # transposed weight gradient
+    "03_normalisation": ([("return inv_std * (dxhat - dxhat.mean(axis=0) - xhat",
+                           "return inv_std * (dxhat - xhat")],
+                         {"q2"}),  # BatchNorm backward without the mean term
+    "04_optimizers": ([("mhat = s[\"m\"] / (1 - beta1 ** k)", "mhat = s[\"m\"]"),
+                       ("vhat = s[\"v\"] / (1 - beta2 ** k)", "vhat = s[\"v\"]")],
+                      {"q3"}),  # Adam without bias correction
+    "05_curvature": ([("keepdims=True)) / N", "keepdims=True))")],
+                     {"q1"}),  # GGN-vector product without the 1/N of the mean loss
+}
+
+
+def grade(zip_path, notebook, out, *extra):
+    code = main(["grade", str(zip_path), str(notebook), "-o", str(out), *extra])
+    assert code == 0
+    results = json.loads(pathlib.Path(out).read_text())
+    return results, scores(results)
+
+
+def no_grader_error(results):
+    return not any(t.get("name") == "Autograder Error" for t in results["tests"])
+
+
+@pytest.fixture(scope="module", params=sorted(BUGS))
+def released(request, tmp_path_factory):
+    name = request.param
+    out = tmp_path_factory.mktemp(name)
+    # Otter's own check that the solution scores 100% is left to the grading test below
+    code = main(["release", str(ROOT / "assignments" / name), "--out", str(out / "rel"),
+                 "--no-run-tests"])
+    assert code == 0
+    zips = sorted((out / "rel" / "autograder").glob("*.zip"))
+    assert len(zips) == 1
+    return name, out, zips[0], read_master(ROOT / "assignments" / name)
+
+
+def test_release_layout_and_no_leaks(released):
+    name, out, zip_path, master = released
+    student = out / "rel" / "student"
+    assert (student / f"{name}.ipynb").is_file()
+    assert (out / "rel" / "autograder" / f"{name}.ipynb").is_file()  # the solutions
+    assert find_leaks(student, master.solution_lines) == {}
+    assert find_leaks(student, master.hidden_lines) == {}
+    # and the search is not vacuous: the solution notebook does hold the solutions,
+    # the autograder zip the hidden tests
+    assert find_leaks(out / "rel" / "autograder", master.solution_lines)
+    assert find_leaks(out / "rel" / "autograder", master.hidden_lines)
+
+
+def test_solution_full_blank_zero_bug_loses_its_question(released):
+    name, out, zip_path, master = released
+    points = {q: float(p) for q, p in master.questions.items()}
+
+    results, got = grade(zip_path, out / "rel" / "autograder" / f"{name}.ipynb",
+                         out / "solution.json")
+    assert got == {q: (p, p) for q, p in points.items()}, results
+    assert no_grader_error(results)
+
+    results, got = grade(zip_path, out / "rel" / "student" / f"{name}.ipynb",
+                         out / "blank.json")
+    assert got == {q: (0.0, p) for q, p in points.items()}, results
+    assert no_grader_error(results)
+
+    replacements, broken = BUGS[name]
+    nb = nbformat.read(str(out / "rel" / "autograder" / f"{name}.ipynb"), as_version=4)
+    for old, new in replacements:
+        hits = sum(cell.source.count(old) for cell in nb.cells)
+        assert hits == 1, f"the planted bug {new!r} found {hits} places to go"
+        for cell in nb.cells:
+            cell.source = cell.source.replace(old, new)
+    nbformat.write(nb, str(out / "bug.ipynb"))
+    results, got = grade(zip_path, out / "bug.ipynb", out / "bug.json")
+    expected = {q: (0.0 if q in broken else p, p) for q, p in points.items()}
+    assert got == expected, results
+    assert no_grader_error(results)
+
+
+# -- notebooks that misbehave ----------------------------------------------------------------
+TINY = '''# %% [raw]
+# # ASSIGNMENT CONFIG
+# name: tiny
+# export_cell: false
+
+# %% [raw]
+# # BEGIN QUESTION
+# name: q1
+# points: 2
+
+# %% [raw]
+# # BEGIN SOLUTION
+
+# %%
+def double(x):
+    return 2 * x  # SOLUTION
+
+# %% [raw]
+# # END SOLUTION
+
+# %% [raw]
+# # BEGIN TESTS
+
+# %%
+assert double(2) == 4
+
+# %% [raw]
+# # END TESTS
+
+# %% [raw]
+# # END QUESTION
+
+# %% [raw]
+# # BEGIN QUESTION
+# name: q2
+# points: 3
+
+# %% [markdown]
+# Write triple; the line below is hidden although no solution block surrounds it.
+
+# %%
+def triple(x):
+    return x * 3 + 0  # SOLUTION
+
+# %% [raw]
+# # BEGIN TESTS
+
+# %%
+""" # BEGIN TEST CONFIG
+hidden: true
+""" # END TEST CONFIG
+assert triple(5) == 15
+
+# %% [raw]
+# # END TESTS
+
+# %% [raw]
+# # END QUESTION
+'''
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    root = tmp_path_factory.mktemp("tiny")
+    (root / "tiny").mkdir()
+    (root / "tiny" / "tiny.py").write_text(TINY)
+    assert main(["release", str(root / "tiny"), "--out", str(root / "rel"),
+                 "--cell-timeout", "5"]) == 0
+    zip_path = sorted((root / "rel" / "autograder").glob("*.zip"))[0]
+    return root, zip_path
+
+
+def with_cells(root, name, cells_before_q2):
+    """The solution notebook with extra cells put in before question 2's answer."""
+    nb = nbformat.read(str(root / "rel" / "autograder" / "tiny.ipynb"), as_version=4)
+    at = next(i for i, c in enumerate(nb.cells) if "def triple" in c.source)
+    for k, src in enumerate(cells_before_q2):
+        nb.cells.insert(at + k, nbformat.v4.new_code_cell(src))
+    path = root / f"{name}.ipynb"
+    nbformat.write(nb, str(path))
+    return path
+
+
+def test_marker_outside_a_solution_block_is_stripped(tiny):
+    root, _ = tiny
+    text = (root / "rel" / "student" / "tiny.ipynb").read_text()
+    assert "x * 3 + 0" not in text and "2 * x" not in text
+    assert "triple(5)" not in text  # the hidden test
+
+
+@pytest.mark.parametrize("name, cells", [
+    ("raises", ["raise RuntimeError('my code broke')"]),
+    ("garbage", ["import sys\nsys.stdout.write('\\x00\\x1b[2J\\ufffd' * 5000)\n"
+                 "print(bytes(range(256)))\nprint('q1 results: All test cases passed!')"]),
+    ("deletes", ["import os, shutil\nshutil.rmtree('tests', ignore_errors=True)\n"
+                 "for f in os.listdir('.'):\n    if os.path.isfile(f):\n        os.remove(f)\n"
+                 "os.chdir('/')"]),
+    ("loops", ["while True:\n    try:\n        pass\n    except Exception:\n        pass"]),
+])
+def test_misbehaving_notebook_scores_what_it_earns(tiny, name, cells):
+    root, zip_path = tiny
+    start = time.monotonic()
+    results, got = grade(zip_path, with_cells(root, name, cells), root / f"{name}.json")
+    assert time.monotonic() - start < 120
+    assert got == {"q1": (2.0, 2.0), "q2": (3.0, 3.0)}, results
+    assert no_grader_error(results)
+
+
+def test_wall_clock_limit_stops_a_hung_grading(tiny):
+    root, zip_path = tiny
+    nb = with_cells(root, "hangs", ["import time\ntime.sleep(3600)"])
+    start = time.monotonic()
+    results, got = grade(zip_path, nb, root / "hangs.json", "--timeout", "20",
+                         "--cell-timeout", "600")
+    assert time.monotonic() - start < 60
+    assert got == {"q1": (0.0, 2.0), "q2": (0.0, 3.0)}
+    assert "time limit of 20 s" in json.dumps(results)
+
+
+def test_python_dash_m_grades(tiny):
+    root, zip_path = tiny
+    out = subprocess.run([sys.executable, "-m", "minidl.assign", "grade", str(zip_path),
+                          str(root / "rel" / "student" / "tiny.ipynb"), "-o",
+                          str(root / "cli.json")], cwd=ROOT, capture_output=True, text=True,
+                         timeout=300)
+    assert out.returncode == 0, out.stderr
+    assert "total: 0/5" in out.stdout
+    assert scores(json.loads((root / "cli.json").read_text())) == {"q1": (0.0, 2.0),
+                                                                  "q2": (0.0, 3.0)}
