@@ -16,6 +16,9 @@
 # We (1) look at what im2col builds, (2) check that `Conv2d` equals the loops, (3) time
 # the loops, minidl's im2col path and -- where CuPy and a GPU are present -- the GPU.
 #
+# Seeds: none of the seed documents teaches convolution itself; 000 (BNP) and 003 (MBF)
+# train the 5-layer CNN and ResNets built from this layer. This lesson is about the layer.
+#
 # Run: `python lessons/13_convolutions.py` (`MINIDL_FAST=1` for the quick version).
 
 # %%

@@ -13,6 +13,10 @@ Tanh       t = tanh(x)                     1 - t^2             -2 t (1 - t^2)
 =========  ==============================  ==================  =========================
 
 At x = 0 ReLU's derivative is taken as 0, as PyTorch does.
+
+Memory: ReLU keeps only its output (f'(x) = [x > 0] = [out > 0]), not its input as well;
+the output is usually the next layer's input, so keeping it costs nothing extra. The
+others keep both x and out (``keeps``).
 """
 from .. import backend
 from .base import Layer, expect_forward_done, expect_input
@@ -21,7 +25,12 @@ __all__ = ["ReLU", "LeakyReLU", "Sigmoid", "Tanh"]
 
 
 class _Elementwise(Layer):
-    """Shared passes for out = f(x): subclasses give f, f' and f''."""
+    """Shared passes for out = f(x): subclasses give f, f' and f''.
+
+    ``keeps`` names what the forward pass caches for f' and f'': ``"x"``, ``"out"``.
+    """
+
+    keeps = ("x", "out")
 
     def f(self, x):
         raise NotImplementedError
@@ -36,9 +45,9 @@ class _Elementwise(Layer):
 
     def forward(self, x):
         expect_input(self, x)
-        self.cache["x"] = x
         out = self.f(x)  # same shape as x
-        self.cache["out"] = out
+        self.cache = {key: value for key, value in (("x", x), ("out", out))
+                      if key in self.keeps}
         return out
 
     def backward(self, dout):
@@ -65,9 +74,11 @@ class ReLU(_Elementwise):
         xp = backend.array_module(x)
         return xp.maximum(x, 0)
 
+    keeps = ("out",)
+
     def df(self):
-        x = self.cache["x"]
-        return (x > 0).astype(x.dtype)
+        out = self.cache["out"]
+        return (out > 0).astype(out.dtype)  # x > 0 exactly where out > 0
 
 
 class LeakyReLU(_Elementwise):

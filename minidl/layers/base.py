@@ -70,6 +70,15 @@ __all__ = ["Layer", "expect_ndim", "expect_dim", "expect_finite", "expect_input"
 class Layer:
     """Base class: parameters, gradients, buffers, cache, train/eval, state dicts."""
 
+    # False: backward need not compute dL/dx (it may return None). Set by a container on
+    # its first layer when the container's own input gradient is not wanted (Sequential).
+    needs_input_grad = True
+    # True (containers: Sequential, Residual): clear each child's cache once its backward
+    # pass ran. Frees the activations as backward goes, as PyTorch does; use it for plain
+    # training only, since preconditioners and curvature products read the caches after
+    # backward.
+    free_after_backward = False
+
     def __init__(self):
         self.params = {}    # name -> array, trainable
         self.grads = {}     # name -> array, same keys and shapes as params
@@ -300,11 +309,12 @@ def expect_input(layer, x):
 def expect_forward_done(layer, dout, what="backward"):
     """Raise a clear error when ``backward`` runs before ``forward`` or gets a non-array.
 
-    The first line of every layer's ``backward``. Leaf layers cache their input as
-    ``cache["x"]`` in ``forward``; without it there is nothing to differentiate.
+    The first line of every layer's ``backward``. Leaf layers cache what backward needs in
+    ``forward`` (the input x, or for ReLU and BatchNorm what stands for it: the output,
+    x_hat); with an empty cache there is nothing to differentiate.
     """
     name = type(layer).__name__
-    if "x" not in layer.cache:
+    if not layer.cache:
         raise RuntimeError(f"{name}.{what} was called before forward: call "
                            f"{name}.forward(x) first ({what} uses what forward cached)")
     if not backend.is_array(dout):

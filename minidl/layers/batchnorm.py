@@ -49,7 +49,22 @@ and R{P} = 0, so the layer is affine).
 
 LayerNorm and GroupNorm (layernorm.py, groupnorm.py) are the same maths with the mean
 taken over other axes, so they share ``Normalization`` below: one code path for all three.
+
+BatchNorm's forward and backward passes have a faster twin (``_BatchNorm.forward`` and
+``backward``) that computes the same formulas in fewer passes over memory: x is viewed as
+(N, C, L) with L = H W, every per-channel sum is a sum over the contiguous last axis then
+over N, sum((x - mu)^2) and sum(dout * x_hat) are one ``einsum`` each (no temporary
+product array), x_hat is made in place from x - mu, and dx is built in place as::
+
+    dx = gamma / sigma * (dout - sum(dout) / M - x_hat * sum(dout * x_hat) / M)
+
+(the closed form above with mean(dx_hat) = gamma sum(dout) / M and mean(dx_hat x_hat) =
+gamma sum(dout x_hat) / M). The general ``Normalization`` passes stay the reference; a
+test checks the two agree. BatchNorm keeps x_hat, mu and sigma, not x (x = mu + sigma
+x_hat): backward and the R-operator passes need only those.
 """
+import math
+
 from .. import backend
 from .base import Layer, expect_dim, expect_forward_done, expect_ndim
 
@@ -133,7 +148,7 @@ class Normalization(Layer):
 
     def backward(self, dout):
         expect_forward_done(self, dout)
-        x, x_hat = self.cache["x"], self.cache["x_hat"]
+        x = x_hat = self.cache["x_hat"]  # x only for its shape
         self.cache["dout"] = dout
         axes = self.param_axes(x)
         gamma_shape = self.params["gamma"].shape
@@ -143,7 +158,7 @@ class Normalization(Layer):
         return self._project(dx_hat)  # shape of x
 
     def jvp(self, Rx):
-        x, x_hat = self.cache["x"], self.cache["x_hat"]
+        x = x_hat = self.cache["x_hat"]  # x only for its shape
         Rx_hat = self._project(Rx)  # shape of x
         self.cache["Rx"], self.cache["Rx_hat"] = Rx, Rx_hat
         if self.cache["batch_stats"]:
@@ -157,7 +172,8 @@ class Normalization(Layer):
         return Rout
 
     def backward_rop(self, Rdout):
-        x, x_hat, dout = self.cache["x"], self.cache["x_hat"], self.cache["dout"]
+        x_hat, dout = self.cache["x_hat"], self.cache["dout"]
+        x = x_hat  # only for its shape
         Rx_hat, sigma = self.cache["Rx_hat"], self.cache["sigma"]
         axes = self.param_axes(x)
         gamma = self.param_view(self.params["gamma"], x)
@@ -225,6 +241,58 @@ class _BatchNorm(Normalization):
 
     def param_view(self, p, x):
         return p.reshape((1, -1) + (1,) * (x.ndim - 2))  # (1, C, 1, ...)
+
+    # -- the fast twin of Normalization.forward / backward (see the module doc) -----------
+    def forward(self, x):
+        self.check_input(x)
+        gamma, beta = self.params["gamma"], self.params["beta"]
+        backend.check_same_device(f"{type(self).__name__}.forward(x)", x, gamma)
+        xp = backend.array_module(x)
+        N, C = x.shape[:2]
+        L = math.prod(x.shape[2:])  # H W (1 for (N, C) input)
+        x3 = x.reshape(N, C, L)  # (N, C, L)
+        M = N * x3.shape[2]  # values per channel
+        if self.training:
+            mu = x3.sum(axis=2).sum(axis=0) / M  # (C,)
+            x_hat = x3 - mu[:, None]  # (N, C, L), x - mu for now
+            var = xp.einsum("ncl,ncl->c", x_hat, x_hat) / M  # (C,) biased batch variance
+            self.record_batch_stats(mu, var, M)
+        else:
+            backend.check_same_device(f"{type(self).__name__}.forward(x) in eval mode", x,
+                                      self.buffers["running_mean"])
+            mu, var = self.buffers["running_mean"], self.buffers["running_var"]  # (C,)
+            x_hat = x3 - mu[:, None]  # (N, C, L)
+        sigma = xp.sqrt(var + self.eps).astype(x.dtype)  # (C,)
+        x_hat *= (1 / sigma)[:, None]  # (N, C, L), now (x - mu) / sigma
+        out = x_hat * gamma[:, None]  # (N, C, L)
+        out += beta[:, None]
+        view = (1, C) + (1,) * (x.ndim - 2)  # the statistics' shape in the generic passes
+        self.cache = {"x_hat": x_hat.reshape(x.shape), "mu": mu.reshape(view),
+                      "sigma": sigma.reshape(view), "axes": self.stat_axes(x),
+                      "batch_stats": self.training}
+        return out.reshape(x.shape)  # shape of x
+
+    def backward(self, dout):
+        expect_forward_done(self, dout)
+        x_hat, sigma = self.cache["x_hat"], self.cache["sigma"]
+        self.cache["dout"] = dout
+        N, C = dout.shape[:2]
+        L = math.prod(dout.shape[2:])
+        d3 = dout.reshape(N, C, L)  # (N, C, L)
+        xh3 = x_hat.reshape(N, C, L)  # (N, C, L)
+        xp = backend.array_module(dout)
+        dbeta = d3.sum(axis=2).sum(axis=0)  # (C,) sum(dout)
+        dgamma = xp.einsum("ncl,ncl->c", d3, xh3)  # (C,) sum(dout * x_hat)
+        self.grads["gamma"], self.grads["beta"] = dgamma, dbeta
+        scale = (self.params["gamma"] / sigma.reshape(-1))[:, None]  # (C, 1) gamma / sigma
+        if not self.cache["batch_stats"]:
+            return (d3 * scale).reshape(dout.shape)  # eval: an affine map
+        M = N * d3.shape[2]
+        dx = xh3 * (-dgamma / M)[:, None]  # (N, C, L)
+        dx += d3
+        dx -= (dbeta / M)[:, None]
+        dx *= scale
+        return dx.reshape(dout.shape)  # shape of x
 
     def fixed_stats(self, x):
         if self.training:

@@ -27,17 +27,43 @@ cols_n the L columns of example n, and db_n = sum_{ho, wo} dout[n]. R-operator
     Rdb   = sum Rdout
     Rdx   = col2im(W2^T @ Rdout_T + RW2^T @ dout_T)
 
-Performance: the windows come from a strided view (no Python loop over pixels or
-examples); each of the three products is a single large BLAS GEMM over the whole batch
-(see ``im2col`` for why not one per example); col2im is kh kw strided slab adds. The two
-axis swaps (out_T -> out, dout -> dout_T) move contiguous runs of L values, which is cheap.
+Performance and memory. The windows come from strided views (no Python loop over pixels
+or examples) and each product is one large BLAS GEMM over a chunk of the batch (see
+``im2col`` for why not one per example). With stride 1 the columns are the "wide" ones of
+``im2col_wide`` (long contiguous copies; the extra columns are cropped from the output and
+get zero gradient). The im2col matrix is kh kw times the input (9x for 3x3), so it is never
+kept: the forward pass makes it chunk by chunk (at most ``CHUNK_VALUES`` values at a time)
+and the backward pass makes it again from the cached x. ``cache["cols"]`` still reads as
+the (C kh kw, N Ho Wo) matrix: it is computed when read. A layer whose
+``needs_input_grad`` is False (the first layer of a model, see ``Sequential``) skips dcols
+and col2im and returns None.
 
 References: CS231n "Convolutional Networks" notes; K. Chellapilla et al. 2006 (im2col);
 PyTorch ``torch.nn.Conv2d`` for the conventions and the default initialisation.
 """
 from .. import backend, init
 from .base import Layer, expect_dim, expect_forward_done, expect_ndim
-from .im2col import col2im, im2col, output_size, pair
+from .im2col import col2im, col2im_wide, im2col, im2col_wide, output_size, pair
+
+# the most values one chunk of the im2col matrix holds (8M: 32 MB in float32)
+CHUNK_VALUES = 8 * 2**20
+
+
+class _ConvCache(dict):
+    """Conv2d's cache: a dict in which ``"cols"`` is computed from ``"x"`` when read.
+
+    The im2col matrix is kh kw times the input; storing it between the passes of every
+    layer was most of a CNN's memory. Reading ``cache["cols"]`` makes it anew.
+    """
+
+    def __init__(self, layer, **entries):
+        super().__init__(**entries)
+        self._layer = layer
+
+    def __missing__(self, key):
+        if key == "cols" and "x" in self:
+            return self._layer._im2col(self["x"])  # (C kh kw, N Ho Wo)
+        raise KeyError(key)
 
 __all__ = ["Conv2d"]
 
@@ -59,9 +85,9 @@ class Conv2d(Layer):
             PyTorch.
 
     Cache (read by the preconditioners): ``cache["x"]`` the input (N, C, H, W),
-    ``cache["cols"]`` its im2col matrix (C kh kw, N Ho Wo), ``cache["dout"]`` the upstream
-    gradient (N, F, Ho, Wo) once backward ran. ``patches()`` gives the same columns as
-    (N, Ho Wo, C kh kw).
+    ``cache["cols"]`` its im2col matrix (C kh kw, N Ho Wo), computed when read (not
+    stored), ``cache["dout"]`` the upstream gradient (N, F, Ho, Wo) once backward ran.
+    ``patches()`` gives the same columns as (N, Ho Wo, C kh kw).
     """
 
     def __init__(self, in_channels, out_channels, kernel_size, stride=1, padding=0,
@@ -101,74 +127,130 @@ class Conv2d(Layer):
     def _col2im(self, dcols, x_shape):
         return col2im(dcols, x_shape, self.kernel_size, self.stride, self.padding)
 
-    def _to_nchw(self, out_T, x):
-        """(F, N L) -> (N, F, Ho, Wo), contiguous: swap the filter and batch axes."""
-        xp = backend.array_module(out_T)
-        N, F = x.shape[0], self.out_channels
+    # -- the products, chunk by chunk over the batch ---------------------------------------
+    def _column_width(self, x):
+        """Wc, the length of one row of output pixels in the columns: Wp (wide) or Wo."""
+        if self.stride == (1, 1):
+            return x.shape[3] + 2 * self.padding[1]  # Wp: im2col_wide
+        return output_size(x.shape[2], x.shape[3], self.kernel_size, self.stride,
+                           self.padding)[1]  # Wo: im2col
+
+    def _columns(self, x):
+        """The columns of a chunk x (n, C, H, W): (C kh kw, n Ho Wc)."""
+        if self.stride == (1, 1):
+            cols = im2col_wide(x, self.kernel_size, self.padding)  # (CKK, n, Ho, Wp)
+            return cols.reshape(cols.shape[0], -1)  # (C kh kw, n Ho Wp)
+        return self._im2col(x)  # (C kh kw, n Ho Wo)
+
+    def _from_columns(self, dcols, x_shape, Ho, Wc):
+        """Adjoint of ``_columns``: (C kh kw, n Ho Wc) -> dx (n, C, H, W)."""
+        if self.stride == (1, 1):
+            dcols = dcols.reshape(dcols.shape[0], x_shape[0], Ho, Wc)  # (CKK, n, Ho, Wp)
+            return col2im_wide(dcols, x_shape, self.kernel_size, self.padding)
+        return self._col2im(dcols, x_shape)
+
+    def _chunks(self, x):
+        """Slices of the batch whose columns hold at most ``CHUNK_VALUES`` values."""
+        N, C = x.shape[:2]
+        Ho, _ = output_size(x.shape[2], x.shape[3], self.kernel_size, self.stride,
+                            self.padding)
+        per_example = C * self.kernel_size[0] * self.kernel_size[1] * Ho * self._column_width(x)
+        n = max(1, CHUNK_VALUES // per_example)
+        return [slice(i, min(i + n, N)) for i in range(0, N, n)]
+
+    def _conv(self, x, W2, b=None):
+        """out[n, f] = b[f] + sum_{c,i,j} W2[f, (c,i,j)] x_pad[n, c, sh ho + i, sw wo + j]:
+        (N, F, Ho, Wo); no bias when b is None."""
+        xp = backend.array_module(x, W2)
+        N, F = x.shape[0], W2.shape[0]
         Ho, Wo = output_size(x.shape[2], x.shape[3], self.kernel_size, self.stride,
                              self.padding)
-        out = out_T.reshape(F, N, Ho, Wo).transpose(1, 0, 2, 3)  # (N, F, Ho, Wo), a view
-        return xp.ascontiguousarray(out)  # (N, F, Ho, Wo)
+        Wc = self._column_width(x)
+        out = xp.empty((N, F, Ho, Wo), dtype=xp.result_type(x.dtype, W2.dtype))
+        for chunk in self._chunks(x):
+            out_T = W2 @ self._columns(x[chunk])  # (F, CKK) @ (CKK, n Ho Wc) -> (F, n Ho Wc)
+            # drop the wide columns and swap the filter and batch axes: (n, F, Ho, Wo)
+            out_T = out_T.reshape(F, -1, Ho, Wc)[:, :, :, :Wo].transpose(1, 0, 2, 3)
+            if b is None:
+                out[chunk] = out_T
+            else:  # the bias added in the same pass
+                xp.add(out_T, b[:, None, None], out=out[chunk])
+        return out  # (N, F, Ho, Wo)
 
-    @staticmethod
-    def _to_rows(dout):
-        """(N, F, Ho, Wo) -> (F, N L), the layout of the products (one copy)."""
-        return dout.transpose(1, 0, 2, 3).reshape(dout.shape[1], -1)  # (F, N L)
+    def _grads(self, x, dout, W2, need_dW=True, need_dx=True):
+        """``(dW2, dx)`` for input x and output gradient dout through weights W2.
+
+        dW2 = dout_T @ cols^T (F, C kh kw) and dx = col2im(W2^T @ dout_T) (N, C, H, W),
+        either one None when not asked for.
+        """
+        xp = backend.array_module(x, dout, W2)
+        N, F, Ho, Wo = dout.shape
+        Wc = self._column_width(x)
+        dtype = xp.result_type(x.dtype, dout.dtype, W2.dtype)
+        dW2 = xp.zeros(W2.shape, dtype=dtype) if need_dW else None  # (F, C kh kw)
+        dx = xp.empty(x.shape, dtype=dtype) if need_dx else None  # (N, C, H, W)
+        for chunk in self._chunks(x):
+            n = dout[chunk].shape[0]
+            # dout_T (F, n Ho Wc), zero in the wide columns, as the columns' products need
+            dout_T = xp.empty((F, n, Ho, Wc), dtype=dout.dtype)  # (F, n, Ho, Wc)
+            dout_T[:, :, :, :Wo] = dout[chunk].transpose(1, 0, 2, 3)
+            dout_T[:, :, :, Wo:] = 0
+            dout_T = dout_T.reshape(F, -1)  # (F, n Ho Wc)
+            if need_dW:
+                # computed as (cols @ dout_T^T)^T: the same numbers, and OpenBLAS runs this
+                # orientation of the long-inner-dimension product faster (measured)
+                dW2 += (self._columns(x[chunk]) @ dout_T.T).T  # (F, C kh kw)
+            if need_dx:
+                dcols = W2.T @ dout_T  # (CKK, F) @ (F, n Ho Wc) -> (C kh kw, n Ho Wc)
+                dx[chunk] = self._from_columns(dcols, x[chunk].shape, Ho, Wc)
+        return dW2, dx
 
     # -- the passes ------------------------------------------------------------------
     def forward(self, x):
         self._check_input(x)
         W = self.params["W"]
         backend.check_same_device("Conv2d.forward(x)", x, W)
-        cols = self._im2col(x)  # (C kh kw, N L)
-        self.cache["x"], self.cache["cols"] = x, cols
-        out_T = W.reshape(self.out_channels, -1) @ cols  # (F, CKK) @ (CKK, N L) -> (F, N L)
-        if "b" in self.params:
-            out_T += self.params["b"][:, None]  # (F, N L) + (F, 1)
-        return self._to_nchw(out_T, x)  # (N, F, Ho, Wo)
+        self.cache = _ConvCache(self, x=x)
+        return self._conv(x, W.reshape(self.out_channels, -1),
+                          self.params.get("b"))  # (N, F, Ho, Wo)
 
     def backward(self, dout):
         expect_forward_done(self, dout)
-        x, cols = self.cache["x"], self.cache["cols"]
-        W = self.params["W"]
+        x, W = self.cache["x"], self.params["W"]
         self.cache["dout"] = dout
-        dout_T = self._to_rows(dout)  # (F, N L)
-        # computed as (cols @ dout_T^T)^T: the same numbers, and OpenBLAS runs this
-        # orientation of the long-inner-dimension product 1.5-2.5x faster (measured)
-        dW = (cols @ dout_T.T).T  # ((CKK, N L) @ (N L, F))^T -> (F, C kh kw)
-        self.grads["W"] = dW.reshape(W.shape)  # (F, C, kh, kw)
+        dW2, dx = self._grads(x, dout, W.reshape(self.out_channels, -1),
+                              need_dx=self.needs_input_grad)
+        self.grads["W"] = dW2.reshape(W.shape)  # (F, C, kh, kw)
         if "b" in self.params:
-            self.grads["b"] = dout_T.sum(axis=1)  # (F,)
-        dcols = W.reshape(self.out_channels, -1).T @ dout_T  # (CKK, F) @ (F, N L)
-        return self._col2im(dcols, x.shape)  # (N, C, H, W)
+            N, F, Ho, Wo = dout.shape
+            self.grads["b"] = dout.reshape(N, F, Ho * Wo).sum(axis=2).sum(axis=0)  # (F,)
+        return dx  # (N, C, H, W), or None when needs_input_grad is False
 
     def jvp(self, Rx):
-        x, cols = self.cache["x"], self.cache["cols"]
-        W = self.params["W"]
+        x, W = self.cache["x"], self.params["W"]
         F = self.out_channels
-        Rcols = self._im2col(Rx)  # (C kh kw, N L)
-        self.cache["Rx"], self.cache["Rcols"] = Rx, Rcols
-        Rout_T = W.reshape(F, -1) @ Rcols  # (F, N L)
+        self.cache["Rx"] = Rx
+        Rout = self._conv(Rx, W.reshape(F, -1))  # (N, F, Ho, Wo)
         if "W" in self.Rparams:
-            Rout_T += self.Rparams["W"].reshape(F, -1) @ cols  # (F, N L)
+            Rout += self._conv(x, self.Rparams["W"].reshape(F, -1))
         if "b" in self.params and "b" in self.Rparams:
-            Rout_T += self.Rparams["b"][:, None]  # (F, N L) + (F, 1)
-        return self._to_nchw(Rout_T, x)  # (N, F, Ho, Wo)
+            Rout += self.Rparams["b"][:, None, None]  # (N, F, Ho, Wo) + (F, 1, 1)
+        return Rout
 
     def backward_rop(self, Rdout):
-        x, cols, Rcols = self.cache["x"], self.cache["cols"], self.cache["Rcols"]
+        x, Rx, dout = self.cache["x"], self.cache["Rx"], self.cache["dout"]
         W = self.params["W"]
         F = self.out_channels
-        Rdout_T = self._to_rows(Rdout)  # (F, N L)
-        dout_T = self._to_rows(self.cache["dout"])  # (F, N L)
-        RdW = (cols @ Rdout_T.T + Rcols @ dout_T.T).T  # (F, C kh kw)
-        self.Rgrads["W"] = RdW.reshape(W.shape)  # (F, C, kh, kw)
+        W2 = W.reshape(F, -1)  # (F, C kh kw)
+        RdW2, Rdx = self._grads(x, Rdout, W2)  # Rdout_T @ cols^T, col2im(W2^T Rdout_T)
+        RdW2 += self._grads(Rx, dout, W2, need_dx=False)[0]  # + dout_T @ Rcols^T
+        if "W" in self.Rparams:  # + col2im(RW2^T dout_T)
+            Rdx += self._grads(x, dout, self.Rparams["W"].reshape(F, -1), need_dW=False)[1]
+        self.Rgrads["W"] = RdW2.reshape(W.shape)  # (F, C, kh, kw)
         if "b" in self.params:
-            self.Rgrads["b"] = Rdout_T.sum(axis=1)  # (F,)
-        Rdcols = W.reshape(F, -1).T @ Rdout_T  # (C kh kw, N L)
-        if "W" in self.Rparams:
-            Rdcols += self.Rparams["W"].reshape(F, -1).T @ dout_T  # (C kh kw, N L)
-        return self._col2im(Rdcols, x.shape)  # (N, C, H, W)
+            N, _, Ho, Wo = Rdout.shape
+            self.Rgrads["b"] = Rdout.reshape(N, F, Ho * Wo).sum(axis=2).sum(axis=0)  # (F,)
+        return Rdx  # (N, C, H, W)
 
     def per_example_grads(self):
         """Each example's share of ``grads``: ``{"W": (N, F, C, kh, kw), "b": (N, F)}``.
@@ -192,14 +274,15 @@ class Conv2d(Layer):
 
         Row (n, ho*Wo + wo) is the window that output pixel (ho, wo) of example n sees,
         flattened in the (C, kh, kw) order of ``W.reshape(F, -1)``, so that
-        ``out[n, :, ho, wo] = W.reshape(F, -1) @ patches()[n, ho*Wo + wo] + b``. It is a
-        view of ``cache["cols"]`` (C kh kw, N L) with the axes reordered (no copy); do not
-        write into it.
+        ``out[n, :, ho, wo] = W.reshape(F, -1) @ patches()[n, ho*Wo + wo] + b``. It is
+        made from ``cache["x"]`` at each call (the im2col matrix (C kh kw, N L) with its
+        axes reordered, a view of it).
         """
-        if "cols" not in self.cache:
+        if "x" not in self.cache:
             raise RuntimeError("Conv2d.patches() needs a forward pass first: it returns "
                                "the patches of the cached input")
-        x, cols = self.cache["x"], self.cache["cols"]
+        x = self.cache["x"]
+        cols = self._im2col(x)  # (C kh kw, N L)
         N = x.shape[0]
         return cols.reshape(cols.shape[0], N, -1).transpose(1, 2, 0)  # (N, L, C kh kw)
 

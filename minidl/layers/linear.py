@@ -66,6 +66,8 @@ class Linear(Layer):
         self.grads["W"] = dout.T @ x  # (out, N) @ (N, in) -> (out, in)
         if "b" in self.params:
             self.grads["b"] = dout.sum(axis=0)  # (out,)
+        if not self.needs_input_grad:
+            return None  # the first layer of a model: nobody needs dx (see Sequential)
         return dout @ W  # (N, out) @ (out, in) -> (N, in)
 
     def jvp(self, Rx):

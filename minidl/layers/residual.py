@@ -61,8 +61,12 @@ class Residual(Layer):
     def backward(self, dout):
         dx = self.block.backward(dout)  # shape of x
         if self.shortcut is None:
-            return dx + dout
-        return dx + self.shortcut.backward(dout)
+            dx = dx + dout  # not in place: dx may be a view of dout (e.g. Dropout(0))
+        else:
+            dx = dx + self.shortcut.backward(dout)
+        if self.free_after_backward:
+            self.clear_cache()  # the block's and the shortcut's
+        return dx
 
     def jvp(self, Rx):
         Rout = self.block.jvp(Rx)  # shape of out

@@ -159,6 +159,8 @@ class Shampoo(Preconditioner):
         warn: issue the ``CoverageWarning`` for layers left to the optimizer.
     """
 
+    reads_cache = ()  # the statistics are built from the gradients alone
+
     def __init__(self, model, damping=1e-4, stat_decay=1.0, grafting="sgd", graft_eps=1e-6,
                  root="newton", bias="separate", conv_form="matrix", block_size=512, T1=1,
                  T2=1, warn=True):

@@ -1,0 +1,239 @@
+"""Each fast path of the layers against its simple twin (the direct, readable version).
+
+The layers' own tests (gradient checks, PyTorch parity, R-operator checks) cover the
+maths; these check that every speed- or memory-motivated rewrite computes the same
+numbers as the straightforward code it replaced, on the awkward cases (ties, overlapping
+windows, strides, odd sizes, float32).
+"""
+import numpy as np
+import pytest
+from hypothesis import given, settings, strategies as st
+
+import minidl
+from minidl.layers import MaxPool2d
+from minidl.layers.pooling import window_argmax
+
+
+# -- MaxPool2d: running maximum over the window offsets vs argmax over copied windows ----
+@st.composite
+def pool_cases(draw):
+    kh, kw = draw(st.integers(1, 3)), draw(st.integers(1, 3))
+    sh, sw = draw(st.integers(1, 3)), draw(st.integers(1, 3))
+    H, W = draw(st.integers(kh, 8)), draw(st.integers(kw, 8))
+    N, C = draw(st.integers(1, 2)), draw(st.integers(1, 3))
+    ties = draw(st.booleans())
+    return N, C, H, W, (kh, kw), (sh, sw), ties
+
+
+@settings(max_examples=60, deadline=None)
+@given(case=pool_cases(), seed=st.integers(0, 2**16))
+def test_max_pool_running_max_equals_window_argmax(case, seed):
+    N, C, H, W, kernel, stride, ties = case
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal((N, C, H, W))
+    if ties:  # few distinct values: many windows hold their maximum twice
+        x = rng.integers(0, 2, size=x.shape).astype(np.float64)
+    layer = MaxPool2d(kernel, stride)
+    out = layer.forward(x)
+    ref_out, ref_argmax = window_argmax(x, kernel, stride)
+    np.testing.assert_array_equal(out, ref_out)
+    np.testing.assert_array_equal(layer.cache["argmax"], ref_argmax)
+    # backward: the direct scatter, one window at a time
+    dout = rng.standard_normal(out.shape)
+    dx = layer.backward(dout)
+    expected = np.zeros_like(x)
+    (kh, kw), (sh, sw) = kernel, stride
+    for n, c, ho, wo in np.ndindex(*out.shape):
+        i, j = divmod(int(ref_argmax[n, c, ho, wo]), kw)
+        expected[n, c, sh * ho + i, sw * wo + j] += dout[n, c, ho, wo]
+    np.testing.assert_allclose(dx, expected, rtol=0, atol=1e-12)
+    # jvp gathers the tangent at the same argmax
+    Rx = rng.standard_normal(x.shape)
+    Rref = np.take_along_axis(
+        np.stack([Rx[:, :, i:i + sh * (out.shape[2] - 1) + 1:sh,
+                     j:j + sw * (out.shape[3] - 1) + 1:sw]
+                  for i in range(kh) for j in range(kw)], axis=2),
+        ref_argmax[:, :, None].astype(np.int64), axis=2)[:, :, 0]
+    np.testing.assert_array_equal(layer.jvp(Rx), Rref)
+
+
+def test_max_pool_float32_and_large_windows():
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((2, 3, 16, 16)).astype(np.float32)
+    for kernel, stride in ((2, None), (3, 2), (12, 1)):  # 144 elements: int32 argmax
+        layer = MaxPool2d(kernel, stride)
+        out = layer.forward(x)
+        ref, argmax = window_argmax(x, layer.kernel_size, layer.stride)
+        assert out.dtype == np.float32
+        np.testing.assert_array_equal(out, ref)
+        np.testing.assert_array_equal(layer.cache["argmax"], argmax)
+        assert layer.backward(np.ones_like(out)).dtype == np.float32
+
+
+# -- im2col/col2im over the padded width (stride 1) vs the compact ones ------------------
+@pytest.mark.parametrize("kernel,padding", [((3, 3), (1, 1)), ((3, 2), (0, 2)), ((1, 1), (0, 0)),
+                                            ((5, 5), (2, 2)), ((2, 3), (1, 0))])
+def test_wide_columns_hold_the_compact_ones(kernel, padding):
+    from minidl.layers.im2col import col2im, col2im_wide, im2col, im2col_wide
+    rng = np.random.default_rng(1)
+    x = rng.standard_normal((3, 2, 6, 7))
+    cols = im2col(x, kernel, (1, 1), padding)  # (C kh kw, N Ho Wo)
+    wide = im2col_wide(x, kernel, padding)  # (C kh kw, N, Ho, Wp)
+    CKK, N, Ho, Wp = wide.shape
+    Wo = 7 + 2 * padding[1] - kernel[1] + 1
+    assert Wp == 7 + 2 * padding[1]
+    np.testing.assert_array_equal(wide[:, :, :, :Wo].reshape(CKK, -1), cols)
+    # the adjoint: the wide columns' gradients (zero where thrown away) give col2im's dx
+    dcols = rng.standard_normal(cols.shape)
+    dwide = np.zeros(wide.shape)
+    dwide[:, :, :, :Wo] = dcols.reshape(CKK, N, Ho, Wo)
+    np.testing.assert_allclose(col2im_wide(dwide, x.shape, kernel, padding),
+                               col2im(dcols, x.shape, kernel, (1, 1), padding),
+                               rtol=0, atol=1e-13)
+
+
+# -- Conv2d: chunks of the batch, the lazily made cols, no dx for the first layer --------
+@pytest.mark.parametrize("stride,padding", [(1, 1), (2, 1), ((1, 2), 0), (1, (0, 2))])
+def test_conv_in_chunks_equals_one_chunk(monkeypatch, stride, padding):
+    from minidl.layers import Conv2d, conv
+    rng = np.random.default_rng(2)
+    layer = Conv2d(3, 4, 3, stride=stride, padding=padding, rng=minidl.default_rng(0))
+    layer.astype("float64")
+    x = rng.standard_normal((5, 3, 8, 7))
+    out = layer.forward(x)
+    dout = rng.standard_normal(out.shape)
+    dx = layer.backward(dout)
+    grads = {k: v.copy() for k, v in layer.grads.items()}
+    Rx = rng.standard_normal(x.shape)
+    layer.Rparams = {"W": rng.standard_normal(layer.params["W"].shape)}
+    Rout = layer.jvp(Rx)
+    Rdx = layer.backward_rop(dout)
+    Rgrads = {k: v.copy() for k, v in layer.Rgrads.items()}
+    monkeypatch.setattr(conv, "CHUNK_VALUES", 1)  # one example per chunk
+    assert len(layer._chunks(x)) == 5
+    np.testing.assert_allclose(layer.forward(x), out, rtol=1e-13, atol=1e-13)
+    np.testing.assert_allclose(layer.backward(dout), dx, rtol=1e-13, atol=1e-13)
+    for k in grads:
+        np.testing.assert_allclose(layer.grads[k], grads[k], rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(layer.jvp(Rx), Rout, rtol=1e-13, atol=1e-13)
+    np.testing.assert_allclose(layer.backward_rop(dout), Rdx, rtol=1e-12, atol=1e-12)
+    for k in Rgrads:
+        np.testing.assert_allclose(layer.Rgrads[k], Rgrads[k], rtol=1e-12, atol=1e-12)
+
+
+def test_conv_cols_are_made_when_read_not_stored():
+    from minidl.layers import Conv2d
+    from minidl.layers.im2col import im2col
+    rng = np.random.default_rng(3)
+    layer = Conv2d(2, 3, 3, padding=1, rng=minidl.default_rng(0))
+    x = rng.standard_normal((2, 2, 5, 5)).astype(np.float32)
+    layer.backward(np.ones_like(layer.forward(x)))
+    assert set(layer.cache) == {"x", "dout"}  # 9x the input is not kept
+    np.testing.assert_array_equal(layer.cache["cols"], im2col(x, (3, 3), (1, 1), (1, 1)))
+    with pytest.raises(KeyError):
+        layer.cache["nothing"]
+
+
+def _cnn(rng_seed=0):
+    from minidl import models
+    return models.cnn5((3, 12, 12), 4, hidden=8, rng=minidl.default_rng(rng_seed))
+
+
+@pytest.mark.parametrize("build", ["cnn5", "resnet", "mlp"])
+def test_skipping_the_data_gradient_and_freeing_caches_keep_the_gradients(build):
+    """needs_input_grad=False and free_after_backward=True change no parameter gradient."""
+    from minidl import models
+    from minidl.losses import SoftmaxCrossEntropy
+    rng = np.random.default_rng(4)
+    if build == "cnn5":
+        make, x = _cnn, rng.standard_normal((3, 3, 12, 12))
+    elif build == "resnet":
+        def make():
+            return models.resnet(8, input_shape=(3, 8, 8), num_classes=4,
+                                 rng=minidl.default_rng(0))
+        x = rng.standard_normal((3, 3, 8, 8))
+    else:
+        def make():
+            return models.mlp((6, 5, 4), rng=minidl.default_rng(0), flatten=True)
+        x = rng.standard_normal((3, 6))
+    y = np.array([0, 3, 1])
+    grads = []
+    for lean in (False, True):
+        model = make().astype("float64")
+        model.needs_input_grad = not lean
+        model.free_after_backward = lean
+        loss = SoftmaxCrossEntropy()
+        loss.forward(model.forward(x), y)
+        dx = model.backward(loss.backward())
+        assert (dx is None) == lean
+        if lean:
+            assert all(not leaf.cache for leaf in model.leaves())  # every cache freed
+            assert all(leaf.needs_input_grad for leaf in model.leaves())  # flag restored
+        grads.append({name: layer.grads[key].copy() for name, layer, key in model.parameters()})
+    assert grads[0].keys() == grads[1].keys()
+    for name in grads[0]:
+        np.testing.assert_array_equal(grads[0][name], grads[1][name])
+
+
+def test_first_layer_without_input_gradient_returns_none():
+    from minidl.layers import Conv2d, Linear
+    rng = np.random.default_rng(5)
+    for layer, x in ((Conv2d(2, 3, 3, padding=1, rng=minidl.default_rng(0)),
+                      rng.standard_normal((2, 2, 5, 5))),
+                     (Linear(4, 3, rng=minidl.default_rng(0)), rng.standard_normal((2, 4)))):
+        layer.astype("float64")
+        out = layer.forward(x)
+        layer.backward(np.ones_like(out))
+        full = {k: v.copy() for k, v in layer.grads.items()}
+        layer.needs_input_grad = False
+        assert layer.backward(np.ones_like(out)) is None
+        for k in full:
+            np.testing.assert_array_equal(layer.grads[k], full[k])
+
+
+# -- BatchNorm: the fused passes vs the general Normalization ones -----------------------
+@pytest.mark.parametrize("shape", [(4, 3), (4, 3, 5), (3, 2, 4, 5)])
+@pytest.mark.parametrize("training", [True, False])
+@pytest.mark.parametrize("dtype", ["float64", "float32"])
+def test_batchnorm_fused_passes_equal_the_general_ones(shape, training, dtype):
+    from minidl.layers import BatchNorm1d, BatchNorm2d
+    from minidl.layers.batchnorm import Normalization
+    rng = np.random.default_rng(6)
+    make = BatchNorm2d if len(shape) == 4 else BatchNorm1d
+    x = (3 * rng.standard_normal(shape) + 1).astype(dtype)
+    dout = rng.standard_normal(shape).astype(dtype)
+    layers = [make(shape[1]).astype(dtype) for _ in range(2)]
+    for layer in layers:
+        layer.params["gamma"] = (1 + rng.standard_normal(shape[1])).astype(dtype)
+        layer.params["beta"] = rng.standard_normal(shape[1]).astype(dtype)
+        layer.buffers["running_mean"] = rng.standard_normal(shape[1]).astype(dtype)
+        layer.buffers["running_var"] = (1 + rng.random(shape[1])).astype(dtype)
+        layer.params = {k: v.copy() for k, v in layers[0].params.items()}
+        layer.buffers = {k: v.copy() for k, v in layers[0].buffers.items()}
+        layer.training = training
+    fast, general = layers
+    tol = dict(rtol=1e-12, atol=1e-12) if dtype == "float64" else dict(rtol=2e-5, atol=2e-5)
+    out = fast.forward(x)
+    ref = Normalization.forward(general, x)
+    assert out.dtype == np.dtype(dtype)
+    np.testing.assert_allclose(out, ref, **tol)
+    for key in fast.buffers:
+        np.testing.assert_allclose(fast.buffers[key], general.buffers[key], **tol)
+    dx = fast.backward(dout)
+    np.testing.assert_allclose(dx, Normalization.backward(general, dout), **tol)
+    assert dx.dtype == np.dtype(dtype)
+    for key in ("gamma", "beta"):
+        np.testing.assert_allclose(fast.grads[key], general.grads[key], **tol)
+
+
+def test_relu_keeps_only_its_output():
+    from minidl.layers import ReLU
+    rng = np.random.default_rng(7)
+    x = rng.standard_normal((4, 5)).astype(np.float32)
+    x[0, :2] = 0.0  # f'(0) = 0, as PyTorch
+    layer = ReLU()
+    layer.forward(x)
+    dout = rng.standard_normal(x.shape).astype(np.float32)
+    dx = layer.backward(dout)
+    np.testing.assert_array_equal(dx, np.where(x > 0, dout, 0))
+    assert dx.dtype == np.float32 and set(layer.cache) == {"out", "dout"}
