@@ -93,7 +93,7 @@ assert gaps["RMSProp"] < 1e-3 * gaps["SGD"], "so does a per-coordinate scaling h
 g1, g2 = xp.meshgrid(xp.linspace(-5, 3, 200), xp.linspace(-1.5, 2.5, 200))
 E = xp.stack([g1.ravel(), g2.ravel()], axis=1) - w_star   # (40000, 2)
 excess = xp.sqrt(0.5 * ((E @ A) * E).sum(axis=1)).reshape(g1.shape)
-fig, axes = plt.subplots(2, 4, figsize=(16, 6.5))
+fig, axes = plt.subplots(2, 4, figsize=(13, 5.6))
 for ax, (name, (path, _)) in zip(axes.ravel(), paths.items()):
     ax.contour(minidl.to_numpy(g1), minidl.to_numpy(g2), minidl.to_numpy(excess), levels=15,
                colors="grey", linewidths=0.5)
@@ -110,7 +110,7 @@ ax.set_xlabel("step")
 ax.set_title("loss - optimum", fontsize=10)
 ax.legend(fontsize=7)
 fig.tight_layout()
-print(lesson.savefig(fig, "06_optimizers"))
+print(lesson.savefig(fig, "06_optimizers", dpi=60))
 
 # %% [markdown]
 # ## 2. Rprop with mini-batches: the seed's +0.1 x9, -0.9 x1 example
@@ -228,13 +228,20 @@ for name, (losses, *_rest) in runs.items():
           f"{sum(losses[-window:]) / window:.3f}")
 final = {name: sum(r[0][-window:]) / window for name, r in runs.items()}
 assert max(final.values()) < 1.0, "every method learns (the start is ln 10 = 2.3)"
-assert final["Rprop"] < 2 * min(final.values())
+rprop_ratio = final["Rprop"] / min(final.values())
+print(f"Rprop's loss / the best method's: {rprop_ratio:.2f}")
+if lesson.FAST:
+    assert rprop_ratio < 2        # measured 1.1 after 80 steps
+else:
+    assert rprop_ratio > 2        # measured 3.0 after 600 steps
 
 # %% [markdown]
-# Measured: on this MNIST run mini-batch Rprop did *not* fail -- its loss is close to the
-# others'. The failure of section 2 needs a weight whose gradient sign is mostly one way
-# while its mean is zero; here, with lr 0.001, the sign flips of the mini-batch noise
-# keep shrinking Rprop's step sizes instead, so it behaves like a cautious sign-SGD.
+# Measured: mini-batch Rprop keeps up for the first ~100 steps (fast mode: its loss is
+# ~1.1x the best method's), then falls behind (full mode, 600 steps: ~3x). The runaway of
+# section 2 needs a weight whose gradient sign is mostly one way while its mean is zero;
+# early on the gradients mostly agree in sign and sign-steps are fine, later, near a
+# minimum, the mini-batch noise decides the signs and Rprop's steps stop following the
+# mean gradient.
 
 # %% [markdown]
 # ## 4. Adam: steps bounded by ~eta, and blind to the loss's scale
@@ -246,15 +253,15 @@ assert final["Rprop"] < 2 * min(final.values())
 # scale by the same factor.
 #
 # Measured: the bound eta holds for all but a tiny share of the weight updates (printed
-# below), but in most steps *some* weight moves by more than eta -- up to ~1.6 eta here,
-# when a gradient suddenly grows and the first moment's average catches up faster than the
-# second's. The worst-case bound 3.16 eta is never reached.
+# below), but in most steps *some* weight moves by more than eta -- up to 1.6-2.3 eta in
+# our runs, when a gradient suddenly grows and the first moment's average catches up
+# faster than the second's. The worst-case bound 3.16 eta is never reached.
 #
 # The scale invariance holds exactly (to float32 rounding) only when the small constant
 # eps = delta in sqrt(vhat) + delta scales with the loss too. With the default eps = 1e-8
-# the loss x 1000 run stays within a fraction of a percent, but the loss / 1000 run
-# drifts by several percent: its gradients are so small that eps is no longer negligible
-# against sqrt(vhat) for the weights with tiny gradients.
+# the loss x 1000 run stays within a few percent (0.3% in fast mode, 2.4% in full mode in
+# our runs), but the loss / 1000 run drifts by ~10%: its gradients are so small that eps
+# is no longer negligible against sqrt(vhat) for the weights with tiny gradients.
 
 # %%
 eta = 0.001
@@ -278,8 +285,9 @@ for scale in (1e3, 1e-3):
         print(f"loss x {scale:g}, eps {eps:g}: after 40 steps Adam's parameters differ from "
               f"the unscaled run's by {invariance[scale, eps]:.1e} of the distance travelled")
     assert invariance[scale, 1e-8 * scale] < 1e-5, "exactly invariant when eps scales too"
-assert invariance[1e3, 1e-8] < 0.01
-assert invariance[1e-3, 1e-8] < 0.2
+assert invariance[1e3, 1e-8] < 0.05          # measured 0.3% (fast mode), 2.4% (full)
+assert invariance[1e-3, 1e-8] < 0.25         # measured 8% (fast), 12% (full)
+assert invariance[1e-3, 1e-8] > invariance[1e3, 1e-8], "a small loss suffers more from eps"
 sgd_losses, sgd_rms, *_ = race(RACE["SGD"], loss_scale=1e3, steps=20)
 print(f"SGD with the loss x 1000: first step {sgd_rms[0] / runs['SGD'][1][0]:.0f}x the "
       f"unscaled one; loss after 20 steps {sgd_losses[-1]:.3g}")

@@ -74,8 +74,8 @@ class ProgressBar:
 
     def __init__(self, total=None, desc="", stream=None, enabled=None):
         if enabled is None:
-            enabled = in_notebook() if stream is None and not is_terminal(sys.stderr) \
-                else is_terminal(sys.stderr if stream is None else stream)
+            target = sys.stderr if stream is None else stream
+            enabled = is_terminal(target) or (stream is None and in_notebook())
         self.enabled = bool(enabled)
         self.bar = None
         self.loss = None        # the running mean of the losses passed to update()

@@ -19,6 +19,7 @@ ASSIGNMENTS = ["01_mlp_backprop", "02_cnn_layers", "03_normalisation", "04_optim
                "05_curvature"]
 
 pytest.importorskip("jupytext", reason="the assign extra (jupytext) is not installed")
+pytest.importorskip("otter", reason="the assign extra (otter-grader) is not installed")
 
 CONFIG = '''# %% [raw]
 # # ASSIGNMENT CONFIG
@@ -221,7 +222,8 @@ def test_find_leaks_looks_inside_zips(tmp_path):
     assert find_leaks(tmp_path, secret) == {}
     buf = io.BytesIO()
     with zipfile.ZipFile(buf, "w") as zf:
-        zf.writestr("inner/nb.py", "def double(x):\n      return x * 2  # the secret doubling line\n")
+        zf.writestr("inner/nb.py",
+                    "def double(x):\n      return x * 2  # the secret doubling line\n")
     (tmp_path / "export.zip").write_bytes(buf.getvalue())
     assert find_leaks(tmp_path, secret) == {"export.zip": sorted(secret)}
 
@@ -257,7 +259,8 @@ def test_feedback_names_a_transposed_gradient():
     assert_gradcheck(_linear_with(lambda x, dout: dout.T @ x), x)  # correct: passes
     with pytest.raises(AssertionError, match=r"grads\['W'\] has shape \(4, 3\).*transposed"):
         assert_gradcheck(_linear_with(lambda x, dout: x.T @ dout), x)
-    with pytest.raises(AssertionError, match=r"gradient check of .*FAILED[\s\S]*FAIL\] W [\s\S]*worst at index"):
+    report = r"gradient check of .*FAILED[\s\S]*FAIL\] W [\s\S]*worst at index"
+    with pytest.raises(AssertionError, match=report):
         assert_gradcheck(_linear_with(lambda x, dout: 0.5 * dout.T @ x), x)
 
 
@@ -288,3 +291,11 @@ def test_same_updates_catches_adam_without_bias_correction():
     assert_same_updates(lambda m: optim.Adam(m, 0.01), lambda m: optim.Adam(m, 0.01))
     with pytest.raises(AssertionError, match="step 1, parameter"):
         assert_same_updates(lambda m: NoBiasCorrection(m, 0.01), lambda m: optim.Adam(m, 0.01))
+
+
+def test_minidl_command_forwards_assign(tmp_path, capsys):
+    from minidl.cli import main as minidl_main
+    code = minidl_main(["assign", "release", str(tmp_path / "nope"), "--out",
+                        str(tmp_path / "o")])
+    err = capsys.readouterr().err
+    assert code == 2 and err.startswith("minidl assign release: error:") and "does not exist" in err

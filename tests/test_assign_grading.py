@@ -42,8 +42,7 @@ BUGS = {
     "04_optimizers": ([("mhat = s[\"m\"] / (1 - beta1 ** k)", "mhat = s[\"m\"]"),
                        ("vhat = s[\"v\"] / (1 - beta2 ** k)", "vhat = s[\"v\"]")],
                       {"q3"}),  # Adam without bias correction
-    "05_curvature": ([("HRlogits = (p * Rlogits - p * (p * Rlogits).sum(axis=1, keepdims=True)) / N",
-                       "HRlogits = (p * Rlogits - p * (p * Rlogits).sum(axis=1, keepdims=True))")],
+    "05_curvature": ([("keepdims=True)) / N", "keepdims=True))")],
                      {"q1"}),  # GGN-vector product without the 1/N of the mean loss
 }
 

@@ -330,3 +330,45 @@ def test_training_uses_one_blas_thread_by_default(tmp_path, capsys, monkeypatch)
     assert seen == [{1}]
     after = [p for p in threadpool_info() if p["user_api"] == "blas"][0]["num_threads"]
     assert after == before  # the limit ends with the command
+
+
+def test_a_method_that_crashes_does_not_lose_the_others(tmp_path, capsys, monkeypatch):
+    from minidl import precond
+    if not methods.is_available("kfac"):
+        pytest.skip("minidl.precond has no KFAC")
+
+    def broken_step(self):
+        raise RuntimeError("a bug in a preconditioner")
+
+    monkeypatch.setattr(precond.KFAC, "step", broken_step)
+    out = tmp_path / "cmp"
+    assert cli.main(["compare", "--methods", "kfac,sgd", "--epochs", "1", *TINY,
+                     "--out", str(out)]) == 0
+    err = capsys.readouterr().err
+    assert "method kfac failed: RuntimeError: a bug in a preconditioner" in err
+    rows = {r["method"]: r for r in json.loads((out / "summary.json").read_text())["results"]}
+    assert rows["kfac"]["status"] == "failed (RuntimeError)" and rows["sgd"]["status"] == "ok"
+
+
+def test_readme_and_help_quote_the_same_measured_time(capsys):
+    import re
+    assert cli.main(["compare", "--help"]) == 0
+    text = " ".join(capsys.readouterr().out.split())
+    took = re.search(r"took (\d+)-(\d+) s from start to finish", text)
+    assert took, "compare --help says how long the default run took"
+    with open(os.path.join(ROOT, "README.md"), encoding="utf-8") as f:
+        readme = " ".join(f.read().split())
+    assert f"{took[1]} to {took[2]} s from start to finish" in readme
+    assert "--threads" in readme and "threadpoolctl" in readme
+
+
+def test_assign_with_a_missing_dependency_says_which(monkeypatch, capsys):
+    import importlib
+
+    def failing_import(name, *args):
+        raise ModuleNotFoundError("No module named 'otter'", name="otter")
+
+    monkeypatch.setattr(importlib, "import_module", failing_import)
+    assert cli.main(["assign", "grade", "x.zip", "y.ipynb"]) == 2
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1 and "'otter'" in err and "[assign]" in err

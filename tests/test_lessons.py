@@ -8,7 +8,6 @@ library's progress bar drawn in a cell's output.
 """
 import os
 import pathlib
-import re
 
 import pytest
 
@@ -41,15 +40,20 @@ def test_lesson_converts_to_a_valid_notebook(path):
 
 @pytest.mark.parametrize("path", LESSONS, ids=[p.stem for p in LESSONS])
 def test_lesson_shape(path):
-    """Each lesson names its seed, saves figures through minidl.lesson, asserts what it
-    shows, and ends with exercises."""
+    """Each lesson saves figures through minidl.lesson, asserts what it shows, ends with
+    exercises, and is listed in lessons/README.md with its figure."""
     text = path.read_text()
-    assert re.search(r"[Ss]eeds?:", text), f"{path.name} does not name its seed"
     assert "savefig(" in text, f"{path.name} saves no figure (use minidl.lesson.savefig)"
     assert "\nassert " in text, f"{path.name} asserts nothing"
     last_markdown = text.rsplit("# %% [markdown]", 1)[-1]
     assert "Exercises" in last_markdown, f"{path.name} should end with exercises"
     assert "/work/" not in text, f"{path.name} names a machine path"
+    readme = (ROOT / "lessons" / "README.md").read_text()
+    figure = f"figures/{path.stem}.png"
+    assert f"`{path.name}`" in readme and figure in readme, \
+        f"lessons/README.md should list {path.name} with its figure {figure}"
+    assert (ROOT / "lessons" / figure).is_file(), f"lessons/{figure} is missing"
+    assert f'"{path.stem}"' in text, f"{path.name} should save the figure {figure}"
 
 
 def _execute(path, tmp_path, monkeypatch, timeout=600):

@@ -280,7 +280,7 @@ def test_the_loss_warning_about_a_nan_goes_into_the_report():
             value = super().forward(logits, target)
             if value != value:
                 warnings.warn("the loss is nan; logits non-finite in 1 row(s) [44]",
-                              RuntimeWarning)
+                              RuntimeWarning)  # NumPy's kind; the losses' own is tested above
             return value
 
     x, y = mnist_with_a_nan_pixel()

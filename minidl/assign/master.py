@@ -98,8 +98,9 @@ def master_path(folder):
     if folder.is_file() and folder.suffix == ".py":
         folder = folder.parent
     if not folder.is_dir():
+        state = "is not a folder" if folder.exists() else "does not exist"
         raise AssignError(f"expected an assignment folder (assignments/NN_name), got "
-                          f"'{folder}', which {'is not a folder' if folder.exists() else 'does not exist'}")
+                          f"'{folder}', which {state}")
     path = folder / f"{folder.resolve().name}.py"
     if not path.is_file():
         found = sorted(p.name for p in folder.glob("*.py"))
@@ -155,7 +156,8 @@ def read_master(folder):
     text = path.read_text(encoding="utf-8")
     if "# %%" not in text:
         raise AssignError(f"'{path}' is not a Jupytext percent notebook (no '# %%' cell "
-                          "markers); write the master with '# %%' cells as in assignments/README.md")
+                          "markers); write the master with '# %%' cells as in "
+                          "assignments/README.md")
     nb = jupytext.reads(text, fmt="py:percent")
     nb.metadata["kernelspec"] = dict(KERNELSPEC)
     nb.metadata.setdefault("language_info", {"name": "python"})

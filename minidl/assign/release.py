@@ -26,7 +26,6 @@ Steps (nothing is written to ``--out`` until all of them succeed):
 import contextlib
 import io
 import logging
-import os
 import pathlib
 import shutil
 import tempfile

@@ -12,9 +12,7 @@ If Otter itself fails (a kernel that died, a notebook for another assignment), t
 says so and gives every question 0 of its points.
 """
 import json
-import os
 import pathlib
-import shutil
 import sys
 import tempfile
 import traceback

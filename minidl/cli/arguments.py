@@ -124,7 +124,7 @@ def build_parser():
                      description=_wrap("minidl: train a network, or compare training methods "
                                        "on one network. 'minidl compare' with no arguments "
                                        "compares five methods on the bundled MNIST digits "
-                                       "(22-26 s in all on a busy 2-core CPU)."))
+                                       "(16-19 s in all on a busy 2-core CPU)."))
     sub = parser.add_subparsers(dest="command", metavar="{train,compare,assign}")
 
     train = sub.add_parser(
@@ -161,7 +161,7 @@ def build_parser():
                           "and save the curves (loss against epochs and against seconds) and "
                           "histories. With the defaults (an MLP 784-100-100-10, 10,000 "
                           "bundled MNIST digits, 5 epochs, five methods, one BLAS thread) it "
-                          "took 22-26 s from start to finish (17-21 s of training, KFAC 13 s "
+                          "took 16-19 s from start to finish (12-14 s of training, KFAC 5-7 s "
                           "of it) in three runs on a 2-core CPU busy with other jobs; "
                           "--methods kflr kfra shampoo mbf add slower methods."),
         epilog=_methods_epilog())

@@ -1,5 +1,6 @@
 """``minidl compare``: several methods from the same weights and batches; table and plots."""
 import os
+import sys
 
 from .. import methods as methods_module
 from ..methods import DEFAULT_COMPARE, METHODS
@@ -55,15 +56,22 @@ def cmd_compare(args):
                 print(f"\n== {name} (lr {lr:g}) ==", flush=True)
             model = make_model()  # the same initial weights for every method (same seed)
             optimizer, precond = build_method(name, model, loss, lr, args.seed, okw, pkw)
-            histories[name] = run_fit(
-                model, loss, optimizer, precond, make_loaders(args, x, y, x_test, y_test),
-                args, meta={"label": name, "method": name, "lr": lr, "model": args.model,
-                            "data": args.data, "batch_size": args.batch_size,
-                            "seed": args.seed, "optimizer_kw": okw, "precond_kw": pkw})
+            try:  # divergence is a result (fit stops cleanly); anything else fails this one
+                histories[name] = run_fit(
+                    model, loss, optimizer, precond, make_loaders(args, x, y, x_test, y_test),
+                    args, meta={"label": name, "method": name, "lr": lr, "model": args.model,
+                                "data": args.data, "batch_size": args.batch_size,
+                                "seed": args.seed, "optimizer_kw": okw, "precond_kw": pkw})
+            except (ValueError, RuntimeError, MemoryError) as err:
+                print(f"minidl compare: method {name} failed: {type(err).__name__}: {err}",
+                      file=sys.stderr)
+                rows.append(row(name, lr, None, error=f"failed ({type(err).__name__})"))
+                continue
             rows.append(row(name, lr, histories[name]))
     print("\n" + format_table(rows))
     write_summary(out, args, rows, histories)
-    write_curves(os.path.join(out, "curves.png"), histories,
-                 title=f"{args.model} on {args.data}, batch {args.batch_size}")
+    if histories:
+        write_curves(os.path.join(out, "curves.png"), histories,
+                     title=f"{args.model} on {args.data}, batch {args.batch_size}")
     print(f"\nresults in {out}/: summary.txt, summary.json, curves.png, histories/*.json")
-    return 0
+    return 0 if histories else 1

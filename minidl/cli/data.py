@@ -15,6 +15,25 @@ def _one_line(text):
     return "; ".join(line.strip() for line in str(text).strip().splitlines() if line.strip())
 
 
+def _why_not_found(err):
+    """One line from a ``DataNotFoundError``: a rejected copy first (wrong MD5: truncated
+    or damaged), else what is missing; then where it looked and what to do."""
+    lines = [line.strip() for line in str(err).strip().splitlines() if line.strip()]
+    fields = {}
+    for line in lines[1:]:
+        key, sep, rest = line.partition(":")
+        if sep and key in ("looked in", "rejected", "download"):
+            fields[key] = rest.strip()
+    advice = " ".join(line for line in lines[1:] if line.startswith("Put "))
+    if "rejected" in fields:
+        head = (f"rejected {fields['rejected']}: a truncated or damaged copy (its MD5 is not "
+                "the published one)")
+    else:
+        head = f"not found: {lines[0]} download: {fields.get('download', '-')}"
+    return (f"{head}; looked in {fields.get('looked in', '-')}; {advice} "
+            "(--data-dir DIR names the folder; --download fetches missing files)")
+
+
 def load_data(args):
     """Normalised train and test arrays (host), a random subset with ``--limit``."""
     from .. import data
@@ -24,10 +43,8 @@ def load_data(args):
         x, y = data.load(args.data, "train", **kw)
         x_test, y_test = data.load(args.data, "test", **kw)
     except data.DataNotFoundError as err:
-        text = _one_line(err)
-        why = "rejected" if "rejected:" in text else "not found"
-        raise UsageError(f"data set {args.data!r} {why}: {text}") from None
-    except (ValueError, OSError) as err:  # a verified file that does not parse
+        raise UsageError(f"data set {args.data!r} {_why_not_found(err)}") from None
+    except (ValueError, OSError, data.UnsafePickleError) as err:  # a file that does not parse
         raise UsageError(f"data set {args.data!r} cannot be read: {_one_line(err)}") from None
     if args.limit is not None:
         rng = backend.default_rng(args.seed)

@@ -206,13 +206,17 @@ class Preconditioner:
                 raise RuntimeError(f"{type(self).__name__}.step(): layer {name} has no "
                                    "gradient yet; call model.backward(...) first")
 
+    # the cached arrays the statistics read besides the gradients (checked by check_finite)
+    reads_cache = ("x", "dout")
+
     def check_finite(self):
-        """``NonFiniteError`` naming the layer when a gradient, input or dout is not finite."""
+        """``NonFiniteError`` naming the layer when a gradient, or a recorded input or dout
+        the statistics read (``reads_cache``), is not finite."""
         owner = f"{type(self).__name__}.step()"
         for layer, name in zip(self.layers, self.names):
             for key, g in layer.grads.items():
                 check_finite_array(owner, f"layer {name}: gradient {key!r}", g)
-            for key in ("x", "dout"):
+            for key in self.reads_cache:
                 a = layer.cache.get(key)
                 if a is not None and backend.is_array(a):
                     what = "recorded input x" if key == "x" else "output gradient dout"

@@ -125,6 +125,7 @@ class MBF(Preconditioner):
     """
 
     name = "mbf"
+    reads_cache = ()  # the statistics are built from the gradients alone
 
     def __init__(self, model, damping=3e-3, stat_decay=0.9, T1=1, T2=20, momentum=0.0,
                  lr=None, kl_clip=1e-3, warm_start=10, spatial_average=False,
@@ -291,7 +292,8 @@ class MBF(Preconditioner):
             return
         xp = backend.array_module(s["F"])
         eye = xp.eye(s["F"].shape[-1], dtype=s["F"].dtype)  # (d, d), broadcast over blocks
-        s["P"] = xp.linalg.inv(s["F"] + self.damping * eye)  # (n_blocks, d, d) or (d, d)
+        P = xp.linalg.inv(s["F"] + self.damping * eye)  # (n_blocks, d, d) or (d, d)
+        s["P"] = 0.5 * (P + xp.swapaxes(P, -1, -2))  # symmetric to the last bit
         if kind == "conv" and "b" in layer.params:
             s["p_b"] = 1.0 / (s["v_b"] + self.damping)  # (F,), the 1 x 1 bias blocks
 
@@ -315,14 +317,18 @@ class MBF(Preconditioner):
             for key in layer.params:
                 s["m_" + key] = self.momentum * s["m_" + key] + layer.grads[key]
                 m[key] = s["m_" + key]
+        bound = step is not None and self.kl_clip is not None and self.lr is not None
+        xp = backend.array_module(*m.values())
         if kind == "norm":
             d = self._norm_direction(i, layer, m)
+            vg = sum(float(xp.vdot(d[k].ravel(), m[k].ravel())) for k in d) if bound else 0
         elif kind in ("dense", "dense_avg"):
             M = self._dense_rows(layer, m)  # (n, d)
             if kind == "dense":
                 D = (s["P"] @ M[:, :, None])[:, :, 0]  # (n, d, d) @ (n, d, 1) -> (n, d)
             else:
-                D = M @ s["P"].T  # (n, d) @ (d, d): d_o = P m_o
+                D = M @ s["P"]  # (n, d) @ (d, d): d_o = P m_o (P symmetric)
+            vg = float(xp.vdot(D.ravel(), M.ravel())) if bound else 0.0
             n_in = layer.params["W"].shape[1]
             d = {"W": D[:, :n_in]}  # (n, m)
             if "b" in layer.params:
@@ -333,8 +339,9 @@ class MBF(Preconditioner):
             d = {"W": (s["P"] @ M).reshape(F, C, kh, kw)}  # (F, C, kh, kw)
             if "b" in layer.params:
                 d["b"] = m["b"] * s["p_b"]  # (F,)
+            vg = sum(float(xp.vdot(d[k].ravel(), m[k].ravel())) for k in d) if bound else 0
         if step is not None:
-            step["vg"] += sum(float((d[key] * m[key]).sum()) for key in d)
+            step["vg"] += vg
         layer.grads.update(d)
 
     def finish(self, step):

@@ -41,8 +41,8 @@ def resume_run(path, model, optimizer, precond, rngs, best):
         ``(history, epochs_done)``; ``best`` knows the best epoch (and its weights).
 
     Raises:
-        CheckpointError: the file is damaged or belongs to other objects (nothing changed).
-        ValueError: the best weights are wanted but not in the file.
+        CheckpointError: the file is damaged or belongs to other objects (nothing changed),
+            or the best epoch's weights are wanted but not in the file.
     """
     ck = ckpt.load(path, model, optimizer, precond, rng=rngs)
     extra = ck.extra if isinstance(ck.extra, dict) else {}
@@ -50,5 +50,8 @@ def resume_run(path, model, optimizer, precond, rngs, best):
     if isinstance(extra.get("history"), dict):
         history = History.from_dict(extra["history"])
         history.stop_reason, history.divergence = None, None
-    best.from_checkpoint(history, model, extra.get("best"), ck.best, ck.epoch)
+    try:
+        best.from_checkpoint(history, model, extra.get("best"), ck.best, ck.epoch)
+    except ValueError as err:
+        raise ckpt.CheckpointError(f"checkpoint {ck.path!r}: {err}") from None
     return history, ck.epoch

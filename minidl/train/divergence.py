@@ -25,7 +25,7 @@ import math
 import warnings
 
 from .. import backend
-from ..errors import NonFiniteError
+from ..errors import NonFiniteError, NonFiniteWarning
 
 __all__ = ["Diverged", "forward_loss", "check_loss", "check_grads", "guard", "BufferSnapshot"]
 
@@ -49,7 +49,8 @@ class Diverged(Exception):
 
 def forward_loss(loss, out, target):
     """``loss.forward(out, target)`` and, when the value is not finite, the text of the
-    ``RuntimeWarning`` the loss gave about it (other warnings pass through as usual).
+    ``NonFiniteWarning`` (or NumPy ``RuntimeWarning``) the loss gave about it; other
+    warnings pass through as usual.
 
     Returns:
         ``(loss_value, note)``; ``note`` is ``""`` for a finite value.
@@ -59,7 +60,8 @@ def forward_loss(loss, out, target):
         value = loss.forward(out, target)
     notes = []
     for w in caught:
-        if not math.isfinite(value) and issubclass(w.category, RuntimeWarning):
+        if not math.isfinite(value) and issubclass(w.category,
+                                                   (NonFiniteWarning, RuntimeWarning)):
             notes.append(str(w.message))
         else:
             warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)

@@ -153,8 +153,9 @@ def fit(model, loss, optimizer, train_loader, epochs=1, precond=None, val_loader
         A ``History``; ``history.stop_reason`` and ``history.divergence`` say how it ended.
 
     Raises:
-        ValueError: bad arguments, an empty loader, or best weights missing on resume.
-        CheckpointError: ``checkpoint`` cannot be written, ``resume`` cannot be read.
+        ValueError: bad arguments, or an empty loader.
+        CheckpointError: ``checkpoint`` cannot be written, ``resume`` cannot be read (or
+            lacks the best epoch's weights that ``restore_best`` needs).
     """
     _check_arguments(epochs, early_stopping, log_every, checkpoint)
     with_acc = wants_accuracy(metrics, loss)
