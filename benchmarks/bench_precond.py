@@ -57,10 +57,6 @@ def blas_info():
 def make_method(name, model, crit, T1, T2):
     """(optimizer, preconditioner) of ``name`` via ``methods.build``; T1/T2 None: the table's."""
     kw = {} if T1 is None else {"T1": T1, "T2": T2, **EXTRA.get(name, {})}
-    if name == "shampoo" and T1 is not None and backend.get_backend() == "numpy":
-        # on a CPU an eigendecomposition is much cheaper than the ~75 products of coupled
-        # Newton for a 512^2 statistic block; on a GPU the products win
-        kw["root"] = "eigh"
     return methods.build(name, model, crit, rng=minidl.default_rng(0),
                          precond_kw=kw if methods.METHODS[name].precond else None)
 

@@ -45,8 +45,11 @@ from .. import backend, init
 from .base import Layer, expect_dim, expect_forward_done, expect_ndim
 from .im2col import col2im, col2im_wide, im2col, im2col_wide, output_size, pair
 
-# the most values one chunk of the im2col matrix holds (8M: 32 MB in float32)
-CHUNK_VALUES = 8 * 2**20
+# the most values one chunk of the im2col matrix holds: 1M (4 MB in float32). Small chunks
+# stay in the CPU cache between im2col, the product and col2im; on a 2-core Xeon with 2 MB
+# of L2 per core, fwd+bwd of a (128, 32, 32, 32) batch ran 15-30% faster with 1M than
+# with 8M or 32M (benchmarks/run.py)
+CHUNK_VALUES = 2**20
 
 
 class _ConvCache(dict):
