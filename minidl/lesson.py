@@ -108,7 +108,8 @@ def quadratic(A, b):
 
     Returns:
         ``(model, X, y)``: the layer (W initialised to zeros), inputs X (M, M) and
-        targets y (M, 1); ``MSELoss().forward(model.forward(X), y)`` is the quadratic.
+        targets y (M, 1), all in A's dtype; ``MSELoss().forward(model.forward(X), y)`` is
+        the quadratic.
 
     Raises:
         ValueError: A is not square and symmetric positive definite, or b does not match.
@@ -125,6 +126,6 @@ def quadratic(A, b):
                          f"from {float(lam.min()):.3g} to {float(lam.max()):.3g}")
     X = (M / 2) ** 0.5 * (Q * xp.sqrt(lam)) @ Q.T  # (M, M) = sqrt(M/2) A^(1/2)
     y = ((M / 2) ** 0.5 * (Q / xp.sqrt(lam)) @ Q.T @ b)[:, None]  # (M, 1)
-    model = Linear(M, 1, bias=False, rng=backend.default_rng(0))
+    model = Linear(M, 1, bias=False, rng=backend.default_rng(0)).astype(A.dtype)
     model.params["W"][...] = 0
     return model, X, y

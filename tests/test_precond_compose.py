@@ -32,7 +32,8 @@ def batch(kind, seed):
     """32 random examples, 4 classes."""
     rng = np.random.default_rng(100 + seed)
     shape = (32, 3, 8, 8) if kind == "cnn" else (32, 20)
-    return minidl.asarray(rng.standard_normal(shape)), minidl.asarray(rng.integers(0, 4, 32))
+    x = rng.standard_normal(shape).astype(minidl.get_default_dtype())  # the model's precision
+    return minidl.asarray(x), minidl.asarray(rng.integers(0, 4, 32))
 
 
 def losses_over_training(name, kind, lr, seed, steps=30):
