@@ -307,3 +307,16 @@ def test_check_writable(tmp_path):
     (tmp_path / "f").write_text("x")
     with pytest.raises(CheckpointError, match="cannot write"):
         checkpoint.check_writable(tmp_path / "f" / "run.npz")
+
+
+def test_check_writable_never_overwrites_a_file_that_is_not_a_checkpoint(saved, tmp_path):
+    """A checkpoint path naming someone's notes (or a data file) is refused before any
+    training; a checkpoint (the run's own, written before) and an empty file may go."""
+    notes = tmp_path / "notes.txt"
+    notes.write_text("my precious notes")
+    with pytest.raises(CheckpointError, match="exists and is not a minidl checkpoint"):
+        checkpoint.check_writable(notes)
+    assert notes.read_text() == "my precious notes"
+    assert checkpoint.check_writable(saved[0])   # an existing checkpoint: overwritten later
+    (tmp_path / "empty.npz").write_bytes(b"")
+    assert checkpoint.check_writable(tmp_path / "empty.npz")

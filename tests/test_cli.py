@@ -186,6 +186,15 @@ def test_a_checkpoint_that_cannot_be_written_is_refused_before_epoch_1(tmp_path,
     assert not (tmp_path / "o").exists()
 
 
+def test_a_checkpoint_path_naming_another_file_is_refused_and_the_file_kept(tmp_path, capsys):
+    notes = tmp_path / "notes.txt"
+    notes.write_text("my precious notes")
+    one_line_refusal(capsys, ["train", "--method", "sgd", "--epochs", "1", *TINY,
+                              "--out", str(tmp_path / "o"), "--checkpoint", str(notes)],
+                     "--checkpoint", "exists and is not a minidl checkpoint")
+    assert notes.read_text() == "my precious notes"
+
+
 @pytest.fixture(scope="module")
 def kfac_checkpoint(tmp_path_factory):
     """A 1-epoch checkpoint written by 'minidl train --method kfac --hidden 16'."""
