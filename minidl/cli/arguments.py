@@ -124,7 +124,8 @@ def build_parser():
                      description=_wrap("minidl: train a network, or compare training methods "
                                        "on one network. 'minidl compare' with no arguments "
                                        "compares five methods on the bundled MNIST digits "
-                                       "(15 s of CPU time; 50-57 s on a 2-core CPU shared with other jobs)."))
+                                       "(15 s of CPU time; 50-57 s on a 2-core CPU shared "
+                                       "with other jobs)."))
     sub = parser.add_subparsers(dest="command", metavar="{train,compare,assign}")
 
     train = sub.add_parser(
