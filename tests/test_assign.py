@@ -264,6 +264,16 @@ def test_feedback_names_a_transposed_gradient():
         assert_gradcheck(_linear_with(lambda x, dout: 0.5 * dout.T @ x), x)
 
 
+def test_feedback_gradcheck_takes_a_float32_layer_as_check_layer_does():
+    """check_layer runs a float32 layer in float64 itself; the feedback must not refuse it."""
+    import minidl
+    from minidl.assign.feedback import assert_gradcheck
+    from minidl.layers import Linear
+    layer = Linear(4, 3, rng=minidl.default_rng(0))  # the default dtype: float32
+    assert layer.params["W"].dtype == "float32"
+    assert_gradcheck(layer, minidl.default_rng(1).standard_normal((5, 4)))
+
+
 def test_feedback_assert_close_reports_the_worst_element():
     import numpy as np
     from minidl.assign.feedback import assert_close
