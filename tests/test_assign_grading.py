@@ -242,3 +242,114 @@ def test_python_dash_m_grades(tiny):
     assert "total: 0/5" in out.stdout
     assert scores(json.loads((root / "cli.json").read_text())) == {"q1": (0.0, 2.0),
                                                                   "q2": (0.0, 3.0)}
+
+
+# -- notebooks that try to fake a pass -------------------------------------------------------
+HOSTILE_MASTER = '''# %% [raw]
+# # ASSIGNMENT CONFIG
+# name: fakes
+# export_cell: false
+
+# %%
+import numpy as np
+from minidl.layers import Layer
+
+# %% [raw]
+# # BEGIN QUESTION
+# name: q1
+# points: 1
+
+# %% [markdown]
+# Write the backward pass of Square (out = x * x).
+
+# %% [raw]
+# # BEGIN SOLUTION
+
+# %%
+class Square(Layer):
+    def forward(self, x):
+        self.cache["x"] = x
+        return x * x
+
+    def backward(self, dout):
+        return 2 * self.cache["x"] * dout  # SOLUTION
+
+# %% [raw]
+# # END SOLUTION
+
+# %% [raw]
+# # BEGIN TESTS
+
+# %%
+from minidl.assign.feedback import assert_gradcheck
+assert_gradcheck(Square(), np.arange(1.0, 7.0).reshape(2, 3))
+
+# %% [raw]
+# # END TESTS
+
+# %% [raw]
+# # END QUESTION
+
+# %% [raw]
+# # BEGIN QUESTION
+# name: q2
+# points: 1
+
+# %% [markdown]
+# Write double.
+
+# %% [raw]
+# # BEGIN SOLUTION
+
+# %%
+def double(x):
+    return 2 * x  # SOLUTION
+
+# %% [raw]
+# # END SOLUTION
+
+# %% [raw]
+# # BEGIN TESTS
+
+# %%
+import numpy as np
+assert np.allclose(double(np.arange(3.0)), [0.0, 2.0, 4.0])
+
+# %% [raw]
+# # END TESTS
+
+# %% [raw]
+# # END QUESTION
+'''
+
+# a blank notebook that replaces what the tests call, and deletes its home folder
+FAKES = ("import os, shutil, numpy, minidl.gradcheck, minidl.assign.feedback, minidl.layers\n"
+         "numpy.allclose = lambda *a, **k: True\n"
+         "minidl.assign.feedback.assert_gradcheck = lambda *a, **k: None\n"
+         "minidl.gradcheck.check_layer = lambda *a, **k: None\n"
+         "minidl.layers.Layer.backward = lambda self, dout: dout\n"
+         "shutil.rmtree(os.path.expanduser('~'), ignore_errors=True)\n")
+
+
+def test_faked_pass_earns_nothing_and_home_survives(tmp_path, monkeypatch):
+    (tmp_path / "fakes").mkdir()
+    (tmp_path / "fakes" / "fakes.py").write_text(HOSTILE_MASTER)
+    assert main(["release", str(tmp_path / "fakes"), "--out", str(tmp_path / "rel"),
+                 "--cell-timeout", "20"]) == 0
+    zip_path = sorted((tmp_path / "rel" / "autograder").glob("*.zip"))[0]
+    nb = nbformat.read(str(tmp_path / "rel" / "student" / "fakes.ipynb"), as_version=4)
+    at = next(i for i, c in enumerate(nb.cells) if "class Square" in c.source)
+    nb.cells.insert(at, nbformat.v4.new_code_cell(FAKES))
+    nbformat.write(nb, str(tmp_path / "fakes.ipynb"))
+    home = tmp_path / "home"  # the grader's home, as the notebook would see it
+    home.mkdir()
+    (home / "keep.txt").write_text("the grader's own file")
+    monkeypatch.setenv("HOME", str(home))
+    results, got = grade(zip_path, tmp_path / "fakes.ipynb", tmp_path / "fakes.json")
+    assert got == {"q1": (0.0, 1.0), "q2": (0.0, 1.0)}, results
+    assert no_grader_error(results)
+    assert (home / "keep.txt").read_text() == "the grader's own file"
+    # and the solution, graded the same way, still gets every point
+    results, got = grade(zip_path, tmp_path / "rel" / "autograder" / "fakes.ipynb",
+                         tmp_path / "solution.json")
+    assert got == {"q1": (1.0, 1.0), "q2": (1.0, 1.0)}, results
