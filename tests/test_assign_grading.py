@@ -331,6 +331,13 @@ FAKES = ("import os, shutil, numpy, minidl.gradcheck, minidl.assign.feedback, mi
          "shutil.rmtree(os.path.expanduser('~'), ignore_errors=True)\n")
 
 
+# ... and, in the last cell, fakes again and runs the checks before the cell ends
+FAKES_AND_CHECK = ("import numpy, minidl.assign.feedback\n"
+                   "numpy.allclose = lambda *a, **k: True\n"
+                   "minidl.assign.feedback.assert_gradcheck = lambda *a, **k: None\n"
+                   "grader.check('q1')\ngrader.check('q2')\n")
+
+
 def test_faked_pass_earns_nothing_and_home_survives(tmp_path, monkeypatch):
     (tmp_path / "fakes").mkdir()
     (tmp_path / "fakes" / "fakes.py").write_text(HOSTILE_MASTER)
@@ -340,6 +347,7 @@ def test_faked_pass_earns_nothing_and_home_survives(tmp_path, monkeypatch):
     nb = nbformat.read(str(tmp_path / "rel" / "student" / "fakes.ipynb"), as_version=4)
     at = next(i for i, c in enumerate(nb.cells) if "class Square" in c.source)
     nb.cells.insert(at, nbformat.v4.new_code_cell(FAKES))
+    nb.cells.append(nbformat.v4.new_code_cell(FAKES_AND_CHECK))
     nbformat.write(nb, str(tmp_path / "fakes.ipynb"))
     home = tmp_path / "home"  # the grader's home, as the notebook would see it
     home.mkdir()

@@ -24,11 +24,17 @@ lambda *a, **k: True``, a method of a minidl, Otter or doctest class, or a modul
 ``sys.modules``. ``install`` records the functions and classes of those modules (numpy,
 minidl, otter, doctest, pickle, math; the ones the tests use are imported first) before any
 student code runs, and after every cell puts back whatever was replaced and removes
-methods added to their classes, saying so on stderr. This is a speed bump, not a sandbox:
+methods added to their classes, saying so on stderr. A check the notebook runs itself (``grader.check("q1")`` right
+after such a patch, in the same cell) does not count either: the results Otter recorded
+are dropped after every cell, so every question is scored by Otter's last cell, which
+runs all the tests after the whole notebook (the release's own ``grader.check`` cells are
+left out of the graded copy, as they would only run the tests twice).
+This is a speed bump, not a sandbox:
 code in the same process that unhooks the guard, patches while a test is calling it, or
 edits internal state can still cheat (assignments/README.md says what is not prevented).
 """
 import os
+import re
 import sys
 
 __all__ = ["GradingGuard", "install", "Pristine", "PROTECTED", "DEFAULT_CELL_TIMEOUT",
@@ -68,6 +74,8 @@ class GradingGuard:
         if isinstance(submission, str):
             return code + "\n" + submission
         import nbformat
+        submission.cells = [c for c in submission.cells
+                            if not (c.cell_type == "code" and _CHECK_CELL.match(c.source))]
         submission.cells.insert(0, nbformat.v4.new_code_cell(code))
         return submission
 
@@ -140,6 +148,19 @@ class Pristine:
         return fixed
 
 
+# a cell that only runs public tests, as the release has after each question
+_CHECK_CELL = re.compile(r'\s*(grader\.check\(\s*"[^"]*"\s*\)|grader\.check_all\(\s*\))\s*\Z')
+
+
+def _forget_checks():
+    """Drop the check results Otter recorded so far (its last cell runs every test)."""
+    try:
+        from otter.execute import Checker
+    except ImportError:
+        return
+    Checker.clear_results()
+
+
 def _snapshot(tests_dir):
     files = {}
     for root, _, names in os.walk(tests_dir):
@@ -203,6 +224,7 @@ def install(cell_timeout=DEFAULT_CELL_TIMEOUT, tests_dir="tests"):
             print(f"grader: put back {', '.join(fixed[:5])}{' ...' if len(fixed) > 5 else ''}"
                   " (replaced by this notebook; tests use the originals)", file=sys.stderr)
         pristine.record()
+        _forget_checks()
 
     signal.signal(signal.SIGALRM, on_alarm)
     shell.events.register("pre_run_cell", pre_run_cell)
