@@ -24,14 +24,14 @@ lambda *a, **k: True``, a method of a minidl, Otter or doctest class, or a modul
 ``sys.modules``. ``install`` records the functions and classes of those modules (numpy,
 minidl, otter, doctest, pickle, math; the ones the tests use are imported first) before any
 student code runs, and after every cell puts back whatever was replaced and removes
-methods added to their classes, saying so on stderr. A check the notebook runs itself (``grader.check("q1")`` right
-after such a patch, in the same cell) does not count either: the results Otter recorded
-are dropped after every cell, so every question is scored by Otter's last cell, which
-runs all the tests after the whole notebook (the release's own ``grader.check`` cells are
-left out of the graded copy, as they would only run the tests twice).
-This is a speed bump, not a sandbox:
-code in the same process that unhooks the guard, patches while a test is calling it, or
-edits internal state can still cheat (assignments/README.md says what is not prevented).
+methods added to their classes, saying so on stderr. A check the notebook runs itself
+(``grader.check("q1")`` right after such a patch, in the same cell) does not count either:
+the results Otter recorded are dropped after every cell, so every question is scored by
+Otter's last cell, which runs all the tests after the whole notebook (the release's own
+``grader.check`` cells are left out of the graded copy: they would only run the tests
+twice). This is a speed bump, not a sandbox: code in the same process that unhooks the
+guard, patches while a test is calling it, or edits internal state can still cheat
+(assignments/README.md says what is not prevented).
 """
 import os
 import re
