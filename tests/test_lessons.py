@@ -157,6 +157,30 @@ def test_fast_mode_and_figures(tmp_path, monkeypatch):
     assert lesson.figures_dir() == "figures"               # a notebook runs in lessons/
 
 
+@pytest.mark.parametrize("fast, expected", [("1", "1"), ("0", "unchanged")])
+def test_fast_mode_uses_one_blas_thread(fast, expected):
+    """In a fresh process, importing minidl.lesson in fast mode limits BLAS to one thread;
+    in full mode it leaves the thread count alone."""
+    import subprocess
+    import sys
+    pytest.importorskip("threadpoolctl")
+    code = ("import numpy, threadpoolctl\n"
+            "def blas():\n"
+            "    return [i['num_threads'] for i in threadpoolctl.threadpool_info()\n"
+            "            if i['user_api'] == 'blas']\n"
+            "before = blas()\n"
+            "import minidl.lesson\n"
+            "after = blas()\n"
+            "print('1' if after and set(after) == {1} else\n"
+            "      'unchanged' if after == before else 'other')\n")
+    env = dict(os.environ, MINIDL_FAST=fast, OPENBLAS_NUM_THREADS="2",
+               PYTHONPATH=os.pathsep.join([str(ROOT)] + [
+                   p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]))
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True,
+                         text=True, check=True).stdout.strip()
+    assert out == expected
+
+
 def test_mnist_fast_mode_is_the_bundled_subset(monkeypatch):
     from minidl import lesson
 
