@@ -254,8 +254,9 @@ fig, axes = plt.subplots(1, 4, figsize=(18, 4.2))
 names = ["|Hessian|", "|Gauss-Newton|", "|H - GN|"]
 bounds = [s for _, _, key, s, _, _ in param_slices(tiny_mlp(ReLU)) if key == "W"]
 for ax, name, M in zip(axes, names, [relu["H"], relu["G"], relu["H"] - relu["G"]]):
-    ax.imshow(minidl.to_numpy(xp.log10(xp.abs(M) + 1e-8)), cmap=plt.get_cmap("magma", 7),
-              vmin=-6, vmax=1, interpolation="nearest")
+    im = ax.imshow(minidl.to_numpy(xp.log10(xp.abs(M) + 1e-8)), cmap=plt.get_cmap("magma", 7),
+                   vmin=-6, vmax=1, interpolation="nearest")
+    fig.colorbar(im, ax=ax, fraction=0.046, pad=0.02, label="log10 |entry|")
     for b in bounds[1:]:                              # layer boundaries
         ax.axhline(b - 0.5, color="c", lw=0.6)
         ax.axvline(b - 0.5, color="c", lw=0.6)
