@@ -102,15 +102,17 @@ for ax, (name, (path, _)) in zip(axes.ravel(), paths.items()):
     ax.plot(float(w_star[0]), float(w_star[1]), "k*", ms=9)
     ax.set_xlim(-5, 3)
     ax.set_ylim(-1.5, 2.5)
-    ax.set_title(f"{name}: gap {gaps[name]:.1e}", fontsize=10)
+    ax.set(xlabel="w1", ylabel="w2")
+    ax.set_title(f"{name}: L - L* = {gaps[name]:.1e}", fontsize=10)
 ax = axes.ravel()[-1]
 for name, (_, losses) in paths.items():
     ax.semilogy([l - offset - L_star + 1e-16 for l in losses], label=name)
 ax.set_xlabel("step")
-ax.set_title("loss - optimum", fontsize=10)
+ax.set_ylabel("L - L*")
+ax.set_title("loss above the optimum", fontsize=10)
 ax.legend(fontsize=7)
 fig.tight_layout()
-print(lesson.savefig(fig, "06_optimizers", dpi=60))
+print(lesson.savefig(fig, "06_optimizers", dpi=70))
 
 # %% [markdown]
 # ## 2. Rprop with mini-batches: lecture 004's +0.1 x9, -0.9 x1 example
