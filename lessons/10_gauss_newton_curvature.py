@@ -108,8 +108,8 @@ assert max(errors) < 1e-12
 # two matrices agree on the layer blocks along the diagonal (cyan lines separate the
 # layers) and differ off them: the difference lives only in the cross-layer blocks (and
 # there only where a weight meets the output gradient, the sparse stripes); the GN matrix
-# is PSD, the Hessian has
-# negative eigenvalues. With tanh the diagonal blocks differ as well (the D term).
+# is PSD, the Hessian has negative eigenvalues. With tanh the diagonal blocks differ as
+# well (the D term).
 
 # %%
 xb, yb = X[:64], Y[:64]
