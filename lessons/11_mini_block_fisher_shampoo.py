@@ -137,7 +137,7 @@ assert mean["MBF"] < min(mean["K-FAC"], mean["Shampoo"]), "MBF between first and
 # %% [markdown]
 # **Measured vs the paper:** the ordering holds on every middle layer: K-FAC and Shampoo
 # closest to BDF, then MBF, then SGD-m and Adam. MBF's cosine is not "mostly 0.6-0.7"
-# here: it falls from layer 5 (near the output, ~0.65-0.7) to layer 2 (~0.4); the print
+# here: it falls from ~0.65-0.7 at layer 5 (near the output) to ~0.35-0.4 at layer 2; the print
 # above gives the share of its values inside the paper's band. We assert the ordering,
 # not the band.
 #
@@ -204,14 +204,17 @@ final = {name: float(v[-50:].mean()) for name, v in race.items()}
 ranking = sorted(final, key=final.get)
 print("ranking by the mean loss of the last 50 steps: " + " < ".join(ranking))
 assert final["mbf"] < final["momentum"], "MBF should beat SGD-m on the autoencoder"
+if not FAST:                                         # 2,000 steps: the paper's ranking
+    assert final["mbf"] < final["adam"], "in the longer race MBF should beat Adam"
 
 # %% [markdown]
-# **Measured vs the paper:** MBF ends below SGD-m, as the paper reports. But Adam ends
-# lowest of all (fast mode: adam < mbf < kfac < shampoo < momentum; in the 400-step grid
-# search on full MNIST, Adam and K-FAC reached 0.144 and 0.141 against MBF's 0.173 and
-# Shampoo's 0.187): the paper's "MBF outperforms Adam" does not show in this small, short
-# race on down-scaled digits, and we do not assert it. The full-size experiment is the
-# last exercise below.
+# **Measured vs the paper:** it depends on the length of the race. In fast mode (150
+# steps) MBF ends below SGD-m but Adam ends lowest of all (adam < mbf < kfac < shampoo <
+# momentum): early on, Adam's per-coordinate scaling wins. In full mode (20,000 digits,
+# 2,000 steps) we measured the paper's ranking: Shampoo 0.1125 ~ MBF 0.1126 < K-FAC 0.1163
+# < Adam 0.1219 < SGD-m 0.1445. So we assert MBF < SGD-m in both modes and MBF < Adam
+# only in the full run. The paper's own setting (the full-size autoencoder) is the last
+# exercise below.
 
 # %%
 fig, axes = plt.subplots(1, 4, figsize=(18, 4.2), gridspec_kw={"width_ratios": [1, 1, 1, 1]})

@@ -193,8 +193,9 @@ for name, (model, hist) in runs.items():
 plain_hist, plain_final = runs["plain"][1], runs["plain"][2]
 assert plain_hist["train_loss"][-1] < 0.01, "the plain net should fit the 500 digits"
 assert plain_final["loss"] > 1.1 * min(plain_hist["val_loss"]), "plain should overfit"
-for name in ("weight decay 1e-3", "dropout 0.5", "augmentation (shifts)"):
+for name in ("weight decay 1e-3", "augmentation (shifts)"):
     assert runs[name][2]["loss"] < plain_final["loss"], f"{name} should end below plain"
+assert runs["dropout 0.5"][2]["accuracy"] > plain_final["accuracy"], "dropout should help"
 assert runs["augmentation (shifts)"][2]["accuracy"] > plain_final["accuracy"] + 0.02
 es_hist, es_final = runs["early stopping (5)"][1], runs["early stopping (5)"][2]
 assert len(es_hist["val_loss"]) < epochs, "early stopping should stop before the end"
@@ -203,10 +204,11 @@ assert es_final["loss"] < plain_final["loss"]
 
 # %% [markdown]
 # What we measured: weight decay 1e-3 lowers the final validation *loss* (smaller weights,
-# less over-confident logits) but hardly changes the accuracy; dropout helps a little more;
-# shifting the digits by up to 2 pixels helps most, because it is the only one that adds
-# information (a digit moved by a pixel is still that digit). Early stopping gets the
-# lowest loss of the plain run for free.
+# less over-confident logits) but hardly changes the accuracy; dropout raises the accuracy
+# by 1-2 points, though over a long run (full mode, 60 epochs) its validation loss climbs
+# back almost to plain's; shifting the digits by up to 2 pixels helps most, because it is
+# the only one that adds information (a digit moved by a pixel is still that digit).
+# Early stopping gets the lowest loss of the plain run for free.
 
 # %%
 fig, axes = plt.subplots(1, 3, figsize=(16, 4.2))

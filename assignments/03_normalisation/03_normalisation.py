@@ -100,6 +100,8 @@ _bn = BatchNorm1d(2)
 assert_close("BatchNorm1d forward (train)", _bn.forward(_x), [[-1 / np.sqrt(1 + 1e-5), -2 / np.sqrt(4 + 1e-5)], [1 / np.sqrt(1 + 1e-5), 2 / np.sqrt(4 + 1e-5)]])
 assert_close("running_mean", _bn.buffers["running_mean"], [0.2, 0.4])
 assert_close("running_var", _bn.buffers["running_var"], [0.9 + 0.1 * 2.0, 0.9 + 0.1 * 8.0])
+_ = _bn.eval()
+assert_close("BatchNorm1d forward (eval)", _bn.forward(_x), (_x - np.array([0.2, 0.4])) / np.sqrt(np.array([1.1, 1.7]) + 1e-5))
 
 # %%
 """ # BEGIN TEST CONFIG

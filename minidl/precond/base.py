@@ -28,7 +28,8 @@ covered layer) and ``self.t`` (steps taken), so ``state_dict()`` can write it in
 checkpoint without pickling.
 
 Non-finite values: ``step()`` raises ``minidl.errors.NonFiniteError`` naming the layer and
-the array (gradient, recorded input or output gradient) *before* any statistic changes,
+the array (a gradient, or the recorded input or output gradient its statistics read,
+``reads_cache``) *before* any statistic changes,
 and an inverse that fails (``LinAlgError``) or a statistic that is not finite is
 reported the same way, so a training loop can stop cleanly as "diverged".
 
