@@ -1,7 +1,9 @@
 """Benchmark: Conv2d forward + backward, minidl against PyTorch CPU, in one process.
 
 The project's target: on x (128, 32, 32, 32), 64 filters 3x3, padding 1, float32, one
-forward and one backward pass of minidl's Conv2d take at most 2x PyTorch CPU's time.
+forward and one backward pass of minidl's Conv2d take at most 1.3x PyTorch CPU's time.
+``benchmarks/run.py`` times this with every other workload (and pins the threads); this
+script is the quick single-workload version.
 
 Each side is warmed up, then timed over several repetitions; the table reports the median
 (robust to a noisy machine) and the ratio minidl / torch. The repetitions alternate
@@ -99,8 +101,8 @@ def main(argv=None):
         print(f"{name:<8} {medians[name]:>10.1f} {min(ts) * 1e3:>8.1f} {max(ts) * 1e3:>8.1f}")
     if "torch" in medians:
         ratio = medians["minidl"] / medians["torch"]
-        verdict = "meets" if ratio <= 2.0 else "MISSES"
-        print(f"ratio minidl/torch: {ratio:.2f} ({verdict} the <= 2x target)")
+        verdict = "meets" if ratio <= 1.3 else "MISSES"
+        print(f"ratio minidl/torch: {ratio:.2f} ({verdict} the <= 1.3x target)")
     return 0
 
 

@@ -69,6 +69,7 @@ from minidl.optim import SGD  # noqa: E402
 TARGETS = {"conv": 1.3, "conv_stride2": 1.3, "batchnorm2d": 1.5, "maxpool2d": 1.5,
            "cnn5_step": 1.5, "resnet20_step": 1.5, "autoencoder_step": 1.0,
            "resnet20_peak_memory": 1.5}
+NOTES_MARKER = "<!-- notes: run.py keeps everything from here on -->"
 WORKLOADS = ["conv", "conv_stride2", "batchnorm2d", "maxpool2d", "cnn5_step",
              "resnet20_step", "autoencoder_step"]
 
@@ -542,8 +543,15 @@ def main(argv=None):
                   indent=1)
     print(f"wrote {args.json}")
     if args.results_md:
+        notes = ""  # the hand-written part after the marker survives a rewrite
+        if os.path.exists(args.results_md):
+            with open(args.results_md) as f:
+                old = f.read()
+            if NOTES_MARKER in old:
+                notes = old[old.index(NOTES_MARKER):]
         with open(args.results_md, "w") as f:
-            f.write(markdown(info, peaks, repeats, rows, precond))
+            f.write(markdown(info, peaks, repeats, rows, precond) + "\n" +
+                    (notes or NOTES_MARKER + "\n"))
         print(f"wrote {args.results_md}")
     return 0
 
@@ -554,7 +562,8 @@ def markdown(info, peaks, repeats, rows, precond):
                      for b in info["blas"] if b.get("version"))
     lines = [
         "# Benchmark results", "",
-        "Written by `benchmarks/run.py` (do not edit by hand); reproduce with", "",
+        "The table is written by `benchmarks/run.py` (the notes after it by hand); "
+        "reproduce it with", "",
         "    env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE python benchmarks/run.py "
         "--results-md benchmarks/RESULTS.md", "",
         f"- date: {info['date']}; minidl commit {info['minidl_commit']}",

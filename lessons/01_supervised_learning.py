@@ -112,13 +112,15 @@ assert abs(sigma_ml - math.sqrt(mse_fit)) < float(sigmas[1] - sigmas[0])
 
 # %% [markdown]
 # ## 3. An MLP on MNIST: watching the likelihood go up
-# A 784-100-10 ReLU network trained with SGD and momentum. After every few steps we
-# record the training cross-entropy (minidl's loss) and, computed separately from the
-# softmax outputs, the geometric-mean likelihood per example, prod_n p(y_n|x_n)^(1/N).
+# A 784-100-10 ReLU network trained with SGD and momentum. After every epoch we record,
+# on 2000 training images, the cross-entropy (minidl's loss) and, computed separately
+# from the softmax outputs, the geometric-mean likelihood per example,
+# prod_n p(y_n|x_n)^(1/N).
 # The plot should show one curve going down exactly as the other goes up:
 # exp(-CE) is the geometric-mean likelihood.
 
 # %%
+minidl.set_default_dtype("float32")   # training in float32, as in practice
 n_train = lesson.choose(None, 5000)
 x_train, y_train, x_test, y_test = lesson.mnist(n_train=n_train, n_test=lesson.choose(None, 1000))
 epochs = lesson.choose(5, 4)
@@ -132,7 +134,7 @@ curve = []                                                  # (step, CE, geometr
 
 def track(step):
     net.eval()
-    logits = net.forward(probe_x)
+    logits = net.forward(probe_x).astype("float64")          # (n, 10), compared in float64
     ce_now = crit.forward(logits, probe_y)
     p = softmax(logits)[xp.arange(probe_x.shape[0]), probe_y]    # (n,) p(y_n | x_n)
     curve.append((step, ce_now, float(xp.exp(xp.log(p).mean()))))

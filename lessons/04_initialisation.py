@@ -75,7 +75,7 @@ print(f"Xavier's var(w) = 2/(N_x+N_y) = {2 / (N_x + N_y):.2e}")
 # halving its second moment, which is what He's factor 2 pays for.
 
 # %%
-depth, width, n = 20, 256, lesson.choose(2000, 1000)
+depth, width, n = 20, 256, lesson.choose(2000, 500)
 x0 = xp.asarray(rng.standard_normal((n, width)))        # (n, width)
 
 

@@ -107,7 +107,7 @@ assert kappas["standardised"] < kappas["centred"] < kappas["raw [0, 1]"]
 # kappa, and whitened inputs done in a single step.
 
 # %%
-cap = 5000
+cap = lesson.choose(5000, 2000)
 
 
 def steps_to_target(x, eta):

@@ -1,7 +1,7 @@
 # %% [markdown]
 # # Lesson 8: batch normalisation -- train vs eval, rank collapse, and why deep nets need it
 #
-# Seed: lecture 4 (optimisation of deep networks), the slides "Rank collapse" and
+# Seed: 004 (Ilin, "Deep learning optimization"), the slides "Rank collapse" and
 # "Batch normalization" after Daneshmand et al. (2020, "Batch normalization provably
 # avoids rank collapse for randomly initialised deep networks") and Bjorck et al. (2018,
 # "Understanding batch normalization").
@@ -22,15 +22,13 @@
 # Run: `python lessons/08_batch_normalisation.py` (`MINIDL_FAST=1` for the quick version).
 
 # %%
-import matplotlib
-
-matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 
 import minidl
 from minidl import data, models
 from minidl.layers import BatchNorm1d, ReLU
 from minidl.lesson import FAST, savefig
+from minidl.lesson import mnist as lesson_mnist
 from minidl.losses import SoftmaxCrossEntropy
 from minidl.optim import SGD
 from minidl.train import evaluate, fit
@@ -38,15 +36,10 @@ from minidl.train import evaluate, fit
 xp = minidl.xp()
 rng = minidl.default_rng(0)
 
-# Real digits: full MNIST when MINIDL_DATA holds it, else the bundled 10,000-image subset.
-x_all, y_all = data.load_default("train")
-x_test, y_test = data.load_default("test")
+# Real digits: full MNIST in full mode, the bundled 10,000-image subset in fast mode.
 n_train = 2000 if FAST else 20000
-X = data.normalise(x_all[:n_train])                  # (n_train, 1, 28, 28) float32 in [0, 1]
-Y = y_all[:n_train]                                  # (n_train,)
-Xte = data.normalise(x_test[:2000])                  # (2000, 1, 28, 28)
-Yte = y_test[:2000]
-print(f"training on {n_train} images of {data.default_dataset()}")
+X, Y, Xte, Yte = lesson_mnist(n_train, 2000, flatten=False)   # (n, 1, 28, 28) in [0, 1]
+print(f"training on {n_train} MNIST images")
 
 # %% [markdown]
 # ## 1. Training mode vs evaluation mode
@@ -114,7 +107,8 @@ for use_bn in (False, True):
     ranks[use_bn] = hidden_ranks(model, xb)
 print("rank after layers 1, 10, 20, 30, 40, 50:")
 for use_bn in (False, True):
-    print(f"  {'BN   ' if use_bn else 'no BN'} {[ranks[use_bn][i] for i in (0, 9, 19, 29, 39, 49)]}")
+    picked = [ranks[use_bn][i] for i in (0, 9, 19, 29, 39, 49)]
+    print(f"  {'BN   ' if use_bn else 'no BN'} {picked}")
 assert ranks[False][-1] <= 2 and ranks[False][19] < 10, "rank should collapse without BN"
 assert min(ranks[True]) >= 120, "BN should keep the rank (almost) full"
 

@@ -1,7 +1,7 @@
 # %% [markdown]
 # # Lesson 10: Gauss-Newton and the structure of curvature
 #
-# Seed: A. Botev, H. Ritter, D. Barber, "Practical Gauss-Newton optimisation for deep
+# Seed: 002, A. Botev, H. Ritter, D. Barber, "Practical Gauss-Newton optimisation for deep
 # learning", ICML 2017 (slides). For a layer h_l = W_l a_{l-1}, a_l = f(h_l), the
 # Hessian block of one example's loss E with respect to W_l is
 #
@@ -31,9 +31,6 @@
 # %%
 import warnings
 
-import matplotlib
-
-matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 
 import minidl
@@ -128,7 +125,8 @@ for name, act in (("ReLU", ReLU), ("tanh", Tanh)):
                          H_min=float(xp.linalg.eigvalsh(H)[0]),
                          G_min=float(xp.linalg.eigvalsh(G)[0]),
                          off=float(xp.abs(H - G).max()))
-    print(f"{name}: max |H - G| on the W-blocks {diag_diff:.1e}, anywhere {results[name]['off']:.1e};"
+    print(f"{name}: max |H - G| on the W-blocks {diag_diff:.1e}, "
+          f"anywhere {results[name]['off']:.1e};"
           f" smallest eigenvalue of a W-block of H {block_min_eig:.1e}; of H "
           f"{results[name]['H_min']:.1e}; of G {results[name]['G_min']:.1e}")
 relu, tanh = results["ReLU"], results["tanh"]
@@ -237,7 +235,7 @@ for name, weights in slices.items():
         for j, b in enumerate(grid):
             W1[...], W2[...] = weights(float(a), float(b))
             E[i, j] = mse.forward(net2(X2), Y2)
-            pattern[i][j] = (net2.layers[1].cache["x"] > 0).tobytes()    # ReLU pattern
+            pattern[i][j] = (net2.layers[1].df() > 0).tobytes()    # ReLU on/off pattern
     count = 0
     for i in range(1, n_grid - 1):
         for j in range(1, n_grid - 1):

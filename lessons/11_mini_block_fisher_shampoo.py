@@ -1,7 +1,7 @@
 # %% [markdown]
 # # Lesson 11: Mini-Block Fisher (MBF) and Shampoo -- between Adam and K-FAC
 #
-# Seed: A. Bahamou, D. Goldfarb, Y. Ren, "A Mini-Block Fisher Method for Deep Neural
+# Seed: 003, A. Bahamou, D. Goldfarb, Y. Ren, "A Mini-Block Fisher Method for Deep Neural
 # Networks" (AISTATS 2023). Second-order methods such as K-FAC and Shampoo precondition
 # each layer's gradient with an approximation of that layer's whole block of the
 # empirical Fisher F = E[g g^T]; Adam uses only its diagonal (and a square root). MBF sits
@@ -24,15 +24,13 @@
 # %%
 import warnings
 
-import matplotlib
-
-matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 
 import minidl
 from minidl import data, methods, models
 from minidl.layers import AvgPool2d, Linear, Sequential
 from minidl.lesson import FAST, savefig
+from minidl.lesson import mnist as lesson_mnist
 from minidl.losses import BCEWithLogits, SoftmaxCrossEntropy
 from minidl.optim import SGD, Adam
 from minidl.precond import BDF, KFAC, MBF, Shampoo
@@ -42,13 +40,12 @@ xp = minidl.xp()
 warnings.simplefilter("ignore", category=minidl.precond.CoverageWarning)
 
 # Down-scaled MNIST as in Martens & Grosse (2015): pad 28x28 to 32x32, average 2x2 -> 16x16.
-x_all, y_all = data.load_default("train")
 n_train = 5000 if FAST else 20000
+X28, Y, _, _ = lesson_mnist(n_train, 1, flatten=False)        # (n, 1, 28, 28) in [0, 1]
 pool = AvgPool2d(2)
-X16 = pool(xp.pad(data.normalise(x_all[:n_train]), ((0, 0), (0, 0), (2, 2), (2, 2))))
+X16 = pool(xp.pad(X28, ((0, 0), (0, 0), (2, 2), (2, 2))))    # (n, 1, 16, 16)
 X16 = X16.reshape(n_train, 256)                      # (n_train, 256) values in [0, 1]
-Y = y_all[:n_train]
-print(f"{n_train} digits of {data.default_dataset()}, down-scaled to 16x16")
+print(f"{n_train} MNIST digits, down-scaled to 16x16")
 
 # %% [markdown]
 # ## 1. Following the BDF trajectory, and every method's direction on the way
@@ -140,7 +137,7 @@ assert mean["MBF"] < min(mean["K-FAC"], mean["Shampoo"]), "MBF between first and
 # %% [markdown]
 # **Measured vs the paper:** the ordering holds on every middle layer: K-FAC and Shampoo
 # closest to BDF, then MBF, then SGD-m and Adam. MBF's cosine is not "mostly 0.6-0.7"
-# here: it falls from layer 5 (near the output, ~0.65-0.7) to layer 2 (~0.4); the print
+# here: it falls from ~0.65-0.7 at layer 5 (near the output) to ~0.35-0.4 at layer 2; the print
 # above gives the share of its values inside the paper's band. We assert the ordering,
 # not the band.
 #
@@ -179,8 +176,7 @@ assert mass > 3 * share, "most of the inverse's weight should sit in the mini-bl
 # and their inverses every 10 (Shampoo's roots every 20) steps. (With the library's K-FAC
 # default T2 = 100 the factors stay at their identity start for the first 100 steps, and
 # K-FAC equals SGD-m for most of a race this short.) K-FAC's and MBF's KL clipping is
-# off (`kl_clip=None`): it needs the learning rate, which `methods.build` does not hand
-# to the preconditioner today, so it was off in the grid search as well.
+# off (`kl_clip=None`), as it was in the grid search the rates come from.
 # **Expected plot (paper):** MBF, K-FAC and Shampoo below SGD-m and Adam.
 
 # %%
@@ -208,13 +204,17 @@ final = {name: float(v[-50:].mean()) for name, v in race.items()}
 ranking = sorted(final, key=final.get)
 print("ranking by the mean loss of the last 50 steps: " + " < ".join(ranking))
 assert final["mbf"] < final["momentum"], "MBF should beat SGD-m on the autoencoder"
+if not FAST:                                         # 2,000 steps: the paper's ranking
+    assert final["mbf"] < final["adam"], "in the longer race MBF should beat Adam"
 
 # %% [markdown]
-# **Measured vs the paper:** MBF ends below SGD-m, as the paper reports. But in our grid
-# search (400 steps) Adam and K-FAC ended lowest (training loss 0.144 and 0.141 against
-# MBF's 0.173 and Shampoo's 0.187): the paper's "MBF outperforms Adam" does not show in
-# this small, short race on down-scaled digits, and we do not assert it. The full-size
-# experiment is one exercise below.
+# **Measured vs the paper:** it depends on the length of the race. In fast mode (150
+# steps) MBF ends below SGD-m but Adam ends lowest of all (adam < mbf < kfac < shampoo <
+# momentum): early on, Adam's per-coordinate scaling wins. In full mode (20,000 digits,
+# 2,000 steps) we measured the paper's ranking: Shampoo 0.1125 ~ MBF 0.1126 < K-FAC 0.1163
+# < Adam 0.1219 < SGD-m 0.1445. So we assert MBF < SGD-m in both modes and MBF < Adam
+# only in the full run. The paper's own setting (the full-size autoencoder) is the last
+# exercise below.
 
 # %%
 fig, axes = plt.subplots(1, 4, figsize=(18, 4.2), gridspec_kw={"width_ratios": [1, 1, 1, 1]})
@@ -246,7 +246,5 @@ print("saved", savefig(fig, "11_mini_block_fisher_shampoo", dpi=80))
 #    Is its cosine close to MBF's, as the paper finds?
 # 2. Vary MBF's damping (1e-4 ... 1e-1). How does its cosine with BDF move between the
 #    SGD-m curve and the K-FAC curve? Explain with d ~ g / lambda for small g.
-# 3. Draw the inverse EF of layer 5 (the last middle layer). Is the mini-block structure
-#    as clear as in layer 2?
-# 4. (Long; a GPU helps.) Run the race on the paper's network, `models.autoencoder("mnist")`
+# 3. (Long; a GPU helps.) Run the race on the paper's network, `models.autoencoder("mnist")`
 #    on full 28x28 MNIST with batch 1,000, for the same wall-clock time per method.

@@ -16,17 +16,15 @@
 # We (1) look at what im2col builds, (2) check that `Conv2d` equals the loops, (3) time
 # the loops, minidl's im2col path and -- where CuPy and a GPU are present -- the GPU.
 #
-# Seeds: none of the seed documents teaches convolution itself; 000 (BNP) and 003 (MBF)
-# train the 5-layer CNN and ResNets built from this layer. This lesson is about the layer.
+# Seed: none of the five seeds treats convolutions; this lesson follows K. Chellapilla,
+# S. Puri, P. Simard (2006) on im2col and the CS231n notes, the references of
+# `minidl.layers.conv`.
 #
 # Run: `python lessons/13_convolutions.py` (`MINIDL_FAST=1` for the quick version).
 
 # %%
 import time
 
-import matplotlib
-
-matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 from matplotlib.ticker import NullFormatter
 from threadpoolctl import threadpool_limits
@@ -151,7 +149,8 @@ one_thread.restore_original_limits()
 per_pixel_loops = t_loops[-1] / (N * F * (sizes[-1] - k + 1) ** 2 * C)   # s per (pixel*C)
 t_big_loops_est = 3 * per_pixel_loops * big["N"] * big["F"] * 28 * 28 * big["C"]
 gflops_big = 3 * 2 * big["N"] * big["F"] * 28 * 28 * big["C"] * k * k / t_big_cpu / 1e9
-print(f"{big}: im2col forward+backward (one core) {t_big_cpu * 1e3:.1f} ms ({gflops_big:.1f} GFLOP/s); "
+print(f"{big}: im2col forward+backward (one core) {t_big_cpu * 1e3:.1f} ms "
+      f"({gflops_big:.1f} GFLOP/s); "
       f"loops would need about {t_big_loops_est:.0f} s (extrapolated)")
 
 # %% [markdown]

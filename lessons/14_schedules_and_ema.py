@@ -1,9 +1,9 @@
 # %% [markdown]
 # # Lesson 14: learning-rate schedules and parameter averaging (EMA)
 #
-# Seed: lecture 4, "model fine-tuning": with a constant learning rate, mini-batch SGD does
-# not settle at a minimum -- the noise of the gradient keeps the iterate theta_t jittering
-# around it. Two remedies:
+# Seed: 004 (Ilin, "Deep learning optimization"), "model fine-tuning": with a constant
+# learning rate, mini-batch SGD does not settle at a minimum -- the noise of the gradient
+# keeps the iterate theta_t jittering around it. Two remedies:
 #
 # * **anneal** the learning rate towards the end of training (step decay, 1/k, cosine...);
 # * **average** the parameters: theta'_t = gamma theta'_{t-1} + (1 - gamma) theta_t, an
@@ -17,15 +17,13 @@
 # Run: `python lessons/14_schedules_and_ema.py` (`MINIDL_FAST=1` for the quick version).
 
 # %%
-import matplotlib
-
-matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 
 import minidl
 from minidl import data, models
 from minidl.layers import Linear
 from minidl.lesson import FAST, savefig
+from minidl.lesson import mnist as lesson_mnist
 from minidl.losses import MSELoss, SoftmaxCrossEntropy
 from minidl.optim import (EMA, SGD, Constant, Cosine, Inverse, InverseSqrt, LinearWarmup,
                           LRScheduler, StepDecay)
@@ -119,12 +117,10 @@ assert float(dist_ema.mean()) < 0.7 * float(dist.mean()), "and sit closer to w*"
 
 # %%
 minidl.set_default_dtype("float32")
-x_all, y_all = data.load_default("train")
 n_train = 4000 if FAST else 50000
-X = data.normalise(x_all[:n_train])                    # (n_train, 1, 28, 28)
-Y = y_all[:n_train]
-Xe = data.normalise(x_all[-2000:])                     # (2000, 1, 28, 28) for evaluation
-Ye = y_all[-2000:]
+X_all, Y_all, _, _ = lesson_mnist(n_train + 2000, 1, flatten=False)   # (n + 2000, 1, 28, 28)
+X, Y = X_all[:n_train], Y_all[:n_train]               # (n_train, 1, 28, 28) for training
+Xe, Ye = X_all[n_train:], Y_all[n_train:]             # (2000, 1, 28, 28) for evaluation
 ce = SoftmaxCrossEntropy()
 eval_loader = data.DataLoader(Xe, Ye, 1000, shuffle=False)
 steps = 1200 if FAST else 6000

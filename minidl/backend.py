@@ -172,6 +172,26 @@ def linalg_errors():
     return tuple(errors)
 
 
+_blas_libs = []  # threadpoolctl's handles on the BLAS libraries NumPy loaded (made once)
+
+
+def blas_threads():
+    """The number of threads NumPy's BLAS runs its products on right now (1 if unknown).
+
+    Read through threadpoolctl on every call, so it follows ``threadpool_limits``; layers use
+    it to size their work (e.g. ``Conv2d``'s chunks).
+    """
+    if not _blas_libs:
+        try:
+            import threadpoolctl
+            libs = [lib for lib in threadpoolctl.ThreadpoolController().lib_controllers
+                    if lib.user_api == "blas"]
+        except Exception:  # no threadpoolctl, or it cannot read the library: assume 1
+            libs = []
+        _blas_libs.append(libs)
+    return max((lib.num_threads for lib in _blas_libs[0]), default=1)
+
+
 def default_rng(seed=None):
     """An explicit random generator (NumPy's PCG64) on the host.
 

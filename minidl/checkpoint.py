@@ -217,17 +217,27 @@ def check_writable(path):
     """Make sure ``save(path, ...)`` will be able to write, before any training starts.
 
     Creates the folder if needed and writes (then removes) a temporary file in it, the
-    way ``save`` does. The file at ``path`` itself is left alone.
+    way ``save`` does. The file at ``path`` itself is left alone; when it exists it must
+    be a checkpoint (or empty), since ``save`` will replace it.
 
     Raises:
-        CheckpointError: ``path`` is a folder, or its folder cannot be made or written;
-            the message says which and why.
+        CheckpointError: ``path`` is a folder, a file that is not a checkpoint, or its
+            folder cannot be made or written; the message says which and why.
     """
     path = os.fspath(path)
     if os.path.isdir(path):
         raise CheckpointError(f"checkpoint path {path!r} is a folder; give a file name, "
                               "e.g. run.npz")
+    if os.path.isfile(path) and os.path.getsize(path) > 0 and not _looks_like_checkpoint(path):
+        raise CheckpointError(f"checkpoint path {path!r} exists and is not a minidl "
+                              "checkpoint, so saving would destroy it; give another file name")
     folder = os.path.dirname(os.path.abspath(path))
+    above = folder
+    while not os.path.exists(above):  # the nearest part of the path that exists
+        above = os.path.dirname(above)
+    if not os.path.isdir(above):
+        raise CheckpointError(f"cannot write the checkpoint {path!r}: {above!r} is a file, "
+                              "not a folder")
     try:
         os.makedirs(folder, exist_ok=True)
         fd, tmp = tempfile.mkstemp(prefix="." + os.path.basename(path) + ".", suffix=".tmp",
@@ -238,6 +248,19 @@ def check_writable(path):
         raise CheckpointError(f"cannot write the checkpoint {path!r}: "
                               f"{err.strerror or err} ({folder})") from None
     return path
+
+
+def _looks_like_checkpoint(path):
+    """True for an .npz archive holding the ``__meta__`` entry ``save`` writes (only the
+    archive's list of entries is read)."""
+    with open(path, "rb") as f:
+        if f.read(4) != _ZIP_MAGIC:
+            return False
+    try:
+        with backend.host().load(path, allow_pickle=False) as data:
+            return "__meta__" in data.files
+    except (ValueError, zipfile.BadZipFile, zlib.error, EOFError, OSError):
+        return False
 
 
 def _fsync_folder(folder):
@@ -283,7 +306,10 @@ def _read_arrays(path):
                               "by unpickling (and unpickling can run code); minidl "
                               "checkpoints hold numeric arrays only, so it was refused") from None
         raise _fail(path, f"corrupted entry {key!r} ({err})") from None
-    except (zipfile.BadZipFile, zlib.error, EOFError, OSError, KeyError) as err:
+    # (zipfile raises NotImplementedError for a damaged header naming an unknown
+    # compression method or zip version, RuntimeError for one whose "encrypted" flag is set)
+    except (zipfile.BadZipFile, zlib.error, EOFError, OSError, KeyError,
+            NotImplementedError, RuntimeError) as err:
         where = f" while reading entry {key!r}" if key else ""
         raise _fail(path, f"truncated or corrupted archive{where} "
                           f"({type(err).__name__}: {err})") from None

@@ -277,7 +277,8 @@ class GradCheckReport:
                 f"{self.rtol:g}*max(|a|,|n|))")
         lines = [head]
         if self.directions_from:
-            lines.append(f"  random directions: {self.directions_from}")
+            label = "random directions" if "drawn from" in self.directions_from else "directions"
+            lines.append(f"  {label}: {self.directions_from}")
         return "\n".join(lines + [str(c) for c in self.checks])
 
     __repr__ = __str__
@@ -452,7 +453,9 @@ def check_layer(layer, x, dout=None, rng=None, eps=1e-6, rtol=1e-5, atol=1e-7,
             douts = [xp.asarray(gen.standard_normal(out.shape)) for _ in range(K)]
             source = f"{K} upstream gradient(s) drawn from {source}"
         else:
-            douts, source = [_float64_copy(xp.asarray(dout))], "the dout passed in"
+            douts = [_float64_copy(xp.asarray(dout))]
+            source = ("the dout passed in (one direction, chosen by the caller, can hide an "
+                      "error: leave dout out to check random ones)")
         reset()
         _refuse_if_random(f"check_layer({title})", out, layer.forward(x))
 

@@ -3,7 +3,11 @@
 A lesson (``lessons/NN_name.py``, ``# %%`` cells) runs top to bottom as a script or cell
 by cell in a notebook. Two environment variables steer it:
 
-* ``MINIDL_FAST=1``: less data and fewer epochs (CI runs every lesson this way);
+* ``MINIDL_FAST=1``: less data and fewer epochs (CI runs every lesson this way), and BLAS
+  limited to one thread (``threadpoolctl``) when this module is imported: the lessons'
+  matrices are small, and on a shared two-core machine two BLAS threads per process spin
+  against each other (measured under a load of ~7: all fourteen lessons took 874 s with
+  two threads, 113 s with one);
 * ``MINIDL_FIGURES``: the folder its PNG figures are written to (default
   ``lessons/figures`` when run from the repository root, ``figures`` when run from inside
   ``lessons/``, as a notebook is).
@@ -29,6 +33,20 @@ def is_fast():
 
 
 FAST = is_fast()
+
+
+def _one_blas_thread_in_fast_mode():
+    """Limit BLAS to one thread in fast mode (see the module docstring); None otherwise."""
+    if not FAST:
+        return None
+    try:
+        from threadpoolctl import threadpool_limits
+    except ImportError:  # threadpoolctl is a dependency, but a bare checkout may lack it
+        return None
+    return threadpool_limits(limits=1, user_api="blas")
+
+
+_BLAS_LIMIT = _one_blas_thread_in_fast_mode()
 
 
 def choose(full, fast):
@@ -108,7 +126,8 @@ def quadratic(A, b):
 
     Returns:
         ``(model, X, y)``: the layer (W initialised to zeros), inputs X (M, M) and
-        targets y (M, 1); ``MSELoss().forward(model.forward(X), y)`` is the quadratic.
+        targets y (M, 1), all in A's dtype; ``MSELoss().forward(model.forward(X), y)`` is
+        the quadratic.
 
     Raises:
         ValueError: A is not square and symmetric positive definite, or b does not match.
@@ -125,6 +144,6 @@ def quadratic(A, b):
                          f"from {float(lam.min()):.3g} to {float(lam.max()):.3g}")
     X = (M / 2) ** 0.5 * (Q * xp.sqrt(lam)) @ Q.T  # (M, M) = sqrt(M/2) A^(1/2)
     y = ((M / 2) ** 0.5 * (Q / xp.sqrt(lam)) @ Q.T @ b)[:, None]  # (M, 1)
-    model = Linear(M, 1, bias=False, rng=backend.default_rng(0))
+    model = Linear(M, 1, bias=False, rng=backend.default_rng(0)).astype(A.dtype)
     model.params["W"][...] = 0
     return model, X, y

@@ -189,6 +189,9 @@ def build(name, model, loss, lr=None, rng=None, optimizer_kw=None, precond_kw=No
     method = get_method(name)
     lr = method.lr if lr is None else lr
     kw = dict(method.optimizer_kw, **(optimizer_kw or {}), **overrides)
+    if "lr" in kw:
+        raise ValueError(f"the learning rate is not an optimizer setting here: pass lr= "
+                         f"(the command line's --lr), got lr={kw['lr']!r} among them")
     optimizer = make_optimizer(method.optimizer, model, lr=lr, **kw)
     precond_kw = dict(precond_kw or {})
     if method.precond is None:

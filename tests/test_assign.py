@@ -99,6 +99,24 @@ def test_committed_master_parses(name):
     assert text.count("hidden: true") >= len(master.questions)
 
 
+def _public_tests(name, question):
+    """The source of the public test cells of one question of a committed master."""
+    text = (ROOT / "assignments" / name / f"{name}.py").read_text()
+    body = text.split(f"# name: {question}\n", 1)[1].split("# # END QUESTION", 1)[0]
+    tests = body.split("# # BEGIN TESTS", 1)[1].split("# # END TESTS", 1)[0]
+    return "\n".join(c for c in tests.split("# %%") if "hidden: true" not in c)
+
+
+@pytest.mark.parametrize("name, question, needle", [
+    ("04_optimizers", "q1", "nesterov=True"),   # Nesterov was only in the hidden test
+    ("03_normalisation", "q1", ".eval()"),      # so was BatchNorm's eval mode
+])
+def test_public_tests_cover_what_hidden_tests_grade(name, question, needle):
+    # README: hidden tests check the same things on other shapes, so every behaviour they
+    # grade has a public check the student can run with grader.check
+    assert needle in _public_tests(name, question)
+
+
 def test_readme_explains_release_grade_and_check():
     text = (ROOT / "assignments" / "README.md").read_text()
     for needle in ("minidl assign release", "minidl assign grade", "grader.check",
@@ -262,6 +280,16 @@ def test_feedback_names_a_transposed_gradient():
     report = r"gradient check of .*FAILED[\s\S]*FAIL\] W [\s\S]*worst at index"
     with pytest.raises(AssertionError, match=report):
         assert_gradcheck(_linear_with(lambda x, dout: 0.5 * dout.T @ x), x)
+
+
+def test_feedback_gradcheck_takes_a_float32_layer_as_check_layer_does():
+    """check_layer runs a float32 layer in float64 itself; the feedback must not refuse it."""
+    import minidl
+    from minidl.assign.feedback import assert_gradcheck
+    from minidl.layers import Linear
+    layer = Linear(4, 3, rng=minidl.default_rng(0))  # the default dtype: float32
+    assert layer.params["W"].dtype == "float32"
+    assert_gradcheck(layer, minidl.default_rng(1).standard_normal((5, 4)))
 
 
 def test_feedback_assert_close_reports_the_worst_element():

@@ -242,3 +242,158 @@ def test_python_dash_m_grades(tiny):
     assert "total: 0/5" in out.stdout
     assert scores(json.loads((root / "cli.json").read_text())) == {"q1": (0.0, 2.0),
                                                                   "q2": (0.0, 3.0)}
+
+
+# -- notebooks that try to fake a pass -------------------------------------------------------
+HOSTILE_MASTER = '''# %% [raw]
+# # ASSIGNMENT CONFIG
+# name: fakes
+# export_cell: false
+
+# %%
+import numpy as np
+from minidl.layers import Layer
+
+# %% [raw]
+# # BEGIN QUESTION
+# name: q1
+# points: 1
+
+# %% [markdown]
+# Write the backward pass of Square (out = x * x).
+
+# %% [raw]
+# # BEGIN SOLUTION
+
+# %%
+class Square(Layer):
+    def forward(self, x):
+        self.cache["x"] = x
+        return x * x
+
+    def backward(self, dout):
+        return 2 * self.cache["x"] * dout  # SOLUTION
+
+# %% [raw]
+# # END SOLUTION
+
+# %% [raw]
+# # BEGIN TESTS
+
+# %%
+from minidl.assign.feedback import assert_gradcheck
+assert_gradcheck(Square(), np.arange(1.0, 7.0).reshape(2, 3))
+
+# %% [raw]
+# # END TESTS
+
+# %% [raw]
+# # END QUESTION
+
+# %% [raw]
+# # BEGIN QUESTION
+# name: q2
+# points: 1
+
+# %% [markdown]
+# Write double.
+
+# %% [raw]
+# # BEGIN SOLUTION
+
+# %%
+def double(x):
+    return 2 * x  # SOLUTION
+
+# %% [raw]
+# # END SOLUTION
+
+# %% [raw]
+# # BEGIN TESTS
+
+# %%
+import numpy as np
+assert np.allclose(double(np.arange(3.0)), [0.0, 2.0, 4.0])
+
+# %% [raw]
+# # END TESTS
+
+# %% [raw]
+# # END QUESTION
+'''
+
+# a blank notebook that replaces what the tests call, and deletes its home folder
+FAKES = ("import os, shutil, numpy, minidl.gradcheck, minidl.assign.feedback, minidl.layers\n"
+         "numpy.allclose = lambda *a, **k: True\n"
+         "minidl.assign.feedback.assert_gradcheck = lambda *a, **k: None\n"
+         "minidl.gradcheck.check_layer = lambda *a, **k: None\n"
+         "minidl.layers.Layer.backward = lambda self, dout: dout\n"
+         "shutil.rmtree(os.path.expanduser('~'), ignore_errors=True)\n")
+
+
+# ... and, in the last cell, fakes again and runs the checks before the cell ends
+FAKES_AND_CHECK = ("import numpy, minidl.assign.feedback\n"
+                   "numpy.allclose = lambda *a, **k: True\n"
+                   "minidl.assign.feedback.assert_gradcheck = lambda *a, **k: None\n"
+                   "grader.check('q1')\ngrader.check('q2')\n")
+
+
+def test_faked_pass_earns_nothing_and_home_survives(tmp_path, monkeypatch):
+    (tmp_path / "fakes").mkdir()
+    (tmp_path / "fakes" / "fakes.py").write_text(HOSTILE_MASTER)
+    assert main(["release", str(tmp_path / "fakes"), "--out", str(tmp_path / "rel"),
+                 "--cell-timeout", "20"]) == 0
+    zip_path = sorted((tmp_path / "rel" / "autograder").glob("*.zip"))[0]
+    nb = nbformat.read(str(tmp_path / "rel" / "student" / "fakes.ipynb"), as_version=4)
+    at = next(i for i, c in enumerate(nb.cells) if "class Square" in c.source)
+    nb.cells.insert(at, nbformat.v4.new_code_cell(FAKES))
+    nb.cells.append(nbformat.v4.new_code_cell(FAKES_AND_CHECK))
+    nbformat.write(nb, str(tmp_path / "fakes.ipynb"))
+    home = tmp_path / "home"  # the grader's home, as the notebook would see it
+    home.mkdir()
+    (home / "keep.txt").write_text("the grader's own file")
+    monkeypatch.setenv("HOME", str(home))
+    results, got = grade(zip_path, tmp_path / "fakes.ipynb", tmp_path / "fakes.json")
+    assert got == {"q1": (0.0, 1.0), "q2": (0.0, 1.0)}, results
+    assert no_grader_error(results)
+    assert (home / "keep.txt").read_text() == "the grader's own file"
+    # and the solution, graded the same way, still gets every point
+    results, got = grade(zip_path, tmp_path / "rel" / "autograder" / "fakes.ipynb",
+                         tmp_path / "solution.json")
+    assert got == {"q1": (1.0, 1.0), "q2": (1.0, 1.0)}, results
+
+
+# -- the zip on Gradescope -------------------------------------------------------------------
+SIMULATE_GRADESCOPE = '''\
+import os, sys
+# Gradescope runs "python /autograder/source/run_otter.py" in an image where minidl is not
+# installed: hide any installed minidl so only what the zip carries can be imported
+sys.meta_path[:] = [f for f in sys.meta_path if "editable" not in repr(f).lower()]
+sys.path[:] = [sys.path[0]] + [p for p in sys.path[1:]
+                               if not os.path.isdir(os.path.join(p or ".", "minidl"))]
+from otter.run.run_autograder import main
+main(sys.argv[1])
+'''
+
+
+def test_autograder_zip_runs_where_minidl_is_not_installed(tiny, tmp_path):
+    # the layout Gradescope uses: /autograder/{source,submission,results}; the guard plugin
+    # is imported by the grading process itself, whose path has only source/
+    import os
+    import zipfile
+    root, zip_path = tiny
+    ag = tmp_path / "autograder"
+    with zipfile.ZipFile(zip_path) as zf:
+        zf.extractall(ag / "source")
+    (ag / "submission").mkdir()
+    (ag / "results").mkdir()
+    (ag / "submission_metadata.json").write_text("{}")
+    nb = root / "rel" / "autograder" / "tiny.ipynb"
+    (ag / "submission" / "tiny.ipynb").write_bytes(nb.read_bytes())
+    (ag / "source" / "simulate.py").write_text(SIMULATE_GRADESCOPE)
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    run = subprocess.run([sys.executable, str(ag / "source" / "simulate.py"), str(ag)],
+                         cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+    results = json.loads((ag / "results" / "results.json").read_text())
+    assert scores(results) == {"q1": (2.0, 2.0), "q2": (3.0, 3.0)}, results

@@ -133,6 +133,13 @@ def _damaged(saved, tmp_path, how):
             target = f["model/1.W"].tobytes()
         at = raw.index(target) + len(target) // 2  # inside the array's bytes
         bad.write_bytes(raw[:at] + bytes([raw[at] ^ 0xFF]) + raw[at + 1:])
+    elif how in ("compression", "encrypted"):
+        # damage in the zip's central directory: the first entry's compression method
+        # (2 bytes at offset 10) becomes unknown, or its "encrypted" flag (bit 0 of the
+        # flags at offset 8) is set; zipfile then raises NotImplementedError/RuntimeError
+        at = raw.index(b"PK\x01\x02") + (10 if how == "compression" else 8)
+        patch = b"\x63\x00" if how == "compression" else bytes([raw[at] | 1, raw[at + 1]])
+        bad.write_bytes(raw[:at] + patch + raw[at + 2:])
     return bad
 
 
@@ -141,6 +148,8 @@ def _damaged(saved, tmp_path, how):
     ("empty", "empty"),
     ("garbage", "not an .npz"),
     ("flipped", "corrupted"),
+    ("compression", "truncated or corrupted"),
+    ("encrypted", "truncated or corrupted"),
 ])
 def test_damaged_checkpoint_is_refused_and_changes_nothing(saved, tmp_path, how, message):
     bad = _damaged(saved, tmp_path, how)
@@ -298,3 +307,16 @@ def test_check_writable(tmp_path):
     (tmp_path / "f").write_text("x")
     with pytest.raises(CheckpointError, match="cannot write"):
         checkpoint.check_writable(tmp_path / "f" / "run.npz")
+
+
+def test_check_writable_never_overwrites_a_file_that_is_not_a_checkpoint(saved, tmp_path):
+    """A checkpoint path naming someone's notes (or a data file) is refused before any
+    training; a checkpoint (the run's own, written before) and an empty file may go."""
+    notes = tmp_path / "notes.txt"
+    notes.write_text("my precious notes")
+    with pytest.raises(CheckpointError, match="exists and is not a minidl checkpoint"):
+        checkpoint.check_writable(notes)
+    assert notes.read_text() == "my precious notes"
+    assert checkpoint.check_writable(saved[0])   # an existing checkpoint: overwritten later
+    (tmp_path / "empty.npz").write_bytes(b"")
+    assert checkpoint.check_writable(tmp_path / "empty.npz")

@@ -56,6 +56,15 @@ def test_train_help_lists_its_options(capsys):
     (["compare", "--frobnicate"], "unrecognized arguments"),       # argparse's own error
     (["train", "--resume", "/no/such/checkpoint.npz"], "no such file"),
     (["compare", "--threads", "0", "--limit", "10"], "--threads must be an integer >= 1"),
+    # settings an optimizer does not take: named with the ones it does, as for --precond-opt
+    (["train", "--optim-opt", "foo=1", "--limit", "10"],
+     "adam (Adam) does not take ['foo']; it takes lr, betas, eps, weight_decay"),
+    (["train", "--method", "rprop", "--weight-decay", "0.1", "--limit", "10"],
+     "Rprop) does not take ['weight_decay']; it takes lr, etas, step_sizes"),
+    (["train", "--optim-opt", "lr=0.5", "--limit", "10"], "(the command line's --lr)"),
+    (["compare", "--methods", "sgd", "adam", "--precond-opt", "damping=0.1"],
+     "--precond-opt ['damping']: none of the methods of this run (sgd, adam) has a "
+     "preconditioner"),
 ])
 def test_bad_arguments_give_one_line_and_status_2(capsys, argv, expected):
     assert cli.main(argv) == 2
@@ -172,8 +181,18 @@ def test_a_checkpoint_that_cannot_be_written_is_refused_before_epoch_1(tmp_path,
     one_line_refusal(capsys, ["train", "--method", "sgd", "--epochs", "1", *TINY,
                               "--out", str(tmp_path / "o"),
                               "--checkpoint", str(blocker / "run.npz")],
-                     "--checkpoint", "cannot write the checkpoint")
+                     "--checkpoint", "cannot write the checkpoint",
+                     f"{str(blocker)!r} is a file, not a folder")
     assert not (tmp_path / "o").exists()
+
+
+def test_a_checkpoint_path_naming_another_file_is_refused_and_the_file_kept(tmp_path, capsys):
+    notes = tmp_path / "notes.txt"
+    notes.write_text("my precious notes")
+    one_line_refusal(capsys, ["train", "--method", "sgd", "--epochs", "1", *TINY,
+                              "--out", str(tmp_path / "o"), "--checkpoint", str(notes)],
+                     "--checkpoint", "exists and is not a minidl checkpoint")
+    assert notes.read_text() == "my precious notes"
 
 
 @pytest.fixture(scope="module")
@@ -192,6 +211,13 @@ def kfac_checkpoint(tmp_path_factory):
     (["--method", "momentum"], "method 'kfac' (now 'momentum')"),
     (["--method", "kfac", "--hidden", "32"], "hidden [16] (now [32])"),
     (["--method", "kfac", "--batchnorm"], "batchnorm False (now True)"),
+    # data options: another subset of the data would be trained on without a word
+    (["--method", "kfac", "--limit", "100"], "limit 200 (now 100)"),
+    (["--method", "kfac", "--seed", "3"], "seed 0 (now 3)"),
+    # method settings: the checkpoint's optimizer state would silently win over them
+    (["--method", "kfac", "--lr", "0.5"], "lr 0.01 (now 0.5)"),
+    (["--method", "kfac", "--weight-decay", "0.1"], "optimizer_kw {} (now {'weight_decay': 0.1})"),
+    (["--method", "kfac", "--precond-opt", "damping=0.1"], "precond_kw {} (now {'damping': 0.1})"),
 ])
 def test_resume_with_another_method_or_model_is_refused(kfac_checkpoint, tmp_path, capsys,
                                                         change, expected):
@@ -359,6 +385,8 @@ def test_readme_and_help_quote_the_same_measured_time(capsys):
     with open(os.path.join(ROOT, "README.md"), encoding="utf-8") as f:
         readme = " ".join(f.read().split())
     assert f"{took[1]} to {took[2]} s from start to finish" in readme
+    cpu = re.search(r"using (\d+) s of CPU time", text)
+    assert cpu and f"the command had {cpu[1]} s of CPU time" in readme
     assert "--threads" in readme and "threadpoolctl" in readme
 
 

@@ -109,7 +109,8 @@ def test_conv_in_chunks_equals_one_chunk(monkeypatch, stride, padding):
     Rout = layer.jvp(Rx)
     Rdx = layer.backward_rop(dout)
     Rgrads = {k: v.copy() for k, v in layer.Rgrads.items()}
-    monkeypatch.setattr(conv, "CHUNK_VALUES", 1)  # one example per chunk
+    for name in ("CHUNK_VALUES", "CHUNK_VALUES_THREADED"):  # one example per chunk
+        monkeypatch.setattr(conv, name, 1)
     assert len(layer._chunks(x)) == 5
     np.testing.assert_allclose(layer.forward(x), out, rtol=1e-13, atol=1e-13)
     np.testing.assert_allclose(layer.backward(dout), dx, rtol=1e-13, atol=1e-13)
@@ -237,3 +238,12 @@ def test_relu_keeps_only_its_output():
     dx = layer.backward(dout)
     np.testing.assert_array_equal(dx, np.where(x > 0, dout, 0))
     assert dx.dtype == np.float32 and set(layer.cache) == {"out", "dout"}
+
+
+def test_blas_threads_follows_threadpool_limits():
+    import threadpoolctl
+    from minidl import backend
+    with threadpoolctl.threadpool_limits(1):
+        assert backend.blas_threads() == 1
+    with threadpoolctl.threadpool_limits(2):
+        assert backend.blas_threads() in (1, 2)  # 1 where the BLAS has a single thread

@@ -226,7 +226,10 @@ def test_report_names_the_generator_and_reproduces():
            "minidl.gradcheck.check_rng(7)" in str(a)
     assert str(check_layer(layer, x, seed=7)) == str(a)  # the same seed, the same report
     assert "check_rng(0)" in str(check_layer(layer, x))  # the default seed is named too
-    assert "the dout passed in" in str(check_layer(layer, x, dout=_x(2)))
+    given = str(check_layer(layer, x, dout=_x(2)))
+    assert "  directions: the dout passed in (one direction, chosen by the caller, can hide " \
+           "an error: leave dout out to check random ones)" in given
+    assert "random directions" not in given  # the caller's dout is not random
     assert check_layer(layer, x, directions=1).directions_from.startswith("1 upstream")
 
 

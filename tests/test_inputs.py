@@ -62,7 +62,17 @@ def test_the_uint8_message_says_how_to_get_floats_in_0_1(name):
         make().forward(np.full(shape, 255, dtype="uint8"))
     text = str(err.value)
     assert "floats in [0, 1]" in text and "minidl.data.transforms.to_float(x)" in text
-    assert "x / 255" in text
+    assert "(or x.astype(minidl.get_default_dtype()) / 255)" in text
+
+
+def test_the_uint8_message_advice_works_where_plain_x_over_255_does_not():
+    """NumPy turns uint8 / 255 into float64, which a float32 layer refuses; the advice
+    of the message gives the layer's own precision."""
+    pixels = np.full((2, 4), 255, dtype="uint8")
+    layer = Linear(4, 3, rng=_rng())
+    with pytest.raises(TypeError, match="float32 parameters but got a float64 input"):
+        layer.forward(pixels / 255)
+    assert layer.forward(pixels.astype(minidl.get_default_dtype()) / 255).dtype == "float32"
 
 
 def test_what_integer_input_used_to_break():
@@ -77,7 +87,8 @@ def test_every_loss_refuses_integer_logits(name):
     loss, target = LOSSES[name]
     with pytest.raises(TypeError, match=r"expects a floating-point input, got dtype int64"):
         loss().forward(np.ones((4, 3), dtype="int64"), target(4))
-    with pytest.raises(TypeError, match=r"to_float\(x\) \(or x / 255\)"):
+    advice = r"to_float\(x\) \(or x.astype\(minidl.get_default_dtype\(\)\) / 255\)"
+    with pytest.raises(TypeError, match=advice):
         loss().forward(np.ones((4, 3), dtype="uint8"), target(4))
 
 

@@ -290,3 +290,17 @@ def test_the_loss_warning_about_a_nan_goes_into_the_report():
         h = train.fit(model, WarningLoss(), optim.SGD(model, lr=0.1),
                       DataLoader(x, y, 128, shuffle=False), log_every=0)
     assert "row(s) [44]" in h.divergence["detail"] and "row(s) [44]" in h.stop_reason
+
+
+def test_numpy_warnings_of_the_forward_pass_that_diverges_go_into_the_report():
+    """The overflow in the network's own forward pass (before the loss) is part of the
+    divergence's story: it goes into the report, not to the terminal."""
+    import warnings
+    x, y = blobs()
+    model = models.mlp((6, 32, 3), rng=minidl.default_rng(0))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # nothing escapes to the terminal
+        h = train.fit(model, SoftmaxCrossEntropy(), optim.SGD(model, lr=1e36),
+                      DataLoader(x, y, 32, shuffle=False), epochs=2, log_every=0)
+    assert h.divergence is not None and h.divergence["epoch"] == 1
+    assert "overflow" in h.divergence["detail"], h.divergence

@@ -300,7 +300,8 @@ import minidl.layers as _L, minidl.losses as _losses
 _xall, _yall = minidl.data.bundled_mnist("train")
 _x = _xall[:500].reshape(500, -1) / 255.0
 _r = minidl.default_rng(6)
-_net = [_L.Linear(784, 16, rng=_r), _L.ReLU(), _L.Linear(16, 10, rng=_r)]
+_net = [_L.Linear(784, 16, rng=_r).astype("float64"), _L.ReLU(),
+        _L.Linear(16, 10, rng=_r).astype("float64")]
 _first = train_epoch(_net, _losses.SoftmaxCrossEntropy(), _x, _yall[:500], 0.2, 50, _r)
 _second = train_epoch(_net, _losses.SoftmaxCrossEntropy(), _x, _yall[:500], 0.2, 50, _r)
 assert isinstance(_first, float) and _second < _first, f"mean loss went {_first} -> {_second}"
@@ -313,7 +314,8 @@ import minidl.layers as _L, minidl.losses as _losses
 _xall, _yall = minidl.data.bundled_mnist("train")
 _x, _y = _xall[:2500].reshape(2500, -1) / 255.0, _yall[:2500]
 _r = minidl.default_rng(14)
-_net = [_L.Linear(784, 64, rng=_r), _L.ReLU(), _L.Linear(64, 10, rng=_r)]
+_net = [_L.Linear(784, 64, rng=_r).astype("float64"), _L.ReLU(),
+        _L.Linear(64, 10, rng=_r).astype("float64")]
 for _ in range(3):
     _loss = train_epoch(_net, _losses.SoftmaxCrossEntropy(), _x[:2000], _y[:2000], 0.2, 50, _r)
 _out = _x[2000:]

@@ -68,6 +68,7 @@ class Momentum(Optimizer):
 import minidl.optim as _O
 from minidl.assign.feedback import assert_same_updates
 assert_same_updates(lambda m: Momentum(m, 0.1, 0.9), lambda m: _O.SGD(m, 0.1, momentum=0.9))
+assert_same_updates(lambda m: Momentum(m, 0.1, 0.9, nesterov=True), lambda m: _O.SGD(m, 0.1, momentum=0.9, nesterov=True))
 
 # %%
 """ # BEGIN TEST CONFIG

@@ -57,8 +57,11 @@ def assert_gradcheck(layer, x, **kwargs):
     """
     from ..gradcheck import check_layer
     np = backend.host()
+    # this first pass only checks shapes: run it in the layer's own precision (minidl does
+    # not mix them); check_layer itself then works in float64 on copies of the parameters
+    dtype = next((p.dtype for p in layer.params.values()), np.float64)
     try:
-        out = layer.forward(np.array(x, dtype=np.float64))
+        out = layer.forward(np.array(x, dtype=dtype))
         dx = layer.backward(np.ones_like(as_array("forward output", out)))
     except AssertionError:
         raise

@@ -10,6 +10,12 @@ Otter executes the notebook with the guard plugin of the release (a time limit p
 for the whole run. When that runs out, the whole process group (the Jupyter kernel too) is
 killed and the results give every question 0 with the reason, so a notebook that hangs
 cannot hang the grader.
+
+The child also gets a scratch home folder (``HOME`` points into the grading folder), so a
+notebook that runs ``rm -rf ~`` deletes that, not the grader's own home; the grader's
+Jupyter kernels and Python user packages stay visible (``JUPYTER_PATH``,
+``PYTHONUSERBASE``). Anything else a notebook can reach by an absolute path, it can still
+touch: grade untrusted notebooks as a user without rights to your files, or in a container.
 """
 import json
 import os
@@ -60,8 +66,16 @@ def check_inputs(zip_path, submission, results_path=None):
                           "results.json")
 
 
-def _child_env(cell_timeout):
+def _child_env(cell_timeout, home=None):
     env = dict(os.environ)
+    if home is not None:
+        import site
+
+        from jupyter_core.paths import jupyter_data_dir
+        env["JUPYTER_PATH"] = os.pathsep.join(
+            [jupyter_data_dir()] + [p for p in env.get("JUPYTER_PATH", "").split(os.pathsep) if p])
+        env.setdefault("PYTHONUSERBASE", site.getuserbase())
+        env["HOME"] = str(home)
     root = str(pathlib.Path(__file__).resolve().parent.parent.parent)
     env["PYTHONPATH"] = os.pathsep.join([root] + [p for p in
                                                   env.get("PYTHONPATH", "").split(os.pathsep) if p])
@@ -90,7 +104,9 @@ def grade(zip_path, submission, results_path, timeout=DEFAULT_TIMEOUT, cell_time
     results_path = pathlib.Path(results_path)
     with tempfile.TemporaryDirectory(prefix="minidl-grade-") as tmp:
         out = pathlib.Path(tmp) / "results.json"
-        env = _child_env(cell_timeout)
+        home = pathlib.Path(tmp) / "home"
+        home.mkdir()
+        env = _child_env(cell_timeout, home)
         env["TMPDIR"] = tmp  # Otter's scratch folders die with this one, even after a kill
         cmd = [sys.executable, "-m", "minidl.assign.runner", str(pathlib.Path(zip_path).resolve()),
                str(pathlib.Path(submission).resolve()), str(out)]

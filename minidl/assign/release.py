@@ -13,6 +13,9 @@ Steps (nothing is written to ``--out`` until all of them succeed):
      this copy is the one imported;
    * ``plugins: [minidl.assign.guard.GradingGuard]`` (per-cell time limit, grader files
      restored; see ``guard``);
+     the grading process imports this plugin before any notebook runs, from the zip's root
+     (``/autograder/source`` on Gradescope, the only folder on its path), so after Otter
+     Assign the package is added there too (without its bundled data);
    * ``strip_solutions_from_all_cells: true``: solution markers are honoured in every
      code cell, not only inside solution blocks.
 
@@ -84,6 +87,20 @@ def _merge_config(config, cell_timeout):
                           "requirements.txt itself (minidl's dependencies): remove the key")
     config["requirements"] = "requirements.txt"
     return config
+
+
+def _add_package(zip_path):
+    """Put the ``minidl`` package at the root of the autograder zip (for the guard plugin)."""
+    import zipfile
+    package = _package_dir()
+    with zipfile.ZipFile(zip_path, "a", zipfile.ZIP_DEFLATED) as zf:
+        if any(n.startswith("minidl/") for n in zf.namelist()):
+            return
+        for path in sorted(package.rglob("*")):
+            rel = path.relative_to(package.parent)
+            if (path.is_file() and "__pycache__" not in rel.parts and path.suffix != ".pyc"
+                    and "bundled" not in rel.parts):
+                zf.write(path, rel.as_posix())
 
 
 def _stage(master, stage, cell_timeout):
@@ -164,6 +181,8 @@ def release(folder, out, run_tests=True, cell_timeout=DEFAULT_CELL_TIMEOUT, forc
             raise AssignError(f"Otter Assign failed on '{master.path}': {e}\n{log.getvalue()}")
         finally:
             logging.getLogger("otter").setLevel(level)
+        for zip_path in (result_dir / "autograder").glob("*.zip"):
+            _add_package(zip_path)
         leaks = find_leaks(result_dir / "student", master.secret_lines)
         if leaks:
             lines = "; ".join(f"{f}: {ls[:3]}" for f, ls in leaks.items())

@@ -124,7 +124,8 @@ def build_parser():
                      description=_wrap("minidl: train a network, or compare training methods "
                                        "on one network. 'minidl compare' with no arguments "
                                        "compares five methods on the bundled MNIST digits "
-                                       "(16-19 s in all on a busy 2-core CPU)."))
+                                       "(15 s of CPU time; 50-57 s on a 2-core CPU shared "
+                                       "with other jobs)."))
     sub = parser.add_subparsers(dest="command", metavar="{train,compare,assign}")
 
     train = sub.add_parser(
@@ -150,8 +151,9 @@ def build_parser():
     opt.add_argument("--checkpoint", metavar="PATH", default=None,
                      help="write a checkpoint (.npz) here after every epoch")
     opt.add_argument("--resume", metavar="PATH", default=None,
-                     help="continue from this checkpoint (same method, model and data "
-                          "options; --epochs counts the epochs already done)")
+                     help="continue from this checkpoint (same method and method settings, "
+                          "--lr included, same model and data options, --limit and --seed "
+                          "included; --epochs counts the epochs already done)")
 
     compare = sub.add_parser(
         "compare", formatter_class=_HelpFormatter,
@@ -161,8 +163,9 @@ def build_parser():
                           "and save the curves (loss against epochs and against seconds) and "
                           "histories. With the defaults (an MLP 784-100-100-10, 10,000 "
                           "bundled MNIST digits, 5 epochs, five methods, one BLAS thread) it "
-                          "took 16-19 s from start to finish (12-14 s of training, KFAC 5-7 s "
-                          "of it) in three runs on a 2-core CPU busy with other jobs; "
+                          "took 50-57 s from start to finish (KFAC 32-34 s of it) in three runs "
+                          "on a 2-core CPU shared with about eight busy jobs, using 15 s of "
+                          "CPU time (about the time on a free core); "
                           "--methods kflr kfra shampoo mbf add slower methods."),
         epilog=_methods_epilog())
     _add_common(compare)

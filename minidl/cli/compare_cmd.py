@@ -25,6 +25,10 @@ def _settings(args, names):
     lrs = parse_lrs(args.lr, names)
     optim = parse_options(args.optim_opt, "--optim-opt", names)
     precond = parse_options(args.precond_opt, "--precond-opt", names)
+    if precond.get(None) and all(METHODS[n].precond is None for n in names):
+        raise UsageError(f"--precond-opt {sorted(precond[None])}: none of the methods of this "
+                         f"run ({', '.join(names)}) has a preconditioner, so the settings "
+                         "would apply to nothing")
     out = {}
     for name in names:
         has_precond = METHODS[name].precond is not None

@@ -4,7 +4,8 @@ method's optimizer and preconditioner, checkpoints, and the call to ``minidl.tra
 Everything that can be refused is checked before the first epoch: an output folder or
 checkpoint that cannot be written, a folder that already holds a run, method settings the
 optimizer or preconditioner does not take, and a checkpoint to resume that was written
-for another method or model, or that has already done the epochs asked for.
+for another method, other method settings, model or data, or that has already done the
+epochs asked for.
 """
 import contextlib
 import os
@@ -83,12 +84,13 @@ def check_checkpoint(path):
 
 
 def check_resume(path, run, epochs):
-    """A checkpoint to resume: readable, written by the same method and model options, and
-    with fewer epochs done than ``epochs``.
+    """A checkpoint to resume: readable, written with the same method, method settings,
+    model and data options, and with fewer epochs done than ``epochs``.
 
     Args:
         path: the checkpoint file.
-        run: ``{"method": ..., "model": ..., ...}`` of this command (``model_options``).
+        run: ``{"method": ..., "lr": ..., "model": ..., ...}`` of this command (the
+            ``model_options`` and the method's settings).
         epochs: the ``--epochs`` asked for.
     """
     from ..checkpoint import CheckpointError, read

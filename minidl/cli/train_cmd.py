@@ -23,7 +23,12 @@ def _check(args):
     precond_kw = parse_options(args.precond_opt, "--precond-opt", [name]).get(None, {})
     if args.weight_decay is not None:
         optim_kw["weight_decay"] = args.weight_decay
-    run = dict(model_options(args), method=name)
+    # what a resumed run must share with the checkpoint: the model, the data (--limit draws
+    # its subset with --seed) and the method's settings (the optimizer's saved state, lr
+    # included, would otherwise silently win over new ones)
+    run = dict(model_options(args), method=name, limit=args.limit, seed=args.seed,
+               lr=args.lr if args.lr is not None else METHODS[name].lr,
+               optimizer_kw=optim_kw, precond_kw=precond_kw)
     if args.resume is not None:
         check_resume(args.resume, run, args.epochs)
     if args.checkpoint is not None:

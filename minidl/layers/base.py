@@ -40,8 +40,9 @@ the end of this module, called on the first line of ``forward`` and ``backward``
 
 * Not an array, or not floating point (integers, booleans, uint8 pixels): ``TypeError``.
   Pixels 0..255 become floats in [0, 1] with ``minidl.data.transforms.to_float(x)`` (or
-  ``x / 255``); a silent integer pass would truncate (Sigmoid's output cast back to int
-  is all zeros, Dropout's 1/(1-p) scale rounds away).
+  ``x.astype(minidl.get_default_dtype()) / 255``; plain ``x / 255`` is float64 in NumPy);
+  a silent integer pass would truncate (Sigmoid's output cast back to int is all zeros,
+  Dropout's 1/(1-p) scale rounds away).
 * Mixed precision: an input whose floating dtype differs from the layer's parameters
   (float64 data into a float32 model) raises ``TypeError``, as PyTorch does; nothing is
   converted behind your back. Convert the data (``x.astype("float32")``, or
@@ -274,8 +275,10 @@ class Layer:
 def _float_hint(dtype):
     """How to turn an array of ``dtype`` into the floats a layer expects."""
     if dtype.name == "uint8":
+        # not plain x / 255: NumPy makes that float64, which a float32 layer refuses next
         return ("for pixels 0..255, get floats in [0, 1] with "
-                "minidl.data.transforms.to_float(x) (or x / 255)")
+                "minidl.data.transforms.to_float(x) (or "
+                "x.astype(minidl.get_default_dtype()) / 255)")
     return "convert with x.astype(minidl.get_default_dtype())"
 
 

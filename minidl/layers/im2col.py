@@ -12,9 +12,8 @@ and output pixel (ho, wo) sees the window of the padded input x_pad starting at
 
 with the row index (c, i, j) in C order, the same order as ``W.reshape(F, -1)`` of a
 convolution weight W (F, C, kh, kw). The whole batch's convolution is then ONE matrix
-product, ``W.reshape(F, -1) @ cols`` (F, N Ho Wo). One large product keeps BLAS efficient
-and its threads busy; N small per-example products each pay BLAS's threading cost and
-degrade badly on a loaded machine (measured with ``benchmarks/bench_conv.py``).
+product, ``W.reshape(F, -1) @ cols`` (F, N Ho Wo). ``Conv2d`` applies it to chunks of a
+few examples at a time, so that the columns stay in the CPU cache (see ``conv.py``).
 
 The windows are read as a strided *view* of x_pad (``as_strided``, shape
 (C, kh, kw, N, Ho, Wo), strides (sC, sH, sW, sN, sh sH, sw sW)); reshaping that view to

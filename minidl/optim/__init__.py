@@ -12,6 +12,7 @@ and equals ``torch.optim``'s for the same hyperparameters, step for step.
 ``make_optimizer(name, model, **kw)`` builds one by name (the command line uses it).
 """
 import functools
+import inspect
 
 from .base import Optimizer
 from .sgd import SGD
@@ -62,6 +63,11 @@ def make_optimizer(name, model, **kw):
         raise ValueError(f"unknown optimizer {name!r}; valid names are "
                          f"{', '.join(sorted(OPTIMIZERS))}")
     factory = OPTIMIZERS[key]
+    accepted = [k for k in inspect.signature(factory).parameters if k != "model"]
+    refused = sorted(k for k in kw if k not in accepted)
+    if refused:  # said here, in the words of the command line's --precond-opt refusal
+        raise ValueError(f"{key} ({getattr(factory, 'func', factory).__name__}) does not "
+                         f"take {refused}; it takes {', '.join(accepted)}")
     if key in ("sgd", "momentum", "nesterov") and "lr" not in kw:
         raise ValueError(f"optimizer {key!r} has no default learning rate; pass lr=..., "
                          "e.g. make_optimizer('sgd', model, lr=0.1)")

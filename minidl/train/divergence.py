@@ -4,9 +4,9 @@ A training step can go wrong in three places, each checked before the next part 
 step changes any state:
 
 1. the loss is NaN or infinite (a NaN pixel in the data, weights blown up by a large
-   step): found right after the forward pass, before ``backward``; the warning a loss
-   gives with such a value (naming the rows of the batch to blame) goes into the report
-   instead of the terminal;
+   step): found right after the forward pass, before ``backward``; the warnings the
+   layers (NumPy's overflow) and the loss (naming the rows of the batch to blame) give
+   on the way go into the report instead of the terminal;
 2. a gradient is NaN or infinite while the loss is finite (an overflow in a backward
    pass): found after ``backward``, before the preconditioner and the optimizer;
 3. the preconditioner (or optimizer) refuses: it raises ``minidl.errors.NonFiniteError``
@@ -47,16 +47,17 @@ class Diverged(Exception):
         self.detail = detail
 
 
-def forward_loss(loss, out, target):
-    """``loss.forward(out, target)`` and, when the value is not finite, the text of the
-    ``NonFiniteWarning`` (or NumPy ``RuntimeWarning``) the loss gave about it; other
-    warnings pass through as usual.
+def forward_loss(model, loss, x, target):
+    """The forward pass and the loss and, when the value is not finite, the text of the
+    ``NonFiniteWarning`` (or NumPy ``RuntimeWarning``: an overflow in a layer) that the
+    model or the loss gave about it; other warnings pass through as usual.
 
     Returns:
-        ``(loss_value, note)``; ``note`` is ``""`` for a finite value.
+        ``(out, loss_value, note)``; ``note`` is ``""`` for a finite value.
     """
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
+        out = model.forward(x)
         value = loss.forward(out, target)
     notes = []
     for w in caught:
@@ -65,7 +66,7 @@ def forward_loss(loss, out, target):
             notes.append(str(w.message))
         else:
             warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
-    return value, "; ".join(notes)
+    return out, value, "; ".join(notes)
 
 
 def check_loss(loss_value, note=""):

@@ -51,8 +51,8 @@ class Trainer:
         BatchNorm's running statistics are then put back as they were.
         """
         buffers = divergence.BufferSnapshot(self.model)
-        out = self.model.forward(x)                     # (N, K) scores
-        loss_value, note = divergence.forward_loss(self.loss, out, y)  # float: batch mean
+        # out: (N, K) scores; loss_value: float, the batch mean
+        out, loss_value, note = divergence.forward_loss(self.model, self.loss, x, y)
         try:
             divergence.check_loss(loss_value, note)
             self.model.backward(self.loss.backward())   # fills every layer.grads
