@@ -251,7 +251,8 @@ def check_writable(path):
 
 
 def _looks_like_checkpoint(path):
-    """True for an .npz archive with the ``__meta__`` entry ``save`` writes (nothing read)."""
+    """True for an .npz archive holding the ``__meta__`` entry ``save`` writes (only the
+    archive's list of entries is read)."""
     with open(path, "rb") as f:
         if f.read(4) != _ZIP_MAGIC:
             return False

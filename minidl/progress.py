@@ -50,13 +50,15 @@ def format_seconds(seconds):
 
 
 def _tqdm_class(stream):
-    """tqdm.auto's class (a widget in notebooks), or the text bar for a given stream."""
-    if stream is None:
-        try:
-            from tqdm.auto import tqdm
-            return tqdm
-        except ImportError:  # a notebook without ipywidgets
-            pass
+    """tqdm.auto's class (a widget in notebooks), or the text bar for a given stream.
+
+    tqdm's notebook widget needs ipywidgets; without it ``tqdm.auto`` warns inside the
+    notebook and falls back to text, so we pick the text bar ourselves in that case.
+    """
+    import importlib.util
+    if stream is None and (not in_notebook() or importlib.util.find_spec("ipywidgets")):
+        from tqdm.auto import tqdm
+        return tqdm
     from tqdm.std import tqdm
     return tqdm
 

@@ -283,3 +283,17 @@ def test_fit_reads_in_one_screen():
     assert lines <= 40, f"fit's body is {lines} lines"
     for module in ("evaluate", "best", "checkpointing", "divergence", "modes", "history"):
         assert hasattr(train, module), module
+
+
+def test_a_notebook_without_ipywidgets_gets_the_text_bar_and_no_warning(monkeypatch):
+    """tqdm.auto in a notebook without ipywidgets warns ("IProgress not found") and falls
+    back to text; the bar picks the text class itself so nothing is printed."""
+    import importlib.util
+
+    from minidl import progress
+    real_find_spec = importlib.util.find_spec
+    monkeypatch.setattr(progress, "in_notebook", lambda: True)
+    monkeypatch.setattr(importlib.util, "find_spec",
+                        lambda name, *a: None if name == "ipywidgets" else real_find_spec(name, *a))
+    from tqdm.std import tqdm as text_bar
+    assert progress._tqdm_class(None) is text_bar

@@ -39,8 +39,9 @@ before training and the moving average takes over afterwards):
 ``warm_start(batches)`` does that pass explicitly (the parameters do not move). Since a
 training loop calls only ``step()``, MBF also does it inside its first ``warm_start``
 statistics updates (default 10 = 1/(1 - beta)): they average with weight 1/j instead of
-1 - beta, and the inverses are recomputed after each of them, so no block starts from
-zero and no stale inverse of a one-batch estimate is used for T2 steps. (Unlike the
+1 - beta, and the inverses are recomputed after updates j = 1, 2, 4, 8, ... and the last,
+so no block starts from zero and no inverse of a one-batch estimate is kept for T2 steps
+(each inverse in use has seen at least half of the batches averaged so far). (Unlike the
 paper's pass, the parameters move during these steps.) An explicit pass counts towards
 the same number. Without any warm start the first steps are about ``lr * g / lambda``
 long, because F starts at zero.
@@ -226,14 +227,19 @@ class MBF(Preconditioner):
         return xp.concatenate([G, grads["b"][:, None]], axis=1)  # (n, m+1)
 
     # -- the schedule: the in-step warm start recomputes the inverses ----------------------
-    def _warming(self):
-        """True while the statistics updates still average with weight 1/j."""
-        return any(int(s["n_warm"]) < self.warm_steps
-                   for s, kind in zip(self.state, self.kinds) if kind != "norm")
+    def _warm_inverse_due(self):
+        """True when this statistics update is warm-start update j = 1, 2, 4, 8, ... or the
+        last one (j = warm_start): each inverse then sees at least half of the batches
+        averaged so far, at a few inverses instead of one per update."""
+        for s, kind in zip(self.state, self.kinds):
+            if kind != "norm":
+                j = int(s["n_warm"]) + 1
+                return j <= self.warm_steps and (j & (j - 1) == 0 or j == self.warm_steps)
+        return False
 
     def schedule(self):
         update_stats, update_inverse = super().schedule()
-        return update_stats, update_inverse or (update_stats and self._warming())
+        return update_stats, update_inverse or (update_stats and self._warm_inverse_due())
 
     def prepare(self, update_stats, update_inverse):
         step = super().prepare(update_stats, update_inverse)
