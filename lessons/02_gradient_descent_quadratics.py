@@ -118,6 +118,7 @@ for ax, (eta, title) in zip(axes, settings):
     ax.set_xlim(c1 - 3.5, c1 + 3.5)
     ax.set_ylim(c2 - 3, c2 + 3)
     ax.set_aspect("equal")
+    ax.set(xlabel="w1", ylabel="w2")
     ax.set_title(f"eta = {eta:.3g}: {title}", fontsize=9)
 fig.suptitle("20 steps of gradient descent, lambda = (1, 10)")
 fig.tight_layout()

@@ -18,7 +18,7 @@
 # 1. Xavier (Glorot and Bengio 2010) takes var(w) = 2 / (N_x + N_y), the harmonic mean of
 # 1/N_x and 1/N_y, so both stay put when the widths are equal. We measure all of this with
 # minidl's initialisers (`minidl.init`, used through `Linear(..., init=name)`), then look
-# at a subtler problem the seed points out: even with whitened inputs and Xavier weights,
+# at a subtler problem lecture 004 points out: even with whitened inputs and Xavier weights,
 # the *covariance* of the signals of a deep linear net becomes ill-conditioned within a few
 # layers.
 #
@@ -134,7 +134,7 @@ print(lesson.savefig(fig, "04_variance_through_depth"))
 
 # %% [markdown]
 # ## 3. Whitened inputs, Xavier weights, and still ill-conditioned
-# The seed's experiment: a deep linear network with d = 32 inputs, inputs whitened (their
+# Lecture 004's experiment: a deep linear network with d = 32 inputs, inputs whitened (their
 # covariance is exactly I; we whiten with `minidl.data.ZCAWhiten`), Xavier weights, zero
 # biases. We look at the eigenvalues of the covariance of the signals after each of the
 # first five layers. The plot should show the spectrum spreading layer after layer: a few

@@ -17,7 +17,7 @@
 # | Adam | m, v = moving averages of g, g^2 (bias-corrected); theta -= eta m / (sqrt(v) + delta) |
 # | Rprop | per-weight step size grown x1.2 while sign(g) holds, shrunk x0.5 when it flips; theta -= step * sign(g) |
 #
-# We race them on a valley and on MNIST, then check three claims of the seeds: Rprop fails
+# We race them on a valley and on MNIST, then check three claims of the lectures: Rprop fails
 # with mini-batches, Adam's step is bounded by about eta and does not care about the scale
 # of the loss, and AdaGrad's step decays faster than RMSProp's.
 #
@@ -102,18 +102,20 @@ for ax, (name, (path, _)) in zip(axes.ravel(), paths.items()):
     ax.plot(float(w_star[0]), float(w_star[1]), "k*", ms=9)
     ax.set_xlim(-5, 3)
     ax.set_ylim(-1.5, 2.5)
-    ax.set_title(f"{name}: gap {gaps[name]:.1e}", fontsize=10)
+    ax.set(xlabel="w1", ylabel="w2")
+    ax.set_title(f"{name}: L - L* = {gaps[name]:.1e}", fontsize=10)
 ax = axes.ravel()[-1]
 for name, (_, losses) in paths.items():
     ax.semilogy([l - offset - L_star + 1e-16 for l in losses], label=name)
 ax.set_xlabel("step")
-ax.set_title("loss - optimum", fontsize=10)
+ax.set_ylabel("L - L*")
+ax.set_title("loss above the optimum", fontsize=10)
 ax.legend(fontsize=7)
 fig.tight_layout()
-print(lesson.savefig(fig, "06_optimizers", dpi=60))
+print(lesson.savefig(fig, "06_optimizers", dpi=70))
 
 # %% [markdown]
-# ## 2. Rprop with mini-batches: the seed's +0.1 x9, -0.9 x1 example
+# ## 2. Rprop with mini-batches: lecture 004's +0.1 x9, -0.9 x1 example
 # "Consider a weight that gets a gradient of +0.1 on nine mini-batches and -0.9 on the
 # tenth: we want it to stay roughly where it is. Rprop would increment the weight nine
 # times and decrement it once by about the same amount, so the weight would grow a lot."
@@ -245,7 +247,7 @@ else:
 
 # %% [markdown]
 # ## 4. Adam: steps bounded by ~eta, and blind to the loss's scale
-# "In Adam the effective step |Delta| ~ eta |E[g]| / sqrt(E[g^2]) <= eta" (the seed); the
+# "In Adam the effective step |Delta| ~ eta |E[g]| / sqrt(E[g^2]) <= eta" (lecture 004); the
 # paper's worst case is eta (1 - beta1) / sqrt(1 - beta2) = 3.16 eta for the default betas.
 # From the race: the largest change of any single weight in each step, divided by eta.
 # Then the same Adam run with the loss multiplied by 1000 and by 1/1000 (the gradients

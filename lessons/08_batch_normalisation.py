@@ -155,7 +155,7 @@ assert row_spread[False] < 1e-3 < 0.1 < row_spread[True]
 # What we actually measure is even starker than the slide: with minidl's default
 # (PyTorch-style, var(w) = 1 / (3 fan_in)) initialisation the signal also shrinks by about
 # sqrt(6) per layer, and in this budget already the **6-layer** net without BN stays at
-# chance. The seed's threshold of 12 belongs to its initialisation; the claim we assert is
+# chance. The lecture's threshold of 12 belongs to its initialisation; the claim we assert is
 # the one that holds for both: nets of 20 and more layers do not train without BN.
 
 # %%

@@ -188,7 +188,7 @@ assert gap6 < gap60, "BNP should gain on BN as the batch shrinks"
 # and BN leads by 2.2 points at 60. BN at batch 6 is also fragile: with an earlier version
 # of minidl's BatchNorm (same maths, different rounding) its last fast-mode epoch fell to
 # 67% test accuracy -- its running statistics come from 6 examples at a time. The margins
-# are small enough that another seed could flip them, so what we assert is the trend (the
+# are small enough that another random seed could flip them, so what we assert is the trend (the
 # BN - BNP gap shrinks with the batch) and BNP > SGD, not "BNP > BN".
 
 # %%

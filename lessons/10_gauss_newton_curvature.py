@@ -108,8 +108,8 @@ assert max(errors) < 1e-12
 # two matrices agree on the layer blocks along the diagonal (cyan lines separate the
 # layers) and differ off them: the difference lives only in the cross-layer blocks (and
 # there only where a weight meets the output gradient, the sparse stripes); the GN matrix
-# is PSD, the Hessian has
-# negative eigenvalues. With tanh the diagonal blocks differ as well (the D term).
+# is PSD, the Hessian has negative eigenvalues. With tanh the diagonal blocks differ as
+# well (the D term).
 
 # %%
 xb, yb = X[:64], Y[:64]
@@ -254,8 +254,9 @@ fig, axes = plt.subplots(1, 4, figsize=(18, 4.2))
 names = ["|Hessian|", "|Gauss-Newton|", "|H - GN|"]
 bounds = [s for _, _, key, s, _, _ in param_slices(tiny_mlp(ReLU)) if key == "W"]
 for ax, name, M in zip(axes, names, [relu["H"], relu["G"], relu["H"] - relu["G"]]):
-    ax.imshow(minidl.to_numpy(xp.log10(xp.abs(M) + 1e-8)), cmap=plt.get_cmap("magma", 7),
-              vmin=-6, vmax=1, interpolation="nearest")
+    im = ax.imshow(minidl.to_numpy(xp.log10(xp.abs(M) + 1e-8)), cmap=plt.get_cmap("magma", 7),
+                   vmin=-6, vmax=1, interpolation="nearest")
+    fig.colorbar(im, ax=ax, fraction=0.046, pad=0.02, label="log10 |entry|")
     for b in bounds[1:]:                              # layer boundaries
         ax.axhline(b - 0.5, color="c", lw=0.6)
         ax.axvline(b - 0.5, color="c", lw=0.6)

@@ -16,9 +16,9 @@
 # We (1) look at what im2col builds, (2) check that `Conv2d` equals the loops, (3) time
 # the loops, minidl's im2col path and -- where CuPy and a GPU are present -- the GPU.
 #
-# Seed: none of the five seeds treats convolutions; this lesson follows K. Chellapilla,
-# S. Puri, P. Simard (2006) on im2col and the CS231n notes, the references of
-# `minidl.layers.conv`.
+# Seed: none of the five source lectures and papers treats convolutions; this lesson
+# follows K. Chellapilla, S. Puri, P. Simard (2006) on im2col and the CS231n notes, the
+# references of `minidl.layers.conv`.
 #
 # Run: `python lessons/13_convolutions.py` (`MINIDL_FAST=1` for the quick version).
 
