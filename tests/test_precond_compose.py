@@ -68,3 +68,46 @@ def test_every_method_with_sgd_momentum_trains_and_stays_finite(name, kind):
                 if not all(math.isfinite(v) for v in values) or not values[-1] < values[0]:
                     failures.append((lr, seed, values[0], values[-1]))
     assert not failures, f"{name} on the {kind}: (lr, seed, first, last) {failures}"
+
+
+# -- issue 9's own measurement: each class with its CLASS defaults, built by hand ---------
+def by_hand(name, model, crit):
+    """The preconditioner as a user composes it: class defaults, only ``loss=`` where the
+    class needs it (no ``lr=``, so no step bound learns the learning rate)."""
+    from minidl import precond
+    cls = {"bnp": precond.BNP, "mbf": precond.MBF, "kfac": precond.KFAC,
+           "shampoo": precond.Shampoo, "kfra": precond.KFRA, "kflr": precond.KFLR}[name]
+    return cls(model, loss=crit) if name in ("kfra", "kflr") else cls(model)
+
+
+def losses_by_hand(name, kind, lr, seed, steps=30):
+    from minidl import optim
+    model = (small_cnn if kind == "cnn" else small_mlp)(minidl.default_rng(seed))
+    loss = SoftmaxCrossEntropy()
+    x, y = batch(kind, seed)
+    pre = by_hand(name, model, loss)
+    opt = optim.SGD(model, lr=lr, momentum=0.9)
+    values = []
+    for _ in range(steps):
+        values.append(loss.forward(model.forward(x), y))
+        model.backward(loss.backward())
+        pre.step()
+        opt.step()
+    values.append(loss.forward(model.forward(x), y))
+    return values
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name, kind", CASES, ids=[f"{n}-{k}" for n, k in CASES])
+def test_class_defaults_built_by_hand_with_sgd_momentum_train(name, kind):
+    """``pre = KFLR(model, loss=crit); opt = SGD(model, lr, momentum=0.9)``: the class
+    defaults alone must be safe in the composition a user writes (issue 9's measurement)."""
+    failures = []
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        for lr in LRS:
+            for seed in range(5):
+                values = losses_by_hand(name, kind, lr, seed)
+                if not all(math.isfinite(v) for v in values) or not values[-1] < values[0]:
+                    failures.append((lr, seed, values[0], values[-1]))
+    assert not failures, f"{name} on the {kind}, by hand: (lr, seed, first, last) {failures}"
