@@ -40,8 +40,8 @@ moving averages, T1 and T2 are those of ``KroneckerFactored`` (``kfac.py``).
 Defaults: damping 0.03. Botev et al. use 1e-3 (Lasagne's tikhonov_damping) together with
 their step rescaling (``rescale=True``, with SGD at lr 1), which shortens every step to the
 minimiser of the damped Gauss-Newton quadratic; without it the direction goes straight to
-an ordinary optimizer, and at damping 1e-3 ``SGD(lr=0.05, momentum=0.9)`` diverged in 2-3
-of 5 seeds on a small CNN with BatchNorm, so without the rescaling we default to 0.03
+an ordinary optimizer, and at damping 1e-3 ``SGD(lr=0.05, momentum=0.9)`` diverged on a
+small MLP in 2 of 5 seeds (KFRA: 3 of 5), so without the rescaling we default to 0.03
 (the KFAC-Pytorch README's and the MBF paper's K-FAC damping; ``minidl.methods`` uses it
 too); pass ``damping=1e-3, rescale=True`` for the paper's setting. stat_decay 0.9
 (Lasagne's example curvature_avg; 0 uses the current mini-batch only), factors from the first
