@@ -467,6 +467,9 @@ def main(argv=None):
                    help="time only these rows")
     p.add_argument("--threads", nargs="+", type=int, default=None, help="default: 1 2")
     p.add_argument("--repeats", type=int, default=None, help="default: 9 (quick: 3)")
+    p.add_argument("--precond-rounds", type=int, default=1,
+                   help="rounds of bench_precond's T2-step periods per method (1: about 20 "
+                        "minutes on a busy 2-core machine)")
     p.add_argument("--json", default=os.path.join(HERE, "results.json"))
     p.add_argument("--memory-child", choices=["minidl", "minidl-keep", "torch"],
                    help=argparse.SUPPRESS)
@@ -529,7 +532,7 @@ def main(argv=None):
               "(no target: for preconditioners)")
     precond = None
     if "precond" in chosen:
-        precond = precond_ratios(repeats=1 if args.quick else 3)
+        precond = precond_ratios(repeats=args.precond_rounds)
         print("\npreconditioner step time relative to Adam (bench_precond.py, 1 thread)")
         for prob, table in precond.items():
             print(f"  {prob:<12} " + "  ".join(f"{name} {ratio:.2f}x"

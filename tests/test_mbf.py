@@ -98,7 +98,7 @@ def test_blocks_equal_empirical_fisher_sub_blocks_at_batch_size_1(rng, make, sha
     x, y = data(rng, shape, N=1)
     EF = empirical_fisher_loop(model, loss, x, y)  # (p, p)
     forward_backward(model, loss, x, y)
-    pre = MBF(model, damping=1e-3, stat_decay=0.0)
+    pre = MBF(model, kl_clip=None, damping=1e-3, stat_decay=0.0)
     pre.step()
     got = []
     for i, layer in enumerate(pre.layers):
@@ -116,7 +116,8 @@ def test_blocks_equal_empirical_fisher_sub_blocks_at_batch_size_1(rng, make, sha
                                                    (mlp, (4,), 0.9)])
 def test_direction_equals_dense_block_diagonal_solve(rng, make, shape, momentum):
     model, loss = make(rng), SoftmaxCrossEntropy()
-    pre = MBF(model, damping=3e-3, stat_decay=0.9, T1=2, T2=3, momentum=momentum, warm_start=0)
+    pre = MBF(model, kl_clip=None, damping=3e-3, stat_decay=0.9, T1=2, T2=3, momentum=momentum,
+              warm_start=0)
     ref = ReferenceMBF(mbf_blocks(model), 3e-3, 0.9, T1=2, T2=3, momentum=momentum)
     for _ in range(7):
         x, y = data(rng, shape)
@@ -135,7 +136,7 @@ def test_one_by_one_blocks_are_adam_without_square_root(rng):
                                                                    rng=rng),
                        Linear(1, 3, bias=False, rng=rng))
     loss, lam, beta = SoftmaxCrossEntropy(), 1e-2, 0.8
-    pre = MBF(model, damping=lam, stat_decay=beta, T2=1, warm_start=0)
+    pre = MBF(model, kl_clip=None, damping=lam, stat_decay=beta, T2=1, warm_start=0)
     v = {"W": 0.0, "b": 0.0, "last": 0.0}  # EMA of g^2, elementwise
     conv, last = model[0], model[3]
     for _ in range(4):
@@ -152,8 +153,9 @@ def test_one_by_one_blocks_are_adam_without_square_root(rng):
 
 def test_spatial_averaging_with_one_output_equals_plain_mbf(rng):
     model, loss = mlp(rng, (4, 3, 1)), MSELoss()
-    plain = MBF(model, stat_decay=0.9, T2=2)
-    averaged = MBF(model, stat_decay=0.9, T2=2, spatial_threshold=0)  # every dense layer
+    plain = MBF(model, kl_clip=None, stat_decay=0.9, T2=2)
+    averaged = MBF(model, kl_clip=None, stat_decay=0.9, T2=2,
+                   spatial_threshold=0)  # every dense layer
     assert averaged.kinds == ["dense_avg", "dense_avg"]
     for _ in range(4):
         x = backend.asarray(rng.standard_normal((6, 4)))
@@ -171,7 +173,8 @@ def test_spatial_averaging_with_one_output_equals_plain_mbf(rng):
 
 def test_spatial_average_is_the_mean_of_the_neuron_blocks(rng):
     model, loss = mlp(rng, (4, 3, 3)), SoftmaxCrossEntropy()
-    plain, averaged = MBF(model, stat_decay=0.5), MBF(model, stat_decay=0.5, spatial_average=True)
+    plain = MBF(model, stat_decay=0.5, kl_clip=None)
+    averaged = MBF(model, stat_decay=0.5, spatial_average=True, kl_clip=None)
     for _ in range(3):
         x, y = data(rng, (4,))
         forward_backward(model, loss, x, y)
@@ -195,12 +198,12 @@ def test_huge_damping_gives_gradient_over_damping(rng):
 
 def test_state_dict_round_trip_continues_identically(rng, tmp_path):
     model, loss = cnn(rng), SoftmaxCrossEntropy()
-    pre = MBF(model, stat_decay=0.9, T1=2, T2=3, momentum=0.9)
+    pre = MBF(model, kl_clip=None, stat_decay=0.9, T1=2, T2=3, momentum=0.9)
     batches = [data(rng, (2, 5, 5)) for _ in range(8)]
     run_directions(model, loss, pre, batches[:4])
     saved = npz_round_trip(pre.state_dict(), tmp_path / "mbf.npz")
     expected = run_directions(model, loss, pre, batches[4:])
-    restored = MBF(model, stat_decay=0.9, T1=2, T2=3, momentum=0.9)
+    restored = MBF(model, kl_clip=None, stat_decay=0.9, T1=2, T2=3, momentum=0.9)
     restored.load_state_dict(saved)
     assert restored.t == 4
     for a, b in zip(run_directions(model, loss, restored, batches[4:]), expected):
@@ -211,7 +214,7 @@ def test_state_dict_round_trip_continues_identically(rng, tmp_path):
 def test_mbf_true_uses_sampled_labels_and_restores_the_model(rng):
     model, loss = mlp(rng, (4, 5, 3)), SoftmaxCrossEntropy()
     x, y = data(rng, (4,), N=5)
-    pre = MBF(model, damping=1e-2, stat_decay=0.0, fisher="true", loss=loss,
+    pre = MBF(model, kl_clip=None, damping=1e-2, stat_decay=0.0, fisher="true", loss=loss,
               rng=minidl.default_rng(7))
     # reference: the same labels from the same generator, through a fresh backward
     loss.forward(model.forward(x), y)
@@ -269,7 +272,7 @@ def test_warm_start_is_the_epoch_average(rng):
 def test_normalisation_layers_get_adams_direction(rng):
     model = mlp_with_batchnorm(rng, (4, 3, 3))
     loss, beta = SoftmaxCrossEntropy(), 0.9
-    pre = MBF(model, stat_decay=beta, norm_eps=1e-8, bias_correction=False)
+    pre = MBF(model, kl_clip=None, stat_decay=beta, norm_eps=1e-8, bias_correction=False)
     assert pre.kinds == ["dense", "norm", "dense"]
     x, y = data(rng, (4,))
     forward_backward(model, loss, x, y)
@@ -290,7 +293,8 @@ def flat_params(model):
 def test_algorithm_2_is_mbf_momentum_then_sgd_with_weight_decay(rng):
     """theta <- (1 - lr gamma) theta - lr P m, m <- mu m + g: MBF(momentum) + SGD(wd)."""
     model, loss, lr, gamma = mlp(rng), SoftmaxCrossEntropy(), 0.05, 0.1
-    pre = MBF(model, damping=1e-2, stat_decay=0.9, T1=1, T2=2, momentum=0.9, warm_start=0)
+    pre = MBF(model, kl_clip=None, damping=1e-2, stat_decay=0.9, T1=1, T2=2, momentum=0.9,
+              warm_start=0)
     opt = SGD(model, lr=lr, weight_decay=gamma)
     ref = ReferenceMBF(mbf_blocks(model), 1e-2, 0.9, T1=1, T2=2, momentum=0.9)
     theta = flat_params(model)
@@ -309,7 +313,7 @@ def test_optimizer_momentum_equals_preconditioned_momentum_while_P_is_fixed(rng)
     results = []
     for mbf_momentum, sgd_momentum in ((0.0, 0.9), (0.9, 0.0)):
         model, loss = mlp(minidl.default_rng(0)), SoftmaxCrossEntropy()
-        pre = MBF(model, T1=100, T2=100, momentum=mbf_momentum)
+        pre = MBF(model, kl_clip=None, T1=100, T2=100, momentum=mbf_momentum)
         opt = SGD(model, lr=1e-3, momentum=sgd_momentum)
         for x, y in batches:
             train_step(model, loss, x, y, pre, opt)
@@ -338,7 +342,7 @@ def test_backends_agree(on_backend, rng):
     for name in ("numpy", on_backend):
         minidl.set_backend(name)
         model.to_backend()
-        pre = MBF(model, stat_decay=0.5, momentum=0.5, spatial_threshold=20)
+        pre = MBF(model, kl_clip=None, stat_decay=0.5, momentum=0.5, spatial_threshold=20)
         batch = (minidl.asarray(x), minidl.asarray(y))
         directions.append(run_directions(model, loss, pre, [batch, batch])[-1])
     np.testing.assert_allclose(directions[1], directions[0], rtol=1e-10)

@@ -169,7 +169,9 @@ def test_rescaling_is_the_minimiser_of_the_dense_ggn_quadratic(rng, method):
 
 
 # -- MBF ------------------------------------------------------------------------------------
-def test_mbf_warm_start_averages_the_first_updates_and_inverts_after_each(rng):
+def test_mbf_warm_start_averages_the_first_updates_and_inverts_at_doubling_counts(rng):
+    """Updates j = 1 .. W average with weight 1/j; the inverse is recomputed after
+    j = 1, 2, 4, ... and after j = W (here W = 3: after 1, 2 and 3), then every T2."""
     model, loss = mlp(rng, (3, 2, 2)), SoftmaxCrossEntropy()
     lam, beta, W = 1e-2, 0.9, 3
     pre = MBF(model, damping=lam, stat_decay=beta, T2=20, warm_start=W, kl_clip=None)
@@ -181,6 +183,9 @@ def test_mbf_warm_start_averages_the_first_updates_and_inverts_after_each(rng):
                             backend.to_numpy(model[0].grads["b"])[:, None]], 1)  # (2, 4)
         outer.append(G[:, :, None] * G[:, None, :])  # (2, 4, 4)
         pre.step()
+        if t < W:  # inverted after every warm-start update j = 1, 2, 3 (the last)
+            np.testing.assert_allclose(pre.state[0]["P"], np.linalg.inv(
+                np.mean(outer, axis=0) + lam * np.eye(4)), rtol=1e-9)
         if t == W - 1:  # end of the warm start: the plain average, freshly inverted
             F = np.mean(outer, axis=0)
             np.testing.assert_allclose(pre.state[0]["F"], F, rtol=1e-12)
@@ -189,6 +194,17 @@ def test_mbf_warm_start_averages_the_first_updates_and_inverts_after_each(rng):
     F = beta * (beta * F + (1 - beta) * outer[3]) + (1 - beta) * outer[4]
     np.testing.assert_allclose(pre.state[0]["F"], F, rtol=1e-12)
     assert int(pre.state[0]["n_warm"]) == W
+    np.testing.assert_allclose(pre.state[0]["P"], np.linalg.inv(  # not refreshed since j = 3
+        np.mean(outer[:3], axis=0) + lam * np.eye(4)), rtol=1e-9)
+    inverted = []
+    pre = MBF(model, T2=100, warm_start=10, kl_clip=None)
+    for t in range(12):
+        forward_backward(model, loss, rng.standard_normal((4, 3)), rng.integers(0, 2, 4))
+        P = pre.state[0]["P"].copy()
+        pre.step()
+        if not np.array_equal(P, pre.state[0]["P"]):
+            inverted.append(t + 1)  # the update count j
+    assert inverted == [1, 2, 4, 8, 10]
 
 
 def test_mbf_step_bound_scales_every_direction_by_nu(rng):
@@ -209,7 +225,7 @@ def test_mbf_step_bound_scales_every_direction_by_nu(rng):
 def test_mbf_adam_direction_for_batchnorm_is_bias_corrected_every_step(rng):
     model, loss = mlp_with_batchnorm(rng, (4, 3, 3)), SoftmaxCrossEntropy()
     beta, eps = 0.9, 1e-8
-    pre = MBF(model, stat_decay=beta, norm_eps=eps, T1=5, T2=20)
+    pre = MBF(model, kl_clip=None, stat_decay=beta, norm_eps=eps, T1=5, T2=20)
     v = 0.0
     for k in range(1, 4):
         x, y = rng.standard_normal((6, 4)), rng.integers(0, 3, 6)

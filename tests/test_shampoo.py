@@ -1,5 +1,8 @@
 """Shampoo: the matrix update against its Kronecker form and dense solves, coupled Newton
 against eigendecomposition roots, statistics restated, grafting, checkpoints, backends."""
+import re
+import warnings
+
 import numpy as np
 import pytest
 
@@ -9,6 +12,7 @@ from minidl.layers import Conv2d, Flatten, Linear, Sequential
 from minidl.losses import MSELoss, SoftmaxCrossEntropy
 from minidl.optim import SGD
 from minidl.precond import CoverageWarning, Shampoo
+from minidl.curvature import NotConvergedWarning
 from minidl.precond.linalg import inverse_root_eigh, inverse_root_newton
 
 from reference import (assert_same_params, forward_backward, mlp, mlp_with_batchnorm,
@@ -50,6 +54,39 @@ def test_coupled_newton_handles_a_singular_statistic(rng):
     M = g @ g.T  # rank one: only the ridge makes it invertible
     expected = mat_power(M + 1e-2 * np.eye(5), -0.25)
     np.testing.assert_allclose(inverse_root_newton(M, 4, ridge=1e-2), expected, rtol=1e-5)
+
+
+@pytest.mark.parametrize("p", [2, 4])
+def test_coupled_newton_reports_that_it_did_not_converge(rng, p):
+    """cond 1e14: ||Y - I||_F meets tol, but round-off has made Y drift from X^p M, so X is
+    far from M^{-1/p}; the warning gives the true residual ||X^p M - I||_F, which is
+    computed here independently (and an iteration cut short by max_iter is reported)."""
+    Q, _ = np.linalg.qr(rng.standard_normal((20, 20)))
+    M = (Q * np.geomspace(1.0, 1e-14, 20)) @ Q.T  # cond 1e14
+    with pytest.warns(NotConvergedWarning, match="did not converge") as record:
+        X = inverse_root_newton(M, p)
+    residual = np.linalg.norm(np.linalg.matrix_power(X, p) @ M - np.eye(20))
+    assert residual > 1e-3  # the warning is about a real failure
+    reported = float(re.search(r"_F = ([0-9.e+-]+) after", str(record[0].message)).group(1))
+    assert reported == pytest.approx(residual, rel=0.05)  # round-off in the products
+    with pytest.warns(NotConvergedWarning, match="max_iter=2 ran out"):
+        inverse_root_newton(np.diag([1.0, 2.0, 3.0]), p, max_iter=2)
+
+
+def test_shampoo_with_newton_roots_is_quiet_on_its_normal_path(rng):
+    """Shampoo's statistics with its default ridge (rank-deficient at first, then full)
+    are well inside what the iteration handles: no NotConvergedWarning over 10 steps."""
+    model = Sequential(Conv2d(2, 4, 3, padding=1, rng=minidl.default_rng(0)), Flatten(),
+                       Linear(4 * 5 * 5, 3, rng=minidl.default_rng(1)))
+    loss = SoftmaxCrossEntropy()
+    pre, opt = Shampoo(model, root="newton"), SGD(model, lr=0.05, momentum=0.9)
+    x, y = rng.standard_normal((8, 2, 5, 5)), rng.integers(0, 3, 8)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", NotConvergedWarning)
+        for _ in range(10):
+            forward_backward(model, loss, x, y)
+            pre.step()
+            opt.step()
 
 
 # -- the update --------------------------------------------------------------------------

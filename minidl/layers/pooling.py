@@ -26,7 +26,8 @@ strided slab x[:, :, i::sh, j::sw] of the image (no copy of the windows)::
 The strict ">" keeps the first maximum on ties, so ``a`` is exactly the argmax above (a
 test checks the two agree); the argmax is kept as int8 (1 byte per output pixel). The
 backward pass loops over the same K offsets: dx[slab(k)] += dout where a == k. On a
-(128, 64, 32, 32) batch this is several times faster than the direct way.
+(128, 64, 32, 32) batch the forward pass is about 3x faster than the direct way (0.18 s
+against 0.59 s on one core of a loaded 2-core Xeon).
 
 Average pooling (linear in x)::
 

@@ -99,10 +99,21 @@ def kl_clip_factor(kl_clip, lr, vg):
 
     ``vg`` = sum over layers of <V', V> (preconditioned direction times what it came
     from), so lr^2 vg is the predicted change lr^2 V'^T F V' of the model's outputs.
-    Returns 1.0 when clipping is off (``kl_clip`` or ``lr`` None) or vg <= 0.
+
+    Without a known learning rate (``lr`` None: a preconditioner built by hand, without
+    ``lr=``) the bound is taken as if lr were 1,
+
+        nu = min(1, sqrt(kl_clip / vg)),   so   V'^T F V' <= kl_clip after scaling,
+
+    i.e. the KL bound of KFAC-Pytorch for the largest learning rate these methods are
+    paired with (SGD's, lr <= 1; Botev et al. and Anil et al. step with lr = 1). For any
+    lr <= 1 the predicted change lr^2 V'^T F V' <= lr^2 kl_clip <= kl_clip then holds
+    whatever the optimizer's rate: tighter than needed below lr = 1, never looser.
+    Returns 1.0 when clipping is off (``kl_clip`` None) or vg <= 0.
     """
-    if kl_clip is None or lr is None:
+    if kl_clip is None:
         return 1.0
+    lr = 1.0 if lr is None else lr
     value = float(lr) ** 2 * float(vg)
     if not value > 0:
         return 1.0

@@ -63,7 +63,11 @@ which bounds the predicted change lr^2 V'^T F V' of the model's outputs. It need
 optimizer's learning rate: pass ``lr`` (a number, or the optimizer itself, whose current
 ``lr`` is read at every step so schedules are followed); ``minidl.methods.build`` passes
 the optimizer, so clipping is on whenever a method is built by name (and the command
-line). Without ``lr`` no clipping is done, and the constructor warns about it.
+line). Without ``lr`` (a KFAC built by hand and paired with any optimizer) the bound is
+taken as if lr were 1, nu = min(1, sqrt(kl_clip / sum_layers <V', V>)): then
+V'^T F V' <= kl_clip, and the step lr V' the optimizer takes changes the outputs by at
+most lr^2 kl_clip <= kl_clip for every lr <= 1 (``base.kl_clip_factor``); the
+constructor warns that the bound is tighter than needed, and that ``lr=`` makes it exact.
 
 Optional safeguards shared with KFLR and KFRA (``kfactored.py``): Botev's step rescaling
 by the exact Gauss-Newton quadratic (``rescale=True``) and Levenberg-Marquardt damping
@@ -106,7 +110,7 @@ class KFAC(KroneckerFactored):
         fisher: ``"empirical"`` (default: the mini-batch's labels) or ``"true"`` (targets
             sampled from the model, one extra backward pass per update).
         lr: learning rate for KL clipping (and ``adapt_damping``): a number, or an
-            optimizer whose ``lr`` is read at every step; None disables clipping.
+            optimizer whose ``lr`` is read at every step; None clips as if lr were 1.
         damping: lambda (default 1e-3).
         stat_decay: moving-average weight of the old factors (default 0.95).
         kl_clip: the KL bound (default 1e-3); None or 0 disables clipping.
@@ -146,9 +150,11 @@ class KFAC(KroneckerFactored):
         self.fisher = fisher
         self.kl_clip = float(kl_clip) if kl_clip else None
         if self.kl_clip is not None and lr is None:
-            warnings.warn(f"KFAC: kl_clip={self.kl_clip:g} has no effect without the "
-                          "learning rate: pass lr=optimizer (minidl.methods.build does), or "
-                          "kl_clip=None to silence this", UserWarning, stacklevel=2)
+            warnings.warn(f"KFAC: kl_clip={self.kl_clip:g} without the learning rate "
+                          "bounds the step as if lr were 1 (safe for every lr <= 1, tighter "
+                          "than needed below): pass lr=optimizer for the exact bound "
+                          "(minidl.methods.build does), or kl_clip=None for no bound",
+                          UserWarning, stacklevel=2)
         if batch_averaged is None:
             batch_averaged = loss.reduction == "mean" if loss is not None else True
         self.batch_averaged = bool(batch_averaged)

@@ -30,7 +30,8 @@ So there are no BatchNorm parameters to leave to the optimizer: a BatchNorm in t
 is rejected, since the recursion cannot pass through it.
 
 Damping, moving averages, T1/T2, the optional safeguards (``rescale``, ``adapt_damping``)
-and defaults are KFLR's: factored Tikhonov with the norm rule, damping 1e-3, stat_decay
+and defaults are KFLR's: factored Tikhonov with the norm rule, damping 0.03 (Botev et
+al.'s 1e-3 belongs with their step rescaling, ``rescale=True``; see ``kflr.py``), stat_decay
 0.9, factors from the first mini-batch, T1 = T2 = 1.
 
 Cost: one (D_l, D_l) product W^T Gbar W per layer and an (N, D_l) outer-product average,
@@ -76,7 +77,7 @@ class KFRA(KroneckerFactored):
     Args:
         model: a ``Sequential`` of Linear, ReLU, LeakyReLU, Sigmoid, Tanh, Flatten.
         loss: the loss object (required): its ``hessian()`` starts the recursion.
-        damping: lambda (default 1e-3).
+        damping: lambda (default 0.03; Botev et al.'s 1e-3 belongs with ``rescale=True``).
         stat_decay: moving-average weight of the old factors (default 0.9).
         damping_mode: ``"factored"`` (default, the paper's) or ``"eigen"``.
         factor_init, rescale, adapt_damping, adapt_every, lr: as ``KFLR``.
@@ -85,7 +86,7 @@ class KFRA(KroneckerFactored):
         warn: unused in practice (every parameterised layer of a valid chain is covered).
     """
 
-    def __init__(self, model, loss=None, damping=1e-3, stat_decay=0.9,
+    def __init__(self, model, loss=None, damping=0.03, stat_decay=0.9,
                  damping_mode="factored", factor_init="batch", rescale=False,
                  adapt_damping=False, adapt_every=5, lr=None, T1=1, T2=1, warn=True):
         check_loss("KFRA", loss)

@@ -37,8 +37,21 @@ towards 1 (y' = ((1 + 1/p) - y/p)^p y), so the Frobenius error ||Y - I||_F, unli
 largest entry of |Y - I|, never grows in exact arithmetic; an iteration whose error grows
 by more than 1.2x is round-off taking over, and is discarded with the previous X kept.
 Iterates run in float64.
+
+Convergence is checked, not assumed. In finite precision the invariant Y = X^p M drifts
+by round-off of order cond(M) x machine epsilon, so ||Y - I||_F can fall below ``tol``
+while X is far from M^{-1/p} (a matrix of condition 1e14: ||Y - I||_F < 1e-6, but
+||X^p M - I||_F ~ 0.07). The result is therefore measured by its true residual
+r = ||X^p (M + ridge I) - I||_F (p + 1 matrix products, once); when the iteration
+stopped with ||Y - I||_F >= tol (its error grew, or ``max_iter`` ran out) or r > sqrt(tol)
+(1e-3 by default), a ``NotConvergedWarning`` (``minidl.curvature``'s, as for power
+iteration and Lanczos) gives r and the reason. Ill-conditioned statistics are the usual
+cause: raise the ridge, or use the eigendecomposition (``inverse_root_eigh``).
 """
+import warnings
+
 from .. import backend
+from ..curvature.spectra import NotConvergedWarning
 
 __all__ = ["sym_eig", "damped_kron_solve", "pi_damping", "damped_inverse",
            "inverse_root_newton", "inverse_root_eigh", "kron_solve_factored"]
@@ -139,7 +152,13 @@ def inverse_root_newton(M, p, ridge=0.0, max_iter=100, tol=1e-6):
         tol: stop when ||Y - I||_F falls below this.
 
     Returns:
-        (n, n) in M's dtype.
+        (n, n) in M's dtype (the last iterate kept, also when it did not converge).
+
+    Warns:
+        NotConvergedWarning: when the iteration stopped (its error grew by more than
+        1.2x, or ``max_iter`` ran out) with ||Y - I||_F above ``tol``, or the true
+        residual ||X^p (M + ridge I) - I||_F exceeds sqrt(tol); the message gives that
+        residual, the reason and the iterations used.
     """
     xp = backend.array_module(M)
     p = int(p)
@@ -150,6 +169,7 @@ def inverse_root_newton(M, p, ridge=0.0, max_iter=100, tol=1e-6):
     X = z ** (1.0 / p) * eye  # (n, n)
     Y = z * Mr  # (n, n)
     error = float(xp.linalg.norm(Y - eye))
+    reason, iterations = f"max_iter={int(max_iter)} ran out", 0
     for _ in range(int(max_iter)):
         if error < tol:
             break
@@ -161,7 +181,22 @@ def inverse_root_newton(M, p, ridge=0.0, max_iter=100, tol=1e-6):
         Y_new = P_pow @ Y  # (n, n)
         new_error = float(xp.linalg.norm(Y_new - eye))
         if new_error > 1.2 * error:  # diverging in finite precision: keep the last X
+            reason = f"its error grew to {new_error:.2e} (round-off)"
             break
         X, Y, error = X_new, Y_new, new_error
+        iterations += 1
     X = 0.5 * (X + X.T)
+    Xp = X
+    for _ in range(p - 1):
+        Xp = Xp @ X  # (n, n)
+    residual = float(xp.linalg.norm(Xp @ Mr - eye))  # ||X^p (M + r I) - I||_F
+    if error < tol:
+        reason = f"||Y - I||_F = {error:.1e} met tol, but round-off made Y drift from X^p M"
+    if not (error < tol and residual <= tol ** 0.5):
+        warnings.warn(
+            f"inverse_root_newton: (M + ridge I)^(-1/{p}) did not converge: residual "
+            f"||X^{p} (M + ridge I) - I||_F = {residual:.2e} after {iterations} iterations "
+            f"({reason}; n = {n}, ridge {ridge:g}). An ill-conditioned matrix is the usual "
+            "cause: raise the ridge (or max_iter), or use inverse_root_eigh",
+            NotConvergedWarning, stacklevel=2)
     return X.astype(M.dtype)

@@ -39,8 +39,9 @@ before training and the moving average takes over afterwards):
 ``warm_start(batches)`` does that pass explicitly (the parameters do not move). Since a
 training loop calls only ``step()``, MBF also does it inside its first ``warm_start``
 statistics updates (default 10 = 1/(1 - beta)): they average with weight 1/j instead of
-1 - beta, and the inverses are recomputed after each of them, so no block starts from
-zero and no stale inverse of a one-batch estimate is used for T2 steps. (Unlike the
+1 - beta, and the inverses are recomputed after updates j = 1, 2, 4, 8, ... and the last,
+so no block starts from zero and no inverse of a one-batch estimate is kept for T2 steps
+(each inverse in use has seen at least half of the batches averaged so far). (Unlike the
 paper's pass, the parameters move during these steps.) An explicit pass counts towards
 the same number. Without any warm start the first steps are about ``lr * g / lambda``
 long, because F starts at zero.
@@ -50,8 +51,16 @@ preconditioned, every direction is scaled by nu = min(1, sqrt(kl_clip / (lr^2 su
 which bounds lr^2 d^T (F + lambda I) d, the predicted change of the outputs under MBF's
 own curvature. At the paper's learning rates (1e-5 ... 1e-3) it rarely acts; it keeps a
 learning rate meant for SGD (0.01 - 0.05) from multiplying the directions outside the
-statistics' span by 1/lambda. It needs ``lr`` (a number or the optimizer;
-``minidl.methods.build`` passes it); without it no clipping is done and MBF warns.
+statistics' span by 1/lambda. With ``lr`` (a number or the optimizer;
+``minidl.methods.build`` passes it) the bound is exact; without it (MBF built by hand and
+paired with any optimizer) it is taken as if lr were 1::
+
+    nu = min(1, sqrt(kl_clip / sum <d, m>)),   so   d^T (F + lambda I) d <= kl_clip
+
+and the step lr d changes the outputs by at most lr^2 kl_clip <= kl_clip for every
+lr <= 1 (``base.kl_clip_factor``). That keeps SGD's learning rates safe (where d ~ m /
+lambda, ||d|| <= sqrt(kl_clip / lambda) ~ 0.6 at the defaults) at the price of shorter
+steps than the paper's at its small rates; MBF warns and asks for ``lr=``.
 
 Normalisation layers (BatchNorm1d/2d, LayerNorm, GroupNorm, with parameters ``gamma``,
 ``beta``) get Adam's direction, as in the paper: size-1 blocks, divided by their square
@@ -107,7 +116,7 @@ class MBF(Preconditioner):
         momentum: mu of the paper's m <- mu m + g, preconditioned as d = P m. Leave it 0
             when the optimizer has momentum (see the module docstring).
         lr: the learning rate for the step bound: a number, or the optimizer (its
-            current ``lr`` is read at every step); None disables the bound.
+            current ``lr`` is read at every step); None bounds as if lr were 1.
         kl_clip: the bound on lr^2 sum <d, m> (default 1e-3); None disables it.
         warm_start: statistics updates averaged with weight 1/j (default 10).
         spatial_average: share one (mean) block between all neurons of every dense layer.
@@ -156,9 +165,11 @@ class MBF(Preconditioner):
         super().__init__(model, T1=T1, T2=T2, warn=warn)
         if self.kl_clip is not None and lr is None:
             import warnings
-            warnings.warn(f"MBF: kl_clip={self.kl_clip:g} bounds the step only when the "
-                          "learning rate is known: pass lr=optimizer (minidl.methods.build "
-                          "does), or kl_clip=None to silence this", UserWarning, stacklevel=2)
+            warnings.warn(f"MBF: kl_clip={self.kl_clip:g} without the learning rate "
+                          "bounds the step as if lr were 1 (safe for every lr <= 1, tighter "
+                          "than needed below): pass lr=optimizer for the exact bound "
+                          "(minidl.methods.build does), or kl_clip=None for no bound",
+                          UserWarning, stacklevel=2)
         self.kinds = [self._kind(layer) for layer in self.layers]
         for i, layer in enumerate(self.layers):
             self._init_state(i, layer)
@@ -226,14 +237,19 @@ class MBF(Preconditioner):
         return xp.concatenate([G, grads["b"][:, None]], axis=1)  # (n, m+1)
 
     # -- the schedule: the in-step warm start recomputes the inverses ----------------------
-    def _warming(self):
-        """True while the statistics updates still average with weight 1/j."""
-        return any(int(s["n_warm"]) < self.warm_steps
-                   for s, kind in zip(self.state, self.kinds) if kind != "norm")
+    def _warm_inverse_due(self):
+        """True when this statistics update is warm-start update j = 1, 2, 4, 8, ... or the
+        last one (j = warm_start): each inverse then sees at least half of the batches
+        averaged so far, at a few inverses instead of one per update."""
+        for s, kind in zip(self.state, self.kinds):
+            if kind != "norm":
+                j = int(s["n_warm"]) + 1
+                return j <= self.warm_steps and (j & (j - 1) == 0 or j == self.warm_steps)
+        return False
 
     def schedule(self):
         update_stats, update_inverse = super().schedule()
-        return update_stats, update_inverse or (update_stats and self._warming())
+        return update_stats, update_inverse or (update_stats and self._warm_inverse_due())
 
     def prepare(self, update_stats, update_inverse):
         step = super().prepare(update_stats, update_inverse)
@@ -317,7 +333,7 @@ class MBF(Preconditioner):
             for key in layer.params:
                 s["m_" + key] = self.momentum * s["m_" + key] + layer.grads[key]
                 m[key] = s["m_" + key]
-        bound = step is not None and self.kl_clip is not None and self.lr is not None
+        bound = step is not None and self.kl_clip is not None
         xp = backend.array_module(*m.values())
         if kind == "norm":
             d = self._norm_direction(i, layer, m)
