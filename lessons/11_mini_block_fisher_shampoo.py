@@ -242,7 +242,7 @@ axes[3].set(xlabel="step", ylabel="training loss (BCE, 20-step mean)", yscale="l
             title="Autoencoder 256-128-64-16-64-128-256")
 axes[3].legend(fontsize=8)
 fig.tight_layout()
-print("saved", savefig(fig, "11_mini_block_fisher_shampoo", dpi=80))
+print("saved", savefig(fig, "11_mini_block_fisher_shampoo", dpi=70))
 
 # %% [markdown]
 # ## Exercises
