@@ -571,3 +571,26 @@ def test_runs_on_each_backend(on_backend, name):
     reference, _ = run(5)
     for key, value in host_params(reference).items():
         np.testing.assert_allclose(result[key], value, rtol=1e-12, atol=1e-14)
+
+
+def test_a_loaded_state_is_a_copy_the_caller_keeps_unchanged():
+    """SGD updates its momentum buffer in place; loading a state dict must copy it, or a
+    step after loading would change the dict (a checkpoint held in memory) it came from."""
+    import numpy as np
+
+    import minidl
+    from minidl.layers import Linear
+    from minidl.optim import SGD
+    rng = minidl.default_rng(0)
+    model = Linear(3, 2, rng=rng)
+    opt = SGD(model, lr=0.1, momentum=0.9)
+    for _ in range(2):
+        model.grads = {k: minidl.xp().ones_like(v) for k, v in model.params.items()}
+        opt.step()
+    saved = opt.state_dict()
+    before = {k: np.array(v, copy=True) for k, v in saved.items()}
+    opt2 = SGD(model, lr=0.1, momentum=0.9)
+    opt2.load_state_dict(saved)
+    opt2.step()
+    for k, v in saved.items():
+        assert np.array_equal(np.asarray(v), before[k]), k

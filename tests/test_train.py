@@ -297,3 +297,44 @@ def test_a_notebook_without_ipywidgets_gets_the_text_bar_and_no_warning(monkeypa
                         lambda name, *a: None if name == "ipywidgets" else real_find_spec(name, *a))
     from tqdm.std import tqdm as text_bar
     assert progress._tqdm_class(None) is text_bar
+
+
+def test_fit_skips_the_data_gradient_and_frees_caches_only_without_a_preconditioner():
+    """fit never uses dL/dx of the data: the first layer does not compute it, and each
+    cache is freed right after its backward unless a preconditioner reads it; the
+    model's own flags are back afterwards."""
+    import numpy as np
+
+    import minidl
+    from minidl import optim, train
+    from minidl.data import DataLoader
+    from minidl.layers import Linear, ReLU, Sequential
+    from minidl.losses import SoftmaxCrossEntropy
+
+    seen = {"dx": [], "cache_after": []}
+
+    class Spy(Linear):
+        def backward(self, dout):
+            dx = super().backward(dout)
+            seen["dx"].append(dx)
+            return dx
+
+    class Pre:  # a stand-in preconditioner that looks at what the layers cached
+        def step(self):
+            seen["cache_after"].append(bool(model.layers[2].cache))
+
+    rng = minidl.default_rng(0)
+    model = Sequential(Spy(6, 8, rng=rng), ReLU(), Linear(8, 3, rng=rng))
+    x = np.random.default_rng(1).standard_normal((64, 6)).astype(minidl.get_default_dtype())
+    y = np.random.default_rng(2).integers(0, 3, 64)
+    loader = DataLoader(x, y, 32, shuffle=False)
+    loss = SoftmaxCrossEntropy()
+    train.fit(model, loss, optim.SGD(model, lr=0.1), loader, epochs=1, log_every=0)
+    assert seen["dx"] == [None, None]
+    assert model.needs_input_grad is True and model.free_after_backward is False
+    train.fit(model, loss, optim.SGD(model, lr=0.1), loader, epochs=1, precond=Pre(),
+              log_every=0)
+    assert seen["cache_after"] == [True, True]  # kept for the preconditioner
+    model.forward(minidl.asarray(x[:4]))
+    model.backward(minidl.xp().ones((4, 3), dtype=x.dtype))
+    assert seen["dx"][-1] is not None  # outside fit the input gradient is there again

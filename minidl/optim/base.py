@@ -201,10 +201,8 @@ class Optimizer:
                 raise ValueError(f"{owner}: entry {entry!r} has shape {tuple(host.shape)}, "
                                  f"parameter {name} has shape {tuple(theta.shape)}")
             xp = backend.array_module(theta)
-            if xp is backend.xp():
-                new.setdefault(name, {})[slot] = backend.asarray(host, dtype=host.dtype)
-            else:
-                new.setdefault(name, {})[slot] = xp.asarray(host, dtype=host.dtype)
+            # a copy: optimizers update their state in place, the caller keeps its dict
+            new.setdefault(name, {})[slot] = xp.array(host, dtype=host.dtype, copy=True)
         for name, s in new.items():
             if "step" not in s:
                 raise ValueError(f"{owner}: parameter {name} has state but no "

@@ -53,12 +53,15 @@ class SGD(Optimizer):
         return {"m": xp.zeros_like(theta)}  # same shape as theta
 
     def update(self, theta, g, s):
-        g = g + self.weight_decay * theta  # same shape as theta
-        s["m"] = self.momentum * s["m"] + g
+        if self.weight_decay:
+            g = g + self.weight_decay * theta  # same shape as theta
+        m = s["m"]
+        m *= self.momentum                     # m_k = mu m_{k-1} + g_k, in place
+        m += g
         if self.nesterov:
-            d = g + self.momentum * s["m"]
+            d = g + self.momentum * m
         else:
-            d = s["m"]
+            d = m
         theta -= self.lr * d
 
     def extra_repr(self):

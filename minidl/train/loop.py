@@ -15,7 +15,7 @@ from .best import BestEpoch
 from .checkpointing import generators, resume_run, save_run
 from .evaluate import batch_accuracy, evaluate, wants_accuracy
 from .history import History
-from .modes import training_mode
+from .modes import lean_backward, training_mode
 
 __all__ = ["fit", "Trainer"]
 
@@ -74,7 +74,8 @@ class Trainer:
                           enabled=self.progress)
         loss_sum, correct, seen, seconds = 0.0, 0, 0, 0.0
         time_before = history.last.get("time", 0.0)
-        with training_mode(self.model):
+        with training_mode(self.model), \
+                lean_backward(self.model, keep_caches=self.precond is not None):
             tick = time.perf_counter()
             for x, y in loader:
                 if self.schedule is not None:  # k = updates taken so far (kept on resume)
