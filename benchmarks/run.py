@@ -93,8 +93,9 @@ def _time(fn):
 
 def machine():
     import torch
-    blas = [{k: v for k, v in info.items() if k in ("internal_api", "version", "architecture",
-                                                     "num_threads", "filepath")}
+    # the library's file name only: a full path would tell where this machine keeps it
+    blas = [{k: (os.path.basename(v) if k == "filepath" else v) for k, v in info.items()
+             if k in ("internal_api", "version", "architecture", "num_threads", "filepath")}
             for info in threadpoolctl.threadpool_info()]
     return {"date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
             "cpu": _cpu_name(), "cores": os.cpu_count(), "python": platform.python_version(),
