@@ -46,7 +46,7 @@ from ..errors import NonFiniteError
 from ..optim.base import check_number
 
 __all__ = ["Preconditioner", "CoverageWarning", "check_number", "check_period",
-           "sampled_backward", "kl_clip_factor", "current_lr"]
+           "sampled_backward", "kl_clip_factor", "warn_if_kl_clip_has_no_lr", "current_lr"]
 
 
 class CoverageWarning(UserWarning):
@@ -92,6 +92,20 @@ def check_finite_array(owner, where, a):
 def current_lr(lr):
     """The learning rate of ``lr``: a number, an optimizer (its current ``lr``) or None."""
     return getattr(lr, "lr", lr)
+
+
+def warn_if_kl_clip_has_no_lr(owner, kl_clip, lr):
+    """Say once, at construction, that a KL bound without the learning rate is a guess.
+
+    Without ``lr`` the bound of ``kl_clip_factor`` is taken as if lr were 1: safe for every
+    lr <= 1, tighter than needed below.
+    """
+    if kl_clip is not None and lr is None:
+        warnings.warn(f"{owner}: kl_clip={kl_clip:g} without the learning rate "
+                      "bounds the step as if lr were 1 (safe for every lr <= 1, tighter "
+                      "than needed below): pass lr=optimizer for the exact bound "
+                      "(minidl.methods.build does), or kl_clip=None for no bound",
+                      UserWarning, stacklevel=3)
 
 
 def kl_clip_factor(kl_clip, lr, vg):

@@ -91,9 +91,9 @@ eigendecompositions O(m^3 + F^3) every T2 steps, the solve O(F m (F + m)) every 
 What KFLR and KFRA share with K-FAC (reading a layer as (a_hat, dout, [dW | db]), the
 moving averages, damping and solve) is in ``kfactored.py``; the methods differ only in G.
 """
-import warnings
 
-from .base import check_choice, check_number, current_lr, kl_clip_factor, sampled_backward
+from .base import (check_choice, check_number, current_lr, kl_clip_factor, sampled_backward,
+                   warn_if_kl_clip_has_no_lr)
 from .kfactored import (KroneckerFactored, check_loss, covariance, grad_matrix,
                         set_grad_matrix)
 
@@ -149,12 +149,7 @@ class KFAC(KroneckerFactored):
                          adapt_damping=adapt_damping, adapt_every=adapt_every, lr=lr)
         self.fisher = fisher
         self.kl_clip = float(kl_clip) if kl_clip else None
-        if self.kl_clip is not None and lr is None:
-            warnings.warn(f"KFAC: kl_clip={self.kl_clip:g} without the learning rate "
-                          "bounds the step as if lr were 1 (safe for every lr <= 1, tighter "
-                          "than needed below): pass lr=optimizer for the exact bound "
-                          "(minidl.methods.build does), or kl_clip=None for no bound",
-                          UserWarning, stacklevel=2)
+        warn_if_kl_clip_has_no_lr("KFAC", self.kl_clip, lr)
         if batch_averaged is None:
             batch_averaged = loss.reduction == "mean" if loss is not None else True
         self.batch_averaged = bool(batch_averaged)

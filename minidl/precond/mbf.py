@@ -98,7 +98,7 @@ layer: memory F C k^4, inversion O(F C k^6).
 from .. import backend
 from ..layers.batchnorm import Normalization
 from .base import (Preconditioner, check_choice, check_number, current_lr, kl_clip_factor,
-                   sampled_backward)
+                   sampled_backward, warn_if_kl_clip_has_no_lr)
 
 __all__ = ["MBF"]
 
@@ -163,13 +163,7 @@ class MBF(Preconditioner):
         self.loss, self.lr = loss, lr
         self.rng = rng if rng is not None else backend.default_rng()
         super().__init__(model, T1=T1, T2=T2, warn=warn)
-        if self.kl_clip is not None and lr is None:
-            import warnings
-            warnings.warn(f"MBF: kl_clip={self.kl_clip:g} without the learning rate "
-                          "bounds the step as if lr were 1 (safe for every lr <= 1, tighter "
-                          "than needed below): pass lr=optimizer for the exact bound "
-                          "(minidl.methods.build does), or kl_clip=None for no bound",
-                          UserWarning, stacklevel=2)
+        warn_if_kl_clip_has_no_lr("MBF", self.kl_clip, lr)
         self.kinds = [self._kind(layer) for layer in self.layers]
         for i, layer in enumerate(self.layers):
             self._init_state(i, layer)
