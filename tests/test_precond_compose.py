@@ -43,20 +43,41 @@ def batch(kind, seed):
     return minidl.asarray(x), minidl.asarray(rng.integers(0, 4, 32))
 
 
+def run_steps(model, loss, x, y, pre, opt, steps):
+    """Loss before each of ``steps`` updates and after the last; a divergence (overflow,
+    NonFiniteError from the step) ends the run as inf."""
+    values = []
+    try:
+        for _ in range(steps):
+            values.append(loss.forward(model.forward(x), y))
+            model.backward(loss.backward())
+            pre.step()
+            opt.step()
+        values.append(loss.forward(model.forward(x), y))
+    except (NonFiniteError, RuntimeWarning, FloatingPointError):
+        values.append(math.inf)
+    return values
+
+
+def failed_runs(losses):
+    """(lr, seed, first, last) of every run of ``losses(lr, seed)`` over the grid that
+    did not stay finite or did not end below where it started."""
+    failures = []
+    for lr in LRS:
+        for seed in range(5):
+            values = losses(lr, seed)
+            if not all(math.isfinite(v) for v in values) or not values[-1] < values[0]:
+                failures.append((lr, seed, values[0], values[-1]))
+    return failures
+
+
 def losses_over_training(name, kind, lr, seed, steps=30):
     model = (small_cnn if kind == "cnn" else small_mlp)(minidl.default_rng(seed))
     loss = SoftmaxCrossEntropy()
     x, y = batch(kind, seed)
     opt, pre = methods.build(name, model, loss, lr=lr, rng=minidl.default_rng(seed))
     assert type(opt).__name__ == "SGD" and opt.momentum == 0.9
-    values = []
-    for _ in range(steps):
-        values.append(loss.forward(model.forward(x), y))
-        model.backward(loss.backward())
-        pre.step()
-        opt.step()
-    values.append(loss.forward(model.forward(x), y))
-    return values
+    return run_steps(model, loss, x, y, pre, opt, steps)
 
 
 CASES = [(name, kind) for kind in ("cnn", "mlp") for name in SECOND_ORDER
@@ -66,14 +87,9 @@ CASES = [(name, kind) for kind in ("cnn", "mlp") for name in SECOND_ORDER
 @pytest.mark.slow
 @pytest.mark.parametrize("name, kind", CASES, ids=[f"{n}-{k}" for n, k in CASES])
 def test_every_method_with_sgd_momentum_trains_and_stays_finite(name, kind):
-    failures = []
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)
-        for lr in LRS:
-            for seed in range(5):
-                values = losses_over_training(name, kind, lr, seed)
-                if not all(math.isfinite(v) for v in values) or not values[-1] < values[0]:
-                    failures.append((lr, seed, values[0], values[-1]))
+        failures = failed_runs(lambda lr, seed: losses_over_training(name, kind, lr, seed))
     assert not failures, f"{name} on the {kind}: (lr, seed, first, last) {failures}"
 
 
@@ -94,17 +110,7 @@ def losses_by_hand(name, kind, lr, seed, steps=30):
     x, y = batch(kind, seed)
     pre = by_hand(name, model, loss)
     opt = optim.SGD(model, lr=lr, momentum=0.9)
-    values = []
-    try:  # a divergence (overflow, NonFiniteError from the step) ends the run as inf
-        for _ in range(steps):
-            values.append(loss.forward(model.forward(x), y))
-            model.backward(loss.backward())
-            pre.step()
-            opt.step()
-        values.append(loss.forward(model.forward(x), y))
-    except (NonFiniteError, RuntimeWarning, FloatingPointError):
-        values.append(math.inf)
-    return values
+    return run_steps(model, loss, x, y, pre, opt, steps)
 
 
 @pytest.mark.slow
@@ -112,13 +118,8 @@ def losses_by_hand(name, kind, lr, seed, steps=30):
 def test_class_defaults_built_by_hand_with_sgd_momentum_train(name, kind):
     """``pre = KFLR(model, loss=crit); opt = SGD(model, lr, momentum=0.9)``: the class
     defaults alone must be safe in the composition a user writes (issue 9's measurement)."""
-    failures = []
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)  # MBF/KFAC: "pass lr= for the exact bound"
         warnings.simplefilter("error", RuntimeWarning)  # an overflow is a divergence
-        for lr in LRS:
-            for seed in range(5):
-                values = losses_by_hand(name, kind, lr, seed)
-                if not all(math.isfinite(v) for v in values) or not values[-1] < values[0]:
-                    failures.append((lr, seed, values[0], values[-1]))
+        failures = failed_runs(lambda lr, seed: losses_by_hand(name, kind, lr, seed))
     assert not failures, f"{name} on the {kind}, by hand: (lr, seed, first, last) {failures}"
