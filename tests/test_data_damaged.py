@@ -5,30 +5,15 @@ import gzip
 import os
 import pickle
 import struct
-import urllib.error
 
 import numpy as np
 import pytest
 
 from minidl import data
-from minidl.data import cifar, download
+from minidl.data import cifar
 
 
-@pytest.fixture(autouse=True)
-def _offline(monkeypatch, tmp_path):
-    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg-cache"))
-
-    def no_network(url, timeout=None):
-        raise urllib.error.URLError("network disabled in the tests")
-    monkeypatch.setattr(download, "urlopen", no_network)
-
-
-@pytest.fixture
-def data_dir(monkeypatch, tmp_path):
-    root = tmp_path / "minidl-data"
-    root.mkdir()
-    monkeypatch.setenv("MINIDL_DATA", str(root))
-    return root
+from test_data import _offline, data_dir  # noqa: F401  (the same offline fixtures)
 
 
 def _damaged(raw, seed, flips=150):
