@@ -124,7 +124,7 @@ def build_parser():
                      description=_wrap("minidl: train a network, or compare training methods "
                                        "on one network. 'minidl compare' with no arguments "
                                        "compares five methods on the bundled MNIST digits "
-                                       "(15 s of CPU time; 50-57 s on a 2-core CPU shared "
+                                       "(11 s on an idle 2-core CPU; 50-57 s on one shared "
                                        "with other jobs)."))
     sub = parser.add_subparsers(dest="command", metavar="{train,compare,assign}")
 
@@ -165,7 +165,7 @@ def build_parser():
                           "bundled MNIST digits, 5 epochs, five methods, one BLAS thread) it "
                           "took 50-57 s from start to finish (KFAC 32-34 s of it) in three runs "
                           "on a 2-core CPU shared with about eight busy jobs, using 15 s of "
-                          "CPU time (about the time on a free core); "
+                          "CPU time (idle, the same CPU took 11 s from start to finish); "
                           "--methods kflr kfra shampoo mbf add slower methods."),
         epilog=_methods_epilog())
     _add_common(compare)
