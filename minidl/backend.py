@@ -13,6 +13,7 @@ The environment variable ``MINIDL_BACKEND`` (``numpy`` or ``cupy``) picks the ba
 import; ``set_backend`` changes it later. Training defaults to float32
 (``set_default_dtype``); gradient checks always run in float64.
 """
+import contextlib
 import os
 
 import numpy
@@ -21,6 +22,7 @@ __all__ = [
     "set_backend", "get_backend", "xp", "array_module", "asarray", "to_numpy",
     "set_default_dtype", "get_default_dtype", "default_rng", "cupy_available",
     "is_array", "on_device", "BackendError", "host", "check_same_device", "linalg_errors",
+    "blas_threads", "blas_single_thread",
 ]
 
 _state = {"name": "numpy", "module": numpy, "dtype": numpy.dtype("float32")}
@@ -175,12 +177,7 @@ def linalg_errors():
 _blas_libs = []  # threadpoolctl's handles on the BLAS libraries NumPy loaded (made once)
 
 
-def blas_threads():
-    """The number of threads NumPy's BLAS runs its products on right now (1 if unknown).
-
-    Read through threadpoolctl on every call, so it follows ``threadpool_limits``; layers use
-    it to size their work (e.g. ``Conv2d``'s chunks).
-    """
+def _blas_controllers():
     if not _blas_libs:
         try:
             import threadpoolctl
@@ -189,7 +186,31 @@ def blas_threads():
         except Exception:  # no threadpoolctl, or it cannot read the library: assume 1
             libs = []
         _blas_libs.append(libs)
-    return max((lib.num_threads for lib in _blas_libs[0]), default=1)
+    return _blas_libs[0]
+
+
+def blas_threads():
+    """The number of threads NumPy's BLAS runs its products on right now (1 if unknown).
+
+    Read through threadpoolctl on every call, so it follows ``threadpool_limits``; layers use
+    it to size their work (``minidl.parallel``).
+    """
+    return max((lib.num_threads for lib in _blas_controllers()), default=1)
+
+
+@contextlib.contextmanager
+def blas_single_thread():
+    """Hold NumPy's BLAS to one thread inside the ``with`` block, then restore it (used by
+    ``minidl.parallel`` while it runs pieces of work in threads of its own)."""
+    libs = _blas_controllers()
+    before = [lib.num_threads for lib in libs]
+    for lib in libs:
+        lib.set_num_threads(1)
+    try:
+        yield
+    finally:
+        for lib, n in zip(libs, before):
+            lib.set_num_threads(n)
 
 
 def default_rng(seed=None):

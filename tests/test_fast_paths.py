@@ -93,13 +93,17 @@ def test_wide_columns_hold_the_compact_ones(kernel, padding):
 
 
 # -- Conv2d: chunks of the batch, the lazily made cols, no dx for the first layer --------
+@pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize("channels", [(3, 4), (4, 3)])  # F > C: col2im; F <= C: full conv
 @pytest.mark.parametrize("stride,padding", [(1, 1), (2, 1), ((1, 2), 0), (1, (0, 2))])
-def test_conv_in_chunks_equals_one_chunk(monkeypatch, stride, padding):
+def test_conv_in_chunks_equals_one_chunk(monkeypatch, stride, padding, channels, threads):
+    from threadpoolctl import threadpool_limits
     from minidl.layers import Conv2d, conv
     rng = np.random.default_rng(2)
-    layer = Conv2d(3, 4, 3, stride=stride, padding=padding, rng=minidl.default_rng(0))
+    C, F = channels
+    layer = Conv2d(C, F, 3, stride=stride, padding=padding, rng=minidl.default_rng(0))
     layer.astype("float64")
-    x = rng.standard_normal((5, 3, 8, 7))
+    x = rng.standard_normal((5, C, 8, 7))
     out = layer.forward(x)
     dout = rng.standard_normal(out.shape)
     dx = layer.backward(dout)
@@ -109,17 +113,41 @@ def test_conv_in_chunks_equals_one_chunk(monkeypatch, stride, padding):
     Rout = layer.jvp(Rx)
     Rdx = layer.backward_rop(dout)
     Rgrads = {k: v.copy() for k, v in layer.Rgrads.items()}
-    for name in ("CHUNK_VALUES", "CHUNK_VALUES_THREADED"):  # one example per chunk
-        monkeypatch.setattr(conv, name, 1)
+    monkeypatch.setattr(conv, "CHUNK_VALUES", 1)  # one example per chunk
     assert len(layer._chunks(x)) == 5
-    np.testing.assert_allclose(layer.forward(x), out, rtol=1e-13, atol=1e-13)
-    np.testing.assert_allclose(layer.backward(dout), dx, rtol=1e-13, atol=1e-13)
-    for k in grads:
-        np.testing.assert_allclose(layer.grads[k], grads[k], rtol=1e-12, atol=1e-12)
-    np.testing.assert_allclose(layer.jvp(Rx), Rout, rtol=1e-13, atol=1e-13)
-    np.testing.assert_allclose(layer.backward_rop(dout), Rdx, rtol=1e-12, atol=1e-12)
-    for k in Rgrads:
-        np.testing.assert_allclose(layer.Rgrads[k], Rgrads[k], rtol=1e-12, atol=1e-12)
+    with threadpool_limits(threads):  # 2: the chunks run in two threads (minidl.parallel)
+        np.testing.assert_allclose(layer.forward(x), out, rtol=1e-13, atol=1e-13)
+        np.testing.assert_allclose(layer.backward(dout), dx, rtol=1e-13, atol=1e-13)
+        for k in grads:
+            np.testing.assert_allclose(layer.grads[k], grads[k], rtol=1e-12, atol=1e-12)
+        np.testing.assert_allclose(layer.jvp(Rx), Rout, rtol=1e-13, atol=1e-13)
+        np.testing.assert_allclose(layer.backward_rop(dout), Rdx, rtol=1e-12, atol=1e-12)
+        for k in Rgrads:
+            np.testing.assert_allclose(layer.Rgrads[k], Rgrads[k], rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("kernel,padding", [(3, 1), (3, 2), (3, 0), ((3, 2), (1, 0)),
+                                            (1, 0), (5, 2), (5, 4)])
+def test_conv_input_gradient_as_a_full_convolution_equals_col2im(kernel, padding):
+    """For stride 1 and F <= C, dx is a convolution of dout with the flipped kernel
+    (Conv2d._input_grad); its simple twin is col2im(W2^T dout_T), the adjoint of im2col."""
+    from minidl.layers import Conv2d
+    rng = np.random.default_rng(3)
+    layer = Conv2d(5, 4, kernel, padding=padding, rng=minidl.default_rng(0))
+    layer.astype("float64")
+    x = rng.standard_normal((3, 5, 9, 8))
+    dout = rng.standard_normal(layer.forward(x).shape)
+    W2 = layer.params["W"].reshape(4, -1)
+    dx = layer.backward(dout)
+    np.testing.assert_allclose(dx, layer._input_grad_col2im(dout, W2, x.shape),
+                               rtol=1e-12, atol=1e-12)
+    # the direct sum over kernel taps, one output pixel at a time
+    (kh, kw), (ph, pw) = layer.kernel_size, layer.padding
+    dx_pad = np.zeros((3, 5, 9 + 2 * ph, 8 + 2 * pw))
+    W = layer.params["W"]
+    for ho, wo in np.ndindex(*dout.shape[2:]):
+        dx_pad[:, :, ho:ho + kh, wo:wo + kw] += np.einsum("nf,fcij->ncij", dout[:, :, ho, wo], W)
+    np.testing.assert_allclose(dx, dx_pad[:, :, ph:ph + 9, pw:pw + 8], rtol=1e-12, atol=1e-12)
 
 
 def test_conv_cols_are_made_when_read_not_stored():

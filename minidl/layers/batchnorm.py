@@ -59,14 +59,22 @@ product array), x_hat is made in place from x - mu, and dx is built in place as:
     dx = gamma / sigma * (dout - sum(dout) / M - x_hat * sum(dout * x_hat) / M)
 
 (the closed form above with mean(dx_hat) = gamma sum(dout) / M and mean(dx_hat x_hat) =
-gamma sum(dout x_hat) / M). The general ``Normalization`` passes stay the reference; a
-test checks the two agree. BatchNorm keeps x_hat, mu and sigma, not x (x = mu + sigma
+gamma sum(dout x_hat) / M). Both passes go over the batch in pieces of a few examples
+(``PIECE_VALUES``), so that each pass of a piece finds it in the CPU cache and the pieces
+can run in several threads (``minidl.parallel``); the per-piece means and squared
+deviations combine exactly into the batch's (``_batch_stats``). The general
+``Normalization`` passes stay the reference; a test checks the two agree. BatchNorm keeps x_hat, mu and sigma, not x (x = mu + sigma
 x_hat): backward and the R-operator passes need only those.
 """
 import math
 
-from .. import backend
+from .. import backend, parallel
 from .base import Layer, expect_dim, expect_forward_done, expect_ndim
+
+# values of x in one piece of the batch (1 MB in float32): the passes of a piece then
+# run while it is in the CPU's cache, and with several threads allowed the pieces run side
+# by side (``minidl.parallel``)
+PIECE_VALUES = 2**18
 
 __all__ = ["BatchNorm1d", "BatchNorm2d", "Normalization"]
 
@@ -243,6 +251,10 @@ class _BatchNorm(Normalization):
         return p.reshape((1, -1) + (1,) * (x.ndim - 2))  # (1, C, 1, ...)
 
     # -- the fast twin of Normalization.forward / backward (see the module doc) -----------
+    def _pieces(self, x3):
+        """Slices of the batch of x3 (N, C, L) holding about ``PIECE_VALUES`` values each."""
+        return parallel.batch_pieces(x3.shape[0], x3.shape[1] * x3.shape[2], PIECE_VALUES)
+
     def forward(self, x):
         self.check_input(x)
         gamma, beta = self.params["gamma"], self.params["beta"]
@@ -251,26 +263,56 @@ class _BatchNorm(Normalization):
         N, C = x.shape[:2]
         L = math.prod(x.shape[2:])  # H W (1 for (N, C) input)
         x3 = x.reshape(N, C, L)  # (N, C, L)
-        M = N * x3.shape[2]  # values per channel
+        pieces = self._pieces(x3)
         if self.training:
-            mu = x3.sum(axis=2).sum(axis=0) / M  # (C,)
-            x_hat = x3 - mu[:, None]  # (N, C, L), x - mu for now
-            var = xp.einsum("ncl,ncl->c", x_hat, x_hat) / M  # (C,) biased batch variance
-            self.record_batch_stats(mu, var, M)
+            mu, var = self._batch_stats(x3, pieces)  # (C,), (C,)
+            self.record_batch_stats(mu, var, N * L)
         else:
             backend.check_same_device(f"{type(self).__name__}.forward(x) in eval mode", x,
                                       self.buffers["running_mean"])
             mu, var = self.buffers["running_mean"], self.buffers["running_var"]  # (C,)
-            x_hat = x3 - mu[:, None]  # (N, C, L)
         sigma = xp.sqrt(var + self.eps).astype(x.dtype)  # (C,)
-        x_hat *= (1 / sigma)[:, None]  # (N, C, L), now (x - mu) / sigma
-        out = x_hat * gamma[:, None]  # (N, C, L)
-        out += beta[:, None]
+        inv_sigma = (1 / sigma)[:, None]  # (C, 1)
+        mu_ = mu.astype(x.dtype)[:, None]  # (C, 1)
+        x_hat = xp.empty_like(x3)  # (N, C, L)
+        out = xp.empty_like(x3)  # (N, C, L)
+
+        def normalise(piece):  # x_hat = (x - mu) / sigma, out = gamma x_hat + beta
+            xh = xp.subtract(x3[piece], mu_, out=x_hat[piece])
+            xh *= inv_sigma
+            o = xp.multiply(xh, gamma[:, None], out=out[piece])
+            o += beta[:, None]
+
+        parallel.map_pieces(normalise, pieces, like=x)
         view = (1, C) + (1,) * (x.ndim - 2)  # the statistics' shape in the generic passes
         self.cache = {"x_hat": x_hat.reshape(x.shape), "mu": mu.reshape(view),
                       "sigma": sigma.reshape(view), "axes": self.stat_axes(x),
                       "batch_stats": self.training}
         return out.reshape(x.shape)  # shape of x
+
+    @staticmethod
+    def _batch_stats(x3, pieces):
+        """Mean and biased variance per channel of x3 (N, C, L), one piece at a time.
+
+        Each piece p (n_p L values per channel) gives its mean m_p and its sum of squared
+        deviations S_p = sum (x - m_p)^2 (two passes over a piece that stays in cache);
+        they combine exactly (Chan, Golub & LeVeque 1979) as
+        mu = sum_p n_p m_p / M and M var = sum_p (S_p + n_p (m_p - mu)^2).
+        """
+        xp = backend.array_module(x3)
+        L = x3.shape[2]
+
+        def piece_stats(piece):
+            xs = x3[piece]  # (n, C, L)
+            m = xs.sum(axis=2).sum(axis=0) / (xs.shape[0] * L)  # (C,)
+            d = xs - m[:, None]  # (n, C, L)
+            return xs.shape[0] * L, m, xp.einsum("ncl,ncl->c", d, d)  # count, (C,), (C,)
+
+        stats = parallel.map_pieces(piece_stats, pieces, like=x3)
+        M = sum(count for count, _, _ in stats)
+        mu = sum(count * m for count, m, _ in stats) / M  # (C,)
+        var = sum(S + count * (m - mu) ** 2 for count, m, S in stats) / M  # (C,)
+        return mu, var
 
     def backward(self, dout):
         expect_forward_done(self, dout)
@@ -281,17 +323,31 @@ class _BatchNorm(Normalization):
         d3 = dout.reshape(N, C, L)  # (N, C, L)
         xh3 = x_hat.reshape(N, C, L)  # (N, C, L)
         xp = backend.array_module(dout)
-        dbeta = d3.sum(axis=2).sum(axis=0)  # (C,) sum(dout)
-        dgamma = xp.einsum("ncl,ncl->c", d3, xh3)  # (C,) sum(dout * x_hat)
+        pieces = self._pieces(d3)
+
+        def piece_sums(piece):  # sum(dout), sum(dout * x_hat) over the piece: (C,), (C,)
+            return (d3[piece].sum(axis=2).sum(axis=0),
+                    xp.einsum("ncl,ncl->c", d3[piece], xh3[piece]))
+
+        sums = parallel.map_pieces(piece_sums, pieces, like=dout)
+        dbeta = sum(s for s, _ in sums)  # (C,) sum(dout), pieces added in order
+        dgamma = sum(s for _, s in sums)  # (C,) sum(dout * x_hat)
         self.grads["gamma"], self.grads["beta"] = dgamma, dbeta
         scale = (self.params["gamma"] / sigma.reshape(-1))[:, None]  # (C, 1) gamma / sigma
         if not self.cache["batch_stats"]:
             return (d3 * scale).reshape(dout.shape)  # eval: an affine map
-        M = N * d3.shape[2]
-        dx = xh3 * (-dgamma / M)[:, None]  # (N, C, L)
-        dx += d3
-        dx -= (dbeta / M)[:, None]
-        dx *= scale
+        M = N * L
+        k_hat = (-dgamma / M)[:, None]  # (C, 1)
+        k_0 = (dbeta / M)[:, None]  # (C, 1)
+        dx = xp.empty_like(d3)  # (N, C, L)
+
+        def input_grad(piece):  # dx = gamma/sigma (dout - sum(dout)/M - x_hat sum(dout x_hat)/M)
+            g = xp.multiply(xh3[piece], k_hat, out=dx[piece])
+            g += d3[piece]
+            g -= k_0
+            g *= scale
+
+        parallel.map_pieces(input_grad, pieces, like=dout)
         return dx.reshape(dout.shape)  # shape of x
 
     def fixed_stats(self, x):

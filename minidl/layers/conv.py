@@ -29,34 +29,32 @@ cols_n the L columns of example n, and db_n = sum_{ho, wo} dout[n]. R-operator
 
 Performance and memory. The windows come from strided views (no Python loop over pixels)
 and the batch goes through in chunks of a few examples, each product one BLAS GEMM per
-chunk: with one BLAS thread a chunk's columns (``CHUNK_VALUES``, 2 MB) stay in the CPU
-cache from im2col to the product to col2im, which measured faster than one product over
-the whole batch; with several threads the chunks are larger, so each product is worth
-sharing out. With
-stride 1 the columns are the "wide" ones of
-``im2col_wide`` (long contiguous copies; the extra columns are cropped from the output and
-get zero gradient). The im2col matrix is kh kw times the input (9x for 3x3), so it is never
-kept: the forward pass makes it chunk by chunk and the backward pass makes it again from
-the cached x. ``cache["cols"]`` still reads as
-the (C kh kw, N Ho Wo) matrix: it is computed when read. A layer whose
-``needs_input_grad`` is False (the first layer of a model, see ``Sequential``) skips dcols
-and col2im and returns None.
+chunk: a chunk's columns (``CHUNK_VALUES``, 2 MB) stay in the CPU cache from im2col to the
+product, which measured faster than one product over the whole batch. With several
+threads allowed (``threadpool_limits``), the chunks run side by side, one per core
+(``minidl.parallel``): the copies around the products then use every core too. With
+stride 1 the columns are the "wide" ones of ``im2col_wide`` (long contiguous copies; the
+extra columns are cropped from the output and get zero gradient), and for F <= C the input
+gradient is computed as a convolution of dout with the flipped kernel (``_input_grad``)
+rather than through col2im. The im2col matrix is kh kw times the input (9x for 3x3), so it
+is never kept: the forward pass makes it chunk by chunk and the backward pass makes it
+again from the cached x. ``cache["cols"]`` still reads as the (C kh kw, N Ho Wo) matrix:
+it is computed when read. A layer whose ``needs_input_grad`` is False (the first layer of
+a model, see ``Sequential``) skips the input gradient and returns None.
 
 References: CS231n "Convolutional Networks" notes; K. Chellapilla et al. 2006 (im2col);
 PyTorch ``torch.nn.Conv2d`` for the conventions and the default initialisation.
 """
-from .. import backend, init
+from .. import backend, init, parallel
 from .base import Layer, expect_dim, expect_forward_done, expect_ndim
 from .im2col import col2im, col2im_wide, im2col, im2col_wide, output_size, pair
 
-# the most values one chunk of the im2col matrix holds. With one BLAS thread: 512K (2 MB in
-# float32), so a chunk stays in the CPU cache between im2col, the product and col2im; on a
-# 2-core Xeon with 2 MB of L2 per core, Conv2d fwd+bwd of a (128, 32, 32, 32) batch ran
-# 15-30% faster with 0.5-1M values than with 8M or 32M, a 5-layer CNN step ~10% faster with
-# 512K than with 1M or 2M. With several BLAS threads each product must be large enough to
-# share out: 8M (32 MB) ran 2-3x faster there than 512K. On the GPU: 32M.
+# the most values one chunk of the im2col matrix holds: 512K (2 MB in float32), so a chunk
+# stays in one core's cache between im2col and the product. On a 2-core Xeon with 2 MB of
+# L2 per core, Conv2d fwd+bwd of a (128, 32, 32, 32) batch ran 15-30% faster with 0.5-1M
+# values than with 8M or 32M, a 5-layer CNN step ~10% faster with 512K than with 1M or 2M.
+# On the GPU: 32M (one large product per layer keeps the device busy).
 CHUNK_VALUES = 2**19
-CHUNK_VALUES_THREADED = 2**23
 CHUNK_VALUES_GPU = 2**25
 
 
@@ -139,19 +137,21 @@ class Conv2d(Layer):
         return col2im(dcols, x_shape, self.kernel_size, self.stride, self.padding)
 
     # -- the products, chunk by chunk over the batch ---------------------------------------
-    def _column_width(self, x):
+    def _column_width(self, x, padding=None):
         """Wc, the length of one row of output pixels in the columns: Wp (wide) or Wo."""
+        padding = self.padding if padding is None else padding
         if self.stride == (1, 1):
-            return x.shape[3] + 2 * self.padding[1]  # Wp: im2col_wide
+            return x.shape[3] + 2 * padding[1]  # Wp: im2col_wide
         return output_size(x.shape[2], x.shape[3], self.kernel_size, self.stride,
-                           self.padding)[1]  # Wo: im2col
+                           padding)[1]  # Wo: im2col
 
-    def _columns(self, x):
+    def _columns(self, x, padding=None):
         """The columns of a chunk x (n, C, H, W): (C kh kw, n Ho Wc)."""
+        padding = self.padding if padding is None else padding
         if self.stride == (1, 1):
-            cols = im2col_wide(x, self.kernel_size, self.padding)  # (CKK, n, Ho, Wp)
+            cols = im2col_wide(x, self.kernel_size, padding)  # (CKK, n, Ho, Wp)
             return cols.reshape(cols.shape[0], -1)  # (C kh kw, n Ho Wp)
-        return self._im2col(x)  # (C kh kw, n Ho Wo)
+        return im2col(x, self.kernel_size, self.stride, padding)  # (C kh kw, n Ho Wo)
 
     def _from_columns(self, dcols, x_shape, Ho, Wc):
         """Adjoint of ``_columns``: (C kh kw, n Ho Wc) -> dx (n, C, H, W)."""
@@ -160,65 +160,120 @@ class Conv2d(Layer):
             return col2im_wide(dcols, x_shape, self.kernel_size, self.padding)
         return self._col2im(dcols, x_shape)
 
-    def _chunks(self, x):
-        """Slices of the batch whose columns hold at most ``CHUNK_VALUES`` values."""
-        N, C = x.shape[:2]
-        Ho, _ = output_size(x.shape[2], x.shape[3], self.kernel_size, self.stride,
-                            self.padding)
-        per_example = C * self.kernel_size[0] * self.kernel_size[1] * Ho * self._column_width(x)
-        if backend.on_device(x):
-            budget = CHUNK_VALUES_GPU
-        else:
-            budget = CHUNK_VALUES if backend.blas_threads() == 1 else CHUNK_VALUES_THREADED
-        n = max(1, budget // per_example)
-        return [slice(i, min(i + n, N)) for i in range(0, N, n)]
+    def _chunks(self, x, padding=None):
+        """Slices of the batch x whose columns hold at most ``CHUNK_VALUES`` values."""
+        padding = self.padding if padding is None else padding
+        Ho, _ = output_size(x.shape[2], x.shape[3], self.kernel_size, self.stride, padding)
+        per_example = (x.shape[1] * self.kernel_size[0] * self.kernel_size[1] * Ho
+                       * self._column_width(x, padding))
+        return self._batch_slices(x.shape[0], per_example, x)
 
-    def _conv(self, x, W2, b=None):
+    @staticmethod
+    def _batch_slices(N, per_example, like):
+        """Slices of N examples whose columns (``per_example`` values each) fit the chunk
+        budget of the device ``like`` lives on."""
+        budget = CHUNK_VALUES_GPU if backend.on_device(like) else CHUNK_VALUES
+        return parallel.batch_pieces(N, per_example, budget)
+
+    def _conv(self, x, W2, b=None, padding=None):
         """out[n, f] = b[f] + sum_{c,i,j} W2[f, (c,i,j)] x_pad[n, c, sh ho + i, sw wo + j]:
-        (N, F, Ho, Wo); no bias when b is None."""
+        (N, F, Ho, Wo); no bias when b is None. ``padding`` replaces the layer's own
+        (the input gradient below convolves with another padding)."""
+        padding = self.padding if padding is None else padding
         xp = backend.array_module(x, W2)
         N, F = x.shape[0], W2.shape[0]
-        Ho, Wo = output_size(x.shape[2], x.shape[3], self.kernel_size, self.stride,
-                             self.padding)
-        Wc = self._column_width(x)
+        Ho, Wo = output_size(x.shape[2], x.shape[3], self.kernel_size, self.stride, padding)
+        Wc = self._column_width(x, padding)
         out = xp.empty((N, F, Ho, Wo), dtype=xp.result_type(x.dtype, W2.dtype))
-        for chunk in self._chunks(x):
-            out_T = W2 @ self._columns(x[chunk])  # (F, CKK) @ (CKK, n Ho Wc) -> (F, n Ho Wc)
+
+        def chunk_of_output(chunk):
+            out_T = W2 @ self._columns(x[chunk], padding)  # (F, CKK) @ (CKK, n Ho Wc)
             # drop the wide columns and swap the filter and batch axes: (n, F, Ho, Wo)
             out_T = out_T.reshape(F, -1, Ho, Wc)[:, :, :, :Wo].transpose(1, 0, 2, 3)
             if b is None:
                 out[chunk] = out_T
             else:  # the bias added in the same pass
                 xp.add(out_T, b[:, None, None], out=out[chunk])
+
+        parallel.map_pieces(chunk_of_output, self._chunks(x, padding), like=x)
         return out  # (N, F, Ho, Wo)
 
-    def _grads(self, x, dout, W2, need_dW=True, need_dx=True):
-        """``(dW2, dx)`` for input x and output gradient dout through weights W2.
+    def _full_conv_possible(self):
+        """True when dx is a stride-1 convolution of dout (see ``_input_grad``)."""
+        (kh, kw), (ph, pw) = self.kernel_size, self.padding
+        return self.stride == (1, 1) and ph <= kh - 1 and pw <= kw - 1
 
-        dW2 = dout_T @ cols^T (F, C kh kw) and dx = col2im(W2^T @ dout_T) (N, C, H, W),
-        either one None when not asked for.
-        """
-        xp = backend.array_module(x, dout, W2)
-        N, F, Ho, Wo = dout.shape
+    def _wide_output_grad(self, dout, chunk, Wc):
+        """dout[chunk] as dout_T (F, n Ho Wc), zero in the wide columns (w' >= Wo) that the
+        columns' products need."""
+        xp = backend.array_module(dout)
+        F, Ho, Wo = dout.shape[1:]
+        d = dout[chunk]
+        dout_T = xp.empty((F, d.shape[0], Ho, Wc), dtype=dout.dtype)  # (F, n, Ho, Wc)
+        dout_T[:, :, :, :Wo] = d.transpose(1, 0, 2, 3)
+        dout_T[:, :, :, Wo:] = 0
+        return dout_T.reshape(F, -1)  # (F, n Ho Wc)
+
+    def _weight_grad(self, x, dout):
+        """dW2 = dout_T @ cols^T (F, C kh kw), summed chunk by chunk over the batch."""
+        backend.array_module(x, dout)  # one device
         Wc = self._column_width(x)
-        dtype = xp.result_type(x.dtype, dout.dtype, W2.dtype)
-        dW2 = xp.zeros(W2.shape, dtype=dtype) if need_dW else None  # (F, C kh kw)
-        dx = xp.empty(x.shape, dtype=dtype) if need_dx else None  # (N, C, H, W)
-        for chunk in self._chunks(x):
-            n = dout[chunk].shape[0]
-            # dout_T (F, n Ho Wc), zero in the wide columns, as the columns' products need
-            dout_T = xp.empty((F, n, Ho, Wc), dtype=dout.dtype)  # (F, n, Ho, Wc)
-            dout_T[:, :, :, :Wo] = dout[chunk].transpose(1, 0, 2, 3)
-            dout_T[:, :, :, Wo:] = 0
-            dout_T = dout_T.reshape(F, -1)  # (F, n Ho Wc)
-            if need_dW:
-                # computed as (cols @ dout_T^T)^T: the same numbers, and OpenBLAS runs this
-                # orientation of the long-inner-dimension product faster (measured)
-                dW2 += (self._columns(x[chunk]) @ dout_T.T).T  # (F, C kh kw)
-            if need_dx:
-                dcols = W2.T @ dout_T  # (CKK, F) @ (F, n Ho Wc) -> (C kh kw, n Ho Wc)
-                dx[chunk] = self._from_columns(dcols, x[chunk].shape, Ho, Wc)
-        return dW2, dx
+
+        def chunk_of_sum(chunk):
+            dout_T = self._wide_output_grad(dout, chunk, Wc)  # (F, n Ho Wc)
+            # computed as (cols @ dout_T^T)^T: the same numbers, and OpenBLAS runs this
+            # orientation of the long-inner-dimension product faster (measured)
+            return (self._columns(x[chunk]) @ dout_T.T).T  # (F, C kh kw)
+
+        partial_sums = parallel.map_pieces(chunk_of_sum, self._chunks(x), like=x)
+        dW2 = partial_sums[0].copy()  # (F, C kh kw)
+        for partial in partial_sums[1:]:  # added in chunk order: the same bits every run
+            dW2 += partial
+        return dW2
+
+    def _input_grad(self, dout, W2, x_shape):
+        """dx (N, C, H, W) for output gradient dout through weights W2 (F, C kh kw).
+
+        In general dx = col2im(W2^T @ dout_T), the adjoint of the forward pass
+        (``_input_grad_col2im``). With stride 1, pixel (h, w) of x meets output pixel
+        (h + ph - i, w + pw - j) through kernel tap (i, j), so::
+
+            dx[n, c, h, w] = sum_{f,i,j} W[f, c, i, j] dout[n, f, h + ph - i, w + pw - j]
+
+        a stride-1 convolution of dout, zero-padded by (kh - 1 - ph, kw - 1 - pw), with the
+        kernel flipped in both spatial axes and its two channel axes swapped,
+        W_flip[c, f, i, j] = W[f, c, kh - 1 - i, kw - 1 - j] (the "full" convolution of the
+        transposed-convolution literature: Dumoulin & Visin 2016, "A guide to convolution
+        arithmetic", section 4). The same numbers, computed with an im2col copy in place of
+        col2im's scatter-adds and a product whose inner dimension is F kh kw instead of F,
+        which measured 10-15% faster for a layer with F <= C (ResNet's 3x3 layers) and
+        slightly slower when F > C (the product then has only C output rows). Other strides
+        and paddings larger than kernel - 1 (a negative padding) take the col2im route.
+        """
+        (kh, kw), (ph, pw) = self.kernel_size, self.padding
+        F, C = W2.shape[0], x_shape[1]
+        if self.stride != (1, 1) or ph > kh - 1 or pw > kw - 1 or F > C:
+            return self._input_grad_col2im(dout, W2, x_shape)
+        W_flip = W2.reshape(F, C, kh, kw)[:, :, ::-1, ::-1].transpose(1, 0, 2, 3)
+        W_flip = W_flip.reshape(C, F * kh * kw)  # (C, F kh kw), a copy
+        return self._conv(dout, W_flip, padding=(kh - 1 - ph, kw - 1 - pw))  # (N, C, H, W)
+
+    def _input_grad_col2im(self, dout, W2, x_shape):
+        """dx = col2im(W2^T @ dout_T) (N, C, H, W), chunk by chunk over the batch."""
+        xp = backend.array_module(dout, W2)
+        Ho = dout.shape[2]
+        Wc = (x_shape[3] + 2 * self.padding[1] if self.stride == (1, 1) else dout.shape[3])
+        dx = xp.empty(x_shape, dtype=xp.result_type(dout.dtype, W2.dtype))  # (N, C, H, W)
+        per_example = W2.shape[1] * Ho * Wc  # values of one example's columns
+
+        def chunk_of_dx(chunk):
+            dcols = W2.T @ self._wide_output_grad(dout, chunk, Wc)  # (C kh kw, n Ho Wc)
+            n = dx[chunk].shape[0]
+            dx[chunk] = self._from_columns(dcols, (n,) + tuple(x_shape[1:]), Ho, Wc)
+
+        parallel.map_pieces(chunk_of_dx, self._batch_slices(x_shape[0], per_example, dout),
+                            like=dout)
+        return dx
 
     # -- the passes ------------------------------------------------------------------
     def forward(self, x):
@@ -233,9 +288,9 @@ class Conv2d(Layer):
         expect_forward_done(self, dout)
         x, W = self.cache["x"], self.params["W"]
         self.cache["dout"] = dout
-        dW2, dx = self._grads(x, dout, W.reshape(self.out_channels, -1),
-                              need_dx=self.needs_input_grad)
-        self.grads["W"] = dW2.reshape(W.shape)  # (F, C, kh, kw)
+        W2 = W.reshape(self.out_channels, -1)  # (F, C kh kw)
+        self.grads["W"] = self._weight_grad(x, dout).reshape(W.shape)  # (F, C, kh, kw)
+        dx = self._input_grad(dout, W2, x.shape) if self.needs_input_grad else None
         if "b" in self.params:
             N, F, Ho, Wo = dout.shape
             self.grads["b"] = dout.reshape(N, F, Ho * Wo).sum(axis=2).sum(axis=0)  # (F,)
@@ -257,10 +312,11 @@ class Conv2d(Layer):
         W = self.params["W"]
         F = self.out_channels
         W2 = W.reshape(F, -1)  # (F, C kh kw)
-        RdW2, Rdx = self._grads(x, Rdout, W2)  # Rdout_T @ cols^T, col2im(W2^T Rdout_T)
-        RdW2 += self._grads(Rx, dout, W2, need_dx=False)[0]  # + dout_T @ Rcols^T
+        RdW2 = self._weight_grad(x, Rdout)  # Rdout_T @ cols^T
+        RdW2 += self._weight_grad(Rx, dout)  # + dout_T @ Rcols^T
+        Rdx = self._input_grad(Rdout, W2, x.shape)  # col2im(W2^T Rdout_T)
         if "W" in self.Rparams:  # + col2im(RW2^T dout_T)
-            Rdx += self._grads(x, dout, self.Rparams["W"].reshape(F, -1), need_dW=False)[1]
+            Rdx += self._input_grad(dout, self.Rparams["W"].reshape(F, -1), x.shape)
         self.Rgrads["W"] = RdW2.reshape(W.shape)  # (F, C, kh, kw)
         if "b" in self.params:
             N, _, Ho, Wo = Rdout.shape

@@ -206,7 +206,7 @@ def im2col_wide(x, kernel, padding):
     x_pad = _pad_wide(x, padding)  # (N, C, Hp + 1, Wp)
     Wp = x_pad.shape[3]
     Ho = H + 2 * ph - kh + 1
-    flat = x_pad.reshape(N, C, -1)  # (N, C, (Hp + 1) Wp), each plane one row
+    flat = x_pad.reshape(N, C, x_pad.shape[2] * Wp)  # (N, C, (Hp + 1) Wp), each plane one row
     cols = xp.empty((C, kh, kw, N, Ho * Wp), dtype=x.dtype)  # (C, kh, kw, N, Ho Wp)
     for i in range(kh):
         for j in range(kw):

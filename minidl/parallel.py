@@ -1,0 +1,96 @@
+"""Sharing a layer's work over the CPU's cores: pieces of the batch in threads.
+
+NumPy runs one BLAS product on several threads (``threadpool_limits``), but everything
+around it, the copies of im2col, the elementwise passes of BatchNorm and ReLU, runs on
+one core. A layer whose work splits over the batch can instead hand its pieces to a few
+Python threads: NumPy releases the interpreter lock inside every copy, ufunc and product
+on large arrays, so the pieces run at the same time, one core each, each piece small
+enough to stay in its core's cache. ``map_pieces`` is that::
+
+    results = map_pieces(work, pieces)     # == [work(p) for p in pieces], in order
+
+It runs the pieces on ``workers()`` threads, the number of BLAS threads allowed right
+now (so ``threadpool_limits(2)`` means two cores, for the products and for the rest
+alike), with BLAS itself held to one thread meanwhile (two threads each asking BLAS for
+two more would oversubscribe the cores). With one thread allowed, on the GPU, or with one
+piece, it is the plain loop. The results come back in the order of ``pieces``, so sums
+over them add in the same order every run: for a given thread count a layer's output is
+the same bits every time, and its pieces' split does not depend on the thread count, so
+it is the same bits for any thread count too.
+
+``work`` must only write to places no other piece writes to (its own slice of an
+output array) and return what is to be combined (a partial sum), as the layers do.
+"""
+import concurrent.futures
+import threading
+
+from . import backend
+
+__all__ = ["workers", "map_pieces", "batch_pieces"]
+
+_pool = {"executor": None, "size": 0}
+_lock = threading.Lock()
+
+
+def workers(like=None):
+    """How many threads a layer's CPU work may use now: ``backend.blas_threads()``, or 1
+    on the GPU (where ``like``, an array, lives) or inside a piece already running."""
+    if like is not None and backend.on_device(like):
+        return 1
+    if getattr(_inside, "piece", False):
+        return 1
+    return backend.blas_threads()
+
+
+_inside = threading.local()
+
+
+def _executor(size):
+    with _lock:
+        if _pool["size"] < size:
+            if _pool["executor"] is not None:
+                _pool["executor"].shutdown(wait=False)
+            _pool["executor"] = concurrent.futures.ThreadPoolExecutor(
+                max_workers=size, thread_name_prefix="minidl")
+            _pool["size"] = size
+        return _pool["executor"]
+
+
+def _run_piece(work, piece):
+    _inside.piece = True
+    try:
+        return work(piece)
+    finally:
+        _inside.piece = False
+
+
+def map_pieces(work, pieces, like=None):
+    """``[work(p) for p in pieces]``, the pieces shared over ``workers(like)`` threads.
+
+    Args:
+        work: a function of one piece (e.g. a slice of the batch); it may write only to
+            memory no other piece touches.
+        pieces: a list of pieces.
+        like: an array of the layer (to tell CPU from GPU).
+
+    Returns:
+        the list of results, in the order of ``pieces``. An exception in any piece is
+        raised here, after the others have finished.
+    """
+    pieces = list(pieces)
+    n = min(workers(like), len(pieces))
+    if n <= 1:
+        return [work(piece) for piece in pieces]
+    with backend.blas_single_thread():
+        futures = [_executor(n).submit(_run_piece, work, piece) for piece in pieces]
+        concurrent.futures.wait(futures)
+    return [future.result() for future in futures]
+
+
+def batch_pieces(N, per_example, budget):
+    """Slices of a batch of N examples, each holding at most ``budget`` values (at least
+    one example), where one example holds ``per_example``; one empty slice when N = 0."""
+    if N == 0:
+        return [slice(0, 0)]
+    n = max(1, budget // max(1, per_example))
+    return [slice(i, min(i + n, N)) for i in range(0, N, n)]

@@ -1,0 +1,86 @@
+"""minidl.parallel: pieces of a layer's work in threads, and the layers that use it.
+
+The pieces must really run side by side when two threads are allowed, come back in order,
+leave BLAS's thread count as it was, and give the layers the same bits as one thread.
+"""
+import threading
+
+import numpy as np
+import pytest
+from threadpoolctl import threadpool_limits
+
+import minidl
+from minidl import backend, parallel
+
+
+def test_pieces_run_side_by_side_with_two_threads_and_come_back_in_order():
+    barrier = threading.Barrier(2, timeout=10)  # only passes if two pieces run at once
+    names = []
+
+    def work(i):
+        names.append(threading.current_thread().name)
+        if i < 2:
+            barrier.wait()
+        assert backend.blas_threads() == 1  # BLAS held to one thread inside a piece
+        assert parallel.workers() == 1  # no pieces within pieces
+        return i * i
+
+    with threadpool_limits(2):
+        before = backend.blas_threads()
+        assert parallel.map_pieces(work, range(6)) == [i * i for i in range(6)]
+        assert backend.blas_threads() == before  # restored
+    assert len(set(names)) == 2
+
+
+def test_one_thread_is_the_plain_loop_in_the_callers_thread():
+    names = []
+    with threadpool_limits(1):
+        out = parallel.map_pieces(lambda i: names.append(threading.current_thread().name)
+                                  or i, range(4))
+    assert out == [0, 1, 2, 3]
+    assert set(names) == {threading.current_thread().name}
+
+
+def test_an_error_in_a_piece_reaches_the_caller_and_blas_is_restored():
+    def work(i):
+        if i == 3:
+            raise ValueError("piece 3 failed")
+        return i
+
+    with threadpool_limits(2):
+        before = backend.blas_threads()
+        with pytest.raises(ValueError, match="piece 3 failed"):
+            parallel.map_pieces(work, range(5))
+        assert backend.blas_threads() == before
+
+
+def test_batch_pieces_cover_the_batch_once():
+    for N, per, budget in ((10, 3, 7), (5, 100, 10), (1, 1, 1), (7, 1, 100)):
+        pieces = parallel.batch_pieces(N, per, budget)
+        covered = [i for p in pieces for i in range(N)[p]]
+        assert covered == list(range(N))
+        assert all(len(range(N)[p]) * per <= budget or len(range(N)[p]) == 1 for p in pieces)
+    assert parallel.batch_pieces(0, 5, 10) == [slice(0, 0)]
+
+
+@pytest.mark.parametrize("make,shape", [
+    (lambda: minidl.layers.BatchNorm2d(6), (40, 6, 33, 35)),
+    (lambda: minidl.layers.BatchNorm1d(7), (60000, 7)),
+    (lambda: minidl.layers.Conv2d(6, 5, 3, padding=1, rng=minidl.default_rng(0)), (40, 6, 30, 30)),
+    (lambda: minidl.layers.Conv2d(4, 8, 3, stride=2, padding=1, rng=minidl.default_rng(0)),
+     (40, 4, 31, 30)),
+])
+def test_layers_give_the_same_bits_with_one_and_two_threads(make, shape):
+    """Large enough for several pieces; sums over pieces are added in order."""
+    rng = np.random.default_rng(0)
+    x = (2 * rng.standard_normal(shape) + 3).astype(np.float32)
+    results = []
+    for threads in (1, 2):
+        layer = make()
+        with threadpool_limits(threads):
+            out = layer.forward(x)
+            dout = np.random.default_rng(1).standard_normal(out.shape).astype(np.float32)
+            dx = layer.backward(dout)
+        results.append([out, dx] + [layer.grads[k] for k in sorted(layer.grads)])
+    for a, b in zip(*results):
+        np.testing.assert_array_equal(a, b)
