@@ -268,6 +268,31 @@ def test_relu_keeps_only_its_output():
     assert dx.dtype == np.float32 and set(layer.cache) == {"out", "dout"}
 
 
+@pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize("shape", [(3,), (600, 700), (9, 4, 130, 130)])  # 1 and 3+ pieces
+def test_relu_in_pieces_equals_its_plain_definition(shape, threads):
+    """ReLU's forward/backward (in pieces, mask multiplied as booleans) against the shared
+    _Elementwise passes with f and df, which are the plain definitions."""
+    from threadpoolctl import threadpool_limits
+    from minidl.layers import ReLU
+    from minidl.layers.activations import _Elementwise
+    rng = np.random.default_rng(8)
+    x = rng.standard_normal(shape).astype(np.float32)
+    x.flat[::7] = 0.0
+    x.flat[1] = np.nan
+    dout = rng.standard_normal(shape).astype(np.float32)
+    dout.flat[2] = np.inf
+    fast, plain = ReLU(), ReLU()
+    with threadpool_limits(threads), np.errstate(invalid="ignore"):  # inf * 0: NaN in both
+        out = fast.forward(x)
+        dx = fast.backward(dout)
+        ref_out = _Elementwise.forward(plain, x)
+        ref_dx = _Elementwise.backward(plain, dout)
+    np.testing.assert_array_equal(out, ref_out)
+    np.testing.assert_array_equal(dx, ref_dx)
+    assert dx.dtype == out.dtype == np.float32
+
+
 def test_blas_threads_follows_threadpool_limits():
     import threadpoolctl
     from minidl import backend

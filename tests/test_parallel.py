@@ -54,6 +54,20 @@ def test_an_error_in_a_piece_reaches_the_caller_and_blas_is_restored():
         assert backend.blas_threads() == before
 
 
+def test_pieces_see_the_callers_numpy_errstate():
+    x = np.zeros(8)
+
+    def work(i):
+        return (x[i:i + 1] / x[i:i + 1])[0]  # 0/0: warns unless errstate says otherwise
+
+    with threadpool_limits(2), np.errstate(invalid="ignore"):
+        out = parallel.map_pieces(work, range(8))
+    assert np.isnan(out).all()
+    with threadpool_limits(2), np.errstate(invalid="raise"):
+        with pytest.raises(FloatingPointError):
+            parallel.map_pieces(work, range(8))
+
+
 def test_batch_pieces_cover_the_batch_once():
     for N, per, budget in ((10, 3, 7), (5, 100, 10), (1, 1, 1), (7, 1, 100)):
         pieces = parallel.batch_pieces(N, per, budget)

@@ -18,7 +18,7 @@ Memory: ReLU keeps only its output (f'(x) = [x > 0] = [out > 0]), not its input 
 the output is usually the next layer's input, so keeping it costs nothing extra. The
 others keep both x and out (``keeps``).
 """
-from .. import backend
+from .. import backend, parallel
 from .base import Layer, expect_forward_done, expect_input
 
 __all__ = ["ReLU", "LeakyReLU", "Sigmoid", "Tanh"]
@@ -68,7 +68,14 @@ class _Elementwise(Layer):
 
 
 class ReLU(_Elementwise):
-    """out = max(x, 0)."""
+    """out = max(x, 0).
+
+    The fast twin of the shared passes: forward and backward go over the batch in pieces
+    (``minidl.parallel``, in several threads where allowed), and backward multiplies dout
+    by the boolean mask [out > 0] directly (one pass fewer than turning the mask into a
+    float array first); ``f`` and ``df`` stay the plain definitions, and a test checks the
+    two agree.
+    """
 
     def f(self, x):
         xp = backend.array_module(x)
@@ -79,6 +86,25 @@ class ReLU(_Elementwise):
     def df(self):
         out = self.cache["out"]
         return (out > 0).astype(out.dtype)  # x > 0 exactly where out > 0
+
+    def forward(self, x):
+        expect_input(self, x)
+        xp = backend.array_module(x)
+        out = xp.empty_like(x)  # same shape as x
+        parallel.map_pieces(lambda p: xp.maximum(x[p], 0, out=out[p]), parallel.pieces_of(x),
+                            like=x)
+        self.cache = {"out": out}
+        return out
+
+    def backward(self, dout):
+        expect_forward_done(self, dout)
+        self.cache["dout"] = dout
+        xp = backend.array_module(dout)
+        out = self.cache["out"]
+        dx = xp.empty(dout.shape, dtype=xp.result_type(dout.dtype, out.dtype))  # shape of x
+        parallel.map_pieces(lambda p: xp.multiply(dout[p], out[p] > 0, out=dx[p]),
+                            parallel.pieces_of(dout), like=dout)
+        return dx  # dout * [x > 0]
 
 
 class LeakyReLU(_Elementwise):

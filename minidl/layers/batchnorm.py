@@ -60,7 +60,7 @@ product array), x_hat is made in place from x - mu, and dx is built in place as:
 
 (the closed form above with mean(dx_hat) = gamma sum(dout) / M and mean(dx_hat x_hat) =
 gamma sum(dout x_hat) / M). Both passes go over the batch in pieces of a few examples
-(``PIECE_VALUES``), so that each pass of a piece finds it in the CPU cache and the pieces
+(``parallel.PIECE_VALUES``), so that each pass of a piece finds it in the CPU cache and the pieces
 can run in several threads (``minidl.parallel``); the per-piece means and squared
 deviations combine exactly into the batch's (``_batch_stats``). The general
 ``Normalization`` passes stay the reference; a test checks the two agree. BatchNorm keeps x_hat, mu and sigma, not x (x = mu + sigma
@@ -70,11 +70,6 @@ import math
 
 from .. import backend, parallel
 from .base import Layer, expect_dim, expect_forward_done, expect_ndim
-
-# values of x in one piece of the batch (1 MB in float32): the passes of a piece then
-# run while it is in the CPU's cache, and with several threads allowed the pieces run side
-# by side (``minidl.parallel``)
-PIECE_VALUES = 2**18
 
 __all__ = ["BatchNorm1d", "BatchNorm2d", "Normalization"]
 
@@ -252,8 +247,10 @@ class _BatchNorm(Normalization):
 
     # -- the fast twin of Normalization.forward / backward (see the module doc) -----------
     def _pieces(self, x3):
-        """Slices of the batch of x3 (N, C, L) holding about ``PIECE_VALUES`` values each."""
-        return parallel.batch_pieces(x3.shape[0], x3.shape[1] * x3.shape[2], PIECE_VALUES)
+        """Slices of the batch of x3 (N, C, L) holding about ``parallel.PIECE_VALUES``
+        values each (a 1 MB piece stays in the CPU cache through the passes)."""
+        return parallel.batch_pieces(x3.shape[0], x3.shape[1] * x3.shape[2],
+                                     parallel.PIECE_VALUES)
 
     def forward(self, x):
         self.check_input(x)
