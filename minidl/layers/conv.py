@@ -29,7 +29,7 @@ cols_n the L columns of example n, and db_n = sum_{ho, wo} dout[n]. R-operator
 
 Performance and memory. The windows come from strided views (no Python loop over pixels)
 and the batch goes through in chunks of a few examples, each product one BLAS GEMM per
-chunk: a chunk's columns (``CHUNK_VALUES``, 2 MB) stay in the CPU cache from im2col to the
+chunk: a chunk's columns (``CHUNK_VALUES``, 4 MB) stay in the CPU caches from im2col to the
 product, which measured faster than one product over the whole batch. With several
 threads allowed (``threadpool_limits``), the chunks run side by side, one per core
 (``minidl.parallel``): the copies around the products then use every core too. With
@@ -49,12 +49,13 @@ from .. import backend, init, parallel
 from .base import Layer, expect_dim, expect_forward_done, expect_ndim
 from .im2col import col2im, col2im_wide, im2col, im2col_wide, output_size, pair
 
-# the most values one chunk of the im2col matrix holds: 512K (2 MB in float32), so a chunk
-# stays in one core's cache between im2col and the product. On a 2-core Xeon with 2 MB of
-# L2 per core, Conv2d fwd+bwd of a (128, 32, 32, 32) batch ran 15-30% faster with 0.5-1M
-# values than with 8M or 32M, a 5-layer CNN step ~10% faster with 512K than with 1M or 2M.
-# On the GPU: 32M (one large product per layer keeps the device busy).
-CHUNK_VALUES = 2**19
+# the most values one chunk of the im2col matrix holds: 1M (4 MB in float32). Measured on a
+# 2-core Xeon (2 MB of L2 per core, a large shared L3), forward, weight and input gradient
+# of ResNet-20's and the benchmark's layers: 256K-2M values ran within the timing noise of
+# each other with one thread, 8M 15-40% slower; with two threads (two chunks at a time)
+# 1M-2M ran 10-30% faster than 256K-512K. On the GPU: 32M (one large product per layer
+# keeps the device busy).
+CHUNK_VALUES = 2**20
 CHUNK_VALUES_GPU = 2**25
 
 
@@ -198,11 +199,6 @@ class Conv2d(Layer):
         parallel.map_pieces(chunk_of_output, self._chunks(x, padding), like=x)
         return out  # (N, F, Ho, Wo)
 
-    def _full_conv_possible(self):
-        """True when dx is a stride-1 convolution of dout (see ``_input_grad``)."""
-        (kh, kw), (ph, pw) = self.kernel_size, self.padding
-        return self.stride == (1, 1) and ph <= kh - 1 and pw <= kw - 1
-
     def _wide_output_grad(self, dout, chunk, Wc):
         """dout[chunk] as dout_T (F, n Ho Wc), zero in the wide columns (w' >= Wo) that the
         columns' products need."""
@@ -214,22 +210,43 @@ class Conv2d(Layer):
         dout_T[:, :, :, Wo:] = 0
         return dout_T.reshape(F, -1)  # (F, n Ho Wc)
 
-    def _weight_grad(self, x, dout):
-        """dW2 = dout_T @ cols^T (F, C kh kw), summed chunk by chunk over the batch."""
-        backend.array_module(x, dout)  # one device
-        Wc = self._column_width(x)
+    def _weight_grad(self, x, dout, bias=False, W2=None):
+        """dW2 = dout_T @ cols^T (F, C kh kw), summed chunk by chunk over the batch.
 
-        def chunk_of_sum(chunk):
+        Returns ``(dW2, db, dx)``: with ``bias``, also db = sum of dout over n and pixels
+        (F,); with ``W2``, also dx = col2im(W2^T @ dout_T) (N, C, H, W), the col2im route
+        of ``_input_grad``; each is None when not asked for. One chunk of dout_T serves all
+        three.
+        """
+        xp = backend.array_module(x, dout)
+        Wc = self._column_width(x)
+        dx = None if W2 is None else xp.empty(x.shape, dtype=xp.result_type(dout, W2))
+        Ho = dout.shape[2]
+
+        def chunk_of_sums(chunk):
             dout_T = self._wide_output_grad(dout, chunk, Wc)  # (F, n Ho Wc)
             # computed as (cols @ dout_T^T)^T: the same numbers, and OpenBLAS runs this
             # orientation of the long-inner-dimension product faster (measured)
-            return (self._columns(x[chunk]) @ dout_T.T).T  # (F, C kh kw)
+            dW2 = (self._columns(x[chunk]) @ dout_T.T).T  # (F, C kh kw)
+            if dx is not None:
+                dcols = W2.T @ dout_T  # (C kh kw, n Ho Wc)
+                dx[chunk] = self._from_columns(dcols, x[chunk].shape, Ho, Wc)
+            return dW2, (dout_T.sum(axis=1) if bias else None)  # (F,): the wide zeros add 0
 
-        partial_sums = parallel.map_pieces(chunk_of_sum, self._chunks(x), like=x)
-        dW2 = partial_sums[0].copy()  # (F, C kh kw)
-        for partial in partial_sums[1:]:  # added in chunk order: the same bits every run
-            dW2 += partial
-        return dW2
+        partial_sums = parallel.map_pieces(chunk_of_sums, self._chunks(x), like=x)
+        dW2 = partial_sums[0][0].copy()  # (F, C kh kw)
+        db = partial_sums[0][1]  # (F,) or None
+        for dW2_part, db_part in partial_sums[1:]:  # added in chunk order: same bits each run
+            dW2 += dW2_part
+            if bias:
+                db += db_part
+        return dW2, db, dx
+
+    def _col2im_route(self):
+        """True when dx goes through col2im; False when ``_input_grad`` convolves."""
+        (kh, kw), (ph, pw) = self.kernel_size, self.padding
+        return (self.stride != (1, 1) or ph > kh - 1 or pw > kw - 1
+                or self.out_channels > self.in_channels)
 
     def _input_grad(self, dout, W2, x_shape):
         """dx (N, C, H, W) for output gradient dout through weights W2 (F, C kh kw).
@@ -250,10 +267,10 @@ class Conv2d(Layer):
         slightly slower when F > C (the product then has only C output rows). Other strides
         and paddings larger than kernel - 1 (a negative padding) take the col2im route.
         """
+        if self._col2im_route():
+            return self._input_grad_col2im(dout, W2, x_shape)
         (kh, kw), (ph, pw) = self.kernel_size, self.padding
         F, C = W2.shape[0], x_shape[1]
-        if self.stride != (1, 1) or ph > kh - 1 or pw > kw - 1 or F > C:
-            return self._input_grad_col2im(dout, W2, x_shape)
         W_flip = W2.reshape(F, C, kh, kw)[:, :, ::-1, ::-1].transpose(1, 0, 2, 3)
         W_flip = W_flip.reshape(C, F * kh * kw)  # (C, F kh kw), a copy
         return self._conv(dout, W_flip, padding=(kh - 1 - ph, kw - 1 - pw))  # (N, C, H, W)
@@ -289,11 +306,14 @@ class Conv2d(Layer):
         x, W = self.cache["x"], self.params["W"]
         self.cache["dout"] = dout
         W2 = W.reshape(self.out_channels, -1)  # (F, C kh kw)
-        self.grads["W"] = self._weight_grad(x, dout).reshape(W.shape)  # (F, C, kh, kw)
-        dx = self._input_grad(dout, W2, x.shape) if self.needs_input_grad else None
-        if "b" in self.params:
-            N, F, Ho, Wo = dout.shape
-            self.grads["b"] = dout.reshape(N, F, Ho * Wo).sum(axis=2).sum(axis=0)  # (F,)
+        col2im_dx = self.needs_input_grad and self._col2im_route()  # dx from the same chunks
+        dW2, db, dx = self._weight_grad(x, dout, bias="b" in self.params,
+                                        W2=W2 if col2im_dx else None)
+        self.grads["W"] = dW2.reshape(W.shape)  # (F, C, kh, kw)
+        if db is not None:
+            self.grads["b"] = db  # (F,)
+        if self.needs_input_grad and not col2im_dx:
+            dx = self._input_grad(dout, W2, x.shape)  # the full convolution
         return dx  # (N, C, H, W), or None when needs_input_grad is False
 
     def jvp(self, Rx):
@@ -312,8 +332,8 @@ class Conv2d(Layer):
         W = self.params["W"]
         F = self.out_channels
         W2 = W.reshape(F, -1)  # (F, C kh kw)
-        RdW2 = self._weight_grad(x, Rdout)  # Rdout_T @ cols^T
-        RdW2 += self._weight_grad(Rx, dout)  # + dout_T @ Rcols^T
+        RdW2 = self._weight_grad(x, Rdout)[0]  # Rdout_T @ cols^T
+        RdW2 += self._weight_grad(Rx, dout)[0]  # + dout_T @ Rcols^T
         Rdx = self._input_grad(Rdout, W2, x.shape)  # col2im(W2^T Rdout_T)
         if "W" in self.Rparams:  # + col2im(RW2^T dout_T)
             Rdx += self._input_grad(dout, self.Rparams["W"].reshape(F, -1), x.shape)
