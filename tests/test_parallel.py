@@ -81,6 +81,9 @@ def test_batch_pieces_cover_the_batch_once():
     (lambda: minidl.layers.BatchNorm2d(6), (40, 6, 33, 35)),
     (lambda: minidl.layers.BatchNorm1d(7), (60000, 7)),
     (lambda: minidl.layers.Conv2d(6, 5, 3, padding=1, rng=minidl.default_rng(0)), (40, 6, 30, 30)),
+    (lambda: minidl.layers.MaxPool2d(2), (40, 6, 33, 35)),
+    (lambda: minidl.layers.MaxPool2d(3, 2), (40, 6, 33, 35)),  # overlapping windows
+    (lambda: minidl.layers.ReLU(), (40, 6, 33, 35)),
     (lambda: minidl.layers.Conv2d(4, 8, 3, stride=2, padding=1, rng=minidl.default_rng(0)),
      (40, 4, 31, 30)),
 ])

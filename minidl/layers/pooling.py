@@ -43,7 +43,7 @@ put back with ``add_windows`` (col2im's core), so nothing loops over pixels or e
 Reference: CS231n "Convolutional Networks" notes (pooling layer); PyTorch
 ``torch.nn.MaxPool2d`` / ``AvgPool2d`` for the conventions.
 """
-from .. import backend
+from .. import backend, parallel
 from .base import Layer, expect_forward_done, expect_ndim
 from .im2col import add_windows, pair, sliding_windows
 
@@ -127,15 +127,24 @@ class MaxPool2d(_Pool2d):
         xp = backend.array_module(x)
         K = self.kernel_size[0] * self.kernel_size[1]
         hw = self._out_shape(x)
-        best = self._slab(x, 0, hw).copy()  # (N, C, Ho, Wo), the running maximum
-        argmax = xp.zeros(best.shape, dtype="int8" if K < 128 else "int32")  # (N, C, Ho, Wo)
-        for k in range(1, K):
-            slab = self._slab(x, k, hw)  # (N, C, Ho, Wo), a view
-            better = slab > best  # strict: the first maximum keeps ties
-            # argmax = k where better: every offset so far is < k, so a maximum does it
-            # (much faster than a masked copy)
-            xp.maximum(argmax, better * argmax.dtype.type(k), out=argmax)
-            xp.maximum(best, slab, out=best)
+        best = xp.empty(x.shape[:2] + hw, dtype=x.dtype)  # (N, C, Ho, Wo), running maximum
+        argmax = xp.empty(best.shape, dtype="int8" if K < 128 else "int32")  # (N, C, Ho, Wo)
+
+        def running_max(piece):  # on the examples of one piece of the batch
+            xs, b, a = x[piece], best[piece], argmax[piece]
+            b[...] = self._slab(xs, 0, hw)
+            a[...] = 0
+            for k in range(1, K):
+                slab = self._slab(xs, k, hw)  # (n, C, Ho, Wo), a view
+                better = slab > b  # strict: the first maximum keeps ties
+                # argmax = k where better: every offset so far is < k, so a maximum does it
+                # (much faster than a masked copy)
+                xp.maximum(a, better * a.dtype.type(k), out=a)
+                xp.maximum(b, slab, out=b)
+
+        # pieces of the batch: each stays in cache over the K offsets, and with several
+        # threads allowed they run side by side (minidl.parallel)
+        parallel.map_pieces(running_max, parallel.pieces_of(x), like=x)
         self.cache["x"], self.cache["argmax"] = x, argmax
         return best  # (N, C, Ho, Wo)
 
@@ -147,12 +156,17 @@ class MaxPool2d(_Pool2d):
         hw = dout.shape[2:]
         (kh, kw), (sh, sw) = self.kernel_size, self.stride
         dx = xp.zeros(x_shape, dtype=dout.dtype)  # (N, C, H, W)
-        for k in range(K):
-            slab = self._slab(dx, k, hw)  # (N, C, Ho, Wo), a view of dx
-            if sh >= kh and sw >= kw:  # windows do not overlap: each pixel gets <= 1 value
-                xp.multiply(dout, argmax == k, out=slab)
-            else:  # overlapping windows share pixels: accumulate
-                slab += dout * (argmax == k)
+
+        def scatter(piece):  # the examples of one piece of the batch
+            d, a = dout[piece], argmax[piece]
+            for k in range(K):
+                slab = self._slab(dx[piece], k, hw)  # (n, C, Ho, Wo), a view of dx
+                if sh >= kh and sw >= kw:  # windows do not overlap: each pixel gets <= 1
+                    xp.multiply(d, a == k, out=slab)
+                else:  # overlapping windows share pixels: accumulate
+                    slab += d * (a == k)
+
+        parallel.map_pieces(scatter, parallel.pieces_of(dx), like=dout)
         return dx
 
     def backward(self, dout):
