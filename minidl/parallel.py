@@ -12,7 +12,11 @@ enough to stay in its core's cache. ``map_pieces`` is that::
 It runs the pieces on ``workers()`` threads, the number of BLAS threads allowed right
 now (so ``threadpool_limits(2)`` means two cores, for the products and for the rest
 alike), with BLAS itself held to one thread meanwhile (two threads each asking BLAS for
-two more would oversubscribe the cores). With one thread allowed, on the GPU, or with one
+two more would oversubscribe the cores). Every layer's products go through pieces this
+way, Linear's too (``split`` shares a product over the threads): after a product that
+OpenBLAS ran on its own threads, those threads keep spinning on the other cores for a
+while (about 0.1 s; ``OPENBLAS_THREAD_TIMEOUT``), and the pieces that follow would share
+the cores with them (measured: a 5-layer CNN step 1.6x slower with two threads). With one thread allowed, on the GPU, or with one
 piece, it is the plain loop. The results come back in the order of ``pieces``, so sums
 over them add in the same order every run: for a given thread count a layer's output is
 the same bits every time, and its pieces' split does not depend on the thread count, so
@@ -29,7 +33,7 @@ import threading
 
 from . import backend
 
-__all__ = ["workers", "map_pieces", "batch_pieces", "pieces_of", "PIECE_VALUES"]
+__all__ = ["workers", "map_pieces", "batch_pieces", "pieces_of", "split", "PIECE_VALUES"]
 
 # values in one piece of an elementwise pass (1 MB in float32): small enough to stay in a
 # core's cache between the operations of a piece, large enough that handing it to a thread
@@ -112,3 +116,11 @@ def pieces_of(a, budget=PIECE_VALUES):
     if a.ndim == 0 or a.size <= budget:
         return [slice(None)]
     return batch_pieces(a.shape[0], a.size // a.shape[0], budget)
+
+
+def split(n, parts):
+    """``parts`` slices of range(n) as equal as can be (fewer when n < parts; one empty
+    slice when n = 0): the pieces of a product shared over ``parts`` threads."""
+    parts = max(1, min(parts, n))
+    bounds = [n * i // parts for i in range(parts + 1)]
+    return [slice(bounds[i], bounds[i + 1]) for i in range(parts)]

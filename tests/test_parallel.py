@@ -101,3 +101,25 @@ def test_layers_give_the_same_bits_with_one_and_two_threads(make, shape):
         results.append([out, dx] + [layer.grads[k] for k in sorted(layer.grads)])
     for a, b in zip(*results):
         np.testing.assert_array_equal(a, b)
+
+
+def test_linear_shares_its_products_and_agrees_with_one_thread():
+    """Linear splits rows of the batch (out, dx) and rows of W (dW) over the threads; each
+    piece is one BLAS product, so the numbers agree with the whole product up to BLAS's
+    own rounding order."""
+    from minidl.layers import Linear
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((301, 200)).astype(np.float32)
+    dout = rng.standard_normal((301, 150)).astype(np.float32)
+    results = []
+    for threads in (1, 2):
+        layer = Linear(200, 150, rng=minidl.default_rng(0))
+        with threadpool_limits(threads):
+            out = layer.forward(x)
+            dx = layer.backward(dout)
+        results.append((out, dx, layer.grads["W"], layer.grads["b"]))
+    W = np.asarray(layer.params["W"], dtype=np.float64)
+    np.testing.assert_allclose(results[0][0], x.astype(np.float64) @ W.T + layer.params["b"],
+                               rtol=1e-5, atol=1e-5)
+    for a, b in zip(*results):
+        np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-6)

@@ -14,8 +14,12 @@ R-operator (curvature), with tangents Rx, RW, Rb::
     Rdx   = Rdout W + dout RW
     RdW   = Rdout^T x + dout^T Rx
     Rdb   = sum_n Rdout_n
+
+With several threads allowed, forward and backward share each product over them
+(``minidl.parallel``): rows of the batch for out and dx, rows of W for dW, so that no
+partial sums are needed and every piece is one BLAS product on one core.
 """
-from .. import backend, init
+from .. import backend, init, parallel
 from .base import Layer, expect_dim, expect_forward_done, expect_ndim
 
 __all__ = ["Linear"]
@@ -53,22 +57,43 @@ class Linear(Layer):
         W = self.params["W"]
         backend.check_same_device("Linear.forward(x)", x, W)
         self.cache["x"] = x
-        out = x @ W.T  # (N, in) @ (in, out) -> (N, out)
-        if "b" in self.params:
-            out += self.params["b"]
-        return out
+        xp = backend.array_module(x, W)
+        out = xp.empty((x.shape[0], self.out_features), dtype=xp.result_type(x, W))  # (N, out)
+        b = self.params.get("b")
+
+        def rows(piece):  # out = x @ W.T + b for some rows of the batch
+            o = xp.matmul(x[piece], W.T, out=out[piece])  # (n, in) @ (in, out)
+            if b is not None:
+                o += b
+
+        parallel.map_pieces(rows, parallel.split(x.shape[0], parallel.workers(x)), like=x)
+        return out  # (N, out)
 
     def backward(self, dout):
         expect_forward_done(self, dout)
         x = self.cache["x"]
         W = self.params["W"]
         self.cache["dout"] = dout
-        self.grads["W"] = dout.T @ x  # (out, N) @ (N, in) -> (out, in)
+        xp = backend.array_module(dout, x, W)
+        threads = parallel.workers(x)
+        dW = xp.empty(W.shape, dtype=xp.result_type(dout, x))  # (out, in)
+
+        def weight_rows(piece):  # dW = dout.T @ x for some rows of W (no partial sums)
+            xp.matmul(dout[:, piece].T, x, out=dW[piece])  # (o, N) @ (N, in)
+
+        parallel.map_pieces(weight_rows, parallel.split(self.out_features, threads), like=x)
+        self.grads["W"] = dW  # (out, in)
         if "b" in self.params:
             self.grads["b"] = dout.sum(axis=0)  # (out,)
         if not self.needs_input_grad:
             return None  # the first layer of a model: nobody needs dx (see Sequential)
-        return dout @ W  # (N, out) @ (out, in) -> (N, in)
+        dx = xp.empty(x.shape, dtype=xp.result_type(dout, W))  # (N, in)
+
+        def input_rows(piece):  # dx = dout @ W for some rows of the batch
+            xp.matmul(dout[piece], W, out=dx[piece])  # (n, out) @ (out, in)
+
+        parallel.map_pieces(input_rows, parallel.split(x.shape[0], threads), like=x)
+        return dx  # (N, in)
 
     def jvp(self, Rx):
         x, W = self.cache["x"], self.params["W"]
