@@ -227,7 +227,10 @@ print("saved", savefig(fig, "13_convolutions"))
 # ## Exercises
 # 1. im2col's `cols` has C kh kw N Ho Wo entries. For the realistic layer above, how many
 #    MB is that in float32, compared with the input? When does that become a problem?
-# 2. Time `layer.backward` alone. Which of its three parts (dW, db, dx via col2im) costs
-#    most? (Hint: time `minidl.layers.im2col.col2im` on its own.)
+# 2. Time `layer.backward` alone. Which of its three parts (dW, db, dx) costs most? For
+#    stride 1 and F <= C, `Conv2d` computes dx not with col2im but as a convolution of dout
+#    with the flipped kernel (`Conv2d._input_grad`'s docstring). Derive that identity from
+#    the forward formula, then time both routes on a layer with F = C
+#    (`layer._input_grad` against `layer._input_grad_col2im`).
 # 3. A 1x1 convolution needs no im2col at all. Write it as a single `@` on a reshaped x
 #    and check it against `Conv2d(C, F, 1)`.
