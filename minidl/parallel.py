@@ -12,23 +12,32 @@ enough to stay in its core's cache. ``map_pieces`` is that::
 It runs the pieces on ``workers()`` threads, the number of BLAS threads allowed right
 now (so ``threadpool_limits(2)`` means two cores, for the products and for the rest
 alike), with BLAS itself held to one thread meanwhile (two threads each asking BLAS for
-two more would oversubscribe the cores). Every layer's products go through pieces this
-way, Linear's too (``split`` shares a product over the threads): after a product that
-OpenBLAS ran on its own threads, those threads keep spinning on the other cores for a
-while (about 0.1 s; ``OPENBLAS_THREAD_TIMEOUT``), and the pieces that follow would share
-the cores with them (measured: a 5-layer CNN step 1.6x slower with two threads). With one thread allowed, on the GPU, or with one
-piece, it is the plain loop. The results come back in the order of ``pieces``, so sums
-over them add in the same order every run: for a given thread count a layer's output is
-the same bits every time, and its pieces' split does not depend on the thread count, so
-it is the same bits for any thread count too.
+two more would oversubscribe the cores). With one thread allowed, on the GPU, or with one
+piece, it is the plain loop.
+
+Every layer's products go through pieces this way, Linear's too (``split`` shares a
+product over the threads): after a product that OpenBLAS ran on its own threads, those
+threads keep spinning on the other cores for a while (about 0.1 s, see
+``OPENBLAS_THREAD_TIMEOUT`` in OpenBLAS's documentation), and pieces that follow would
+share the cores with them (measured: a 5-layer CNN training step 1.5x slower with two
+threads when its Linear layers let OpenBLAS share their products).
+
+Results come back in the order of ``pieces``, so sums over them add in the same order
+every run: a layer gives the same bits every time for a given thread count. Where the
+pieces do not depend on the thread count (Conv2d's chunks, BatchNorm's, ReLU's and
+MaxPool2d's pieces, all sized in values) the bits are the same for any thread count too;
+Linear's products, split into as many row blocks as threads, agree to BLAS's rounding.
 
 ``work`` must only write to places no other piece writes to (its own slice of an
 output array) and return what is to be combined (a partial sum), as the layers do. Each
 piece runs in a copy of the caller's context, so settings such as ``numpy.errstate``
-hold inside it as they would in the plain loop.
+hold inside it as they would in the plain loop. ``map_pieces`` changes BLAS's thread
+count while it runs, so two of them should not run at once (one training loop per
+process, as usual; a forked child process starts a pool of its own).
 """
 import concurrent.futures
 import contextvars
+import os
 import threading
 
 from . import backend
@@ -42,6 +51,16 @@ PIECE_VALUES = 2**18
 
 _pool = {"executor": None, "size": 0}
 _lock = threading.Lock()
+_inside = threading.local()  # .piece is True in a thread while it runs a piece
+
+
+def _forget_pool_after_fork():
+    # a forked child has none of the parent's threads: it must not wait on their queue
+    _pool["executor"], _pool["size"] = None, 0
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_forget_pool_after_fork)
 
 
 def workers(like=None):
@@ -52,9 +71,6 @@ def workers(like=None):
     if getattr(_inside, "piece", False):
         return 1
     return backend.blas_threads()
-
-
-_inside = threading.local()
 
 
 def _executor(size):

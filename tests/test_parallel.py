@@ -123,3 +123,29 @@ def test_linear_shares_its_products_and_agrees_with_one_thread():
                                rtol=1e-5, atol=1e-5)
     for a, b in zip(*results):
         np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-6)
+
+
+@pytest.mark.skipif(not hasattr(__import__("os"), "fork"), reason="needs os.fork")
+def test_a_forked_child_runs_pieces_with_a_pool_of_its_own():
+    import os
+    import time
+    import warnings
+    with threadpool_limits(2):
+        assert parallel.map_pieces(lambda i: i, range(4)) == [0, 1, 2, 3]  # pool made
+        with warnings.catch_warnings():  # Python >= 3.12 warns about fork with threads
+            warnings.simplefilter("ignore", DeprecationWarning)
+            pid = os.fork()
+        if pid == 0:  # the child: would wait forever on the parent's (absent) threads
+            ok = parallel.map_pieces(lambda i: i + 1, range(4)) == [1, 2, 3, 4]
+            os._exit(0 if ok else 1)
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            done, status = os.waitpid(pid, os.WNOHANG)
+            if done:
+                break
+            time.sleep(0.05)
+        else:
+            os.kill(pid, 9)
+            os.waitpid(pid, 0)
+            pytest.fail("the forked child hung in map_pieces")
+    assert os.waitstatus_to_exitcode(status) == 0
