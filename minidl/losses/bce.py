@@ -11,7 +11,6 @@ For logits x and targets y in [0, 1] of the same shape, s = sigmoid(x)::
 """
 from .. import backend
 from .base import Loss
-from ..layers.activations import Sigmoid
 
 __all__ = ["BCEWithLogits"]
 
@@ -26,14 +25,21 @@ class BCEWithLogits(Loss):
             shape = getattr(target, "shape", type(target).__name__)
             raise ValueError(f"BCEWithLogits expects target of shape {tuple(logits.shape)} "
                              f"(the logits'), got {shape}")
-        y = target.astype(logits.dtype)
+        y = target.astype(logits.dtype, copy=False)
         if y.size and (float(y.min()) < 0 or float(y.max()) > 1):
             raise ValueError("BCEWithLogits expects targets in [0, 1], got values in "
                              f"[{float(y.min())}, {float(y.max())}]")
         x = logits
-        s = Sigmoid().f(x)  # same shape as x
+        # e = exp(-|x|) never overflows; it gives both the sigmoid and the log term:
+        # s = 1 / (1 + e) for x >= 0 and e / (1 + e) for x < 0 (as Sigmoid.f), and
+        # log(1 + exp(-|x|)) = log1p(e)
+        e = xp.exp(-xp.abs(x))  # same shape as x
+        r = 1 / (1 + e)
+        s = xp.where(x >= 0, r, e * r).astype(x.dtype, copy=False)  # sigmoid(x)
         self.cache = {"s": s, "y": y, "c": c, "logits": x}
-        l = xp.maximum(x, 0) - x * y + xp.log1p(xp.exp(-xp.abs(x)))
+        l = xp.maximum(x, 0)  # same shape as x
+        l -= x * y
+        l += xp.log1p(e)
         return self._finish(float(l.sum()) * c, logits, target)
 
     def backward(self):
