@@ -126,9 +126,10 @@ def batch_pieces(N, per_example, budget):
     return [slice(i, min(i + n, N)) for i in range(0, N, n)]
 
 
-def pieces_of(a, budget=PIECE_VALUES):
-    """Slices along the first (batch) axis of ``a`` with about ``budget`` values each; one
-    slice covering everything for a 0-d array or a small one."""
+def pieces_of(a, budget=None):
+    """Slices along the first (batch) axis of ``a`` with about ``budget`` values each
+    (default ``PIECE_VALUES``); one slice covering everything for a 0-d or small array."""
+    budget = PIECE_VALUES if budget is None else budget
     if a.ndim == 0 or a.size <= budget:
         return [slice(None)]
     return batch_pieces(a.shape[0], a.size // a.shape[0], budget)

@@ -293,6 +293,42 @@ def test_relu_in_pieces_equals_its_plain_definition(shape, threads):
     assert dx.dtype == out.dtype == np.float32
 
 
+@pytest.mark.parametrize("dtype", ["float64", "float32"])
+@pytest.mark.parametrize("threads", [1, 2])
+def test_batchnorm_and_maxpool_in_many_pieces_equal_their_twins(monkeypatch, dtype, threads):
+    """Pieces of a few values each: BatchNorm's per-piece statistics combined (Chan et al.)
+    against the general Normalization passes, MaxPool2d against window_argmax."""
+    from threadpoolctl import threadpool_limits
+    from minidl import parallel
+    from minidl.layers import BatchNorm2d, MaxPool2d
+    from minidl.layers.batchnorm import Normalization
+    monkeypatch.setattr(parallel, "PIECE_VALUES", 40)  # one or two examples per piece
+    rng = np.random.default_rng(9)
+    x = (0.5 * rng.standard_normal((7, 3, 4, 6)) + 100).astype(dtype)  # mean >> spread
+    dout = rng.standard_normal(x.shape).astype(dtype)
+    fast, plain = BatchNorm2d(3).astype(dtype), BatchNorm2d(3).astype(dtype)
+    with threadpool_limits(threads):
+        assert len(fast._pieces(x.reshape(7, 3, -1))) == 7
+        out, dx = fast.forward(x), fast.backward(dout)
+        pool = MaxPool2d(2)
+        pooled = pool.forward(x)
+        assert len(parallel.pieces_of(x)) == 7
+        dpool = pool.backward(np.ones_like(pooled))
+    ref_out = Normalization.forward(plain, x)
+    ref_dx = Normalization.backward(plain, dout)
+    tol = 1e-12 if dtype == "float64" else 2e-4
+    np.testing.assert_allclose(out, ref_out, rtol=tol, atol=tol)
+    np.testing.assert_allclose(dx, ref_dx, rtol=tol, atol=tol)
+    for key in ("gamma", "beta"):
+        np.testing.assert_allclose(fast.grads[key], plain.grads[key], rtol=tol, atol=tol)
+    for key in ("running_mean", "running_var"):
+        np.testing.assert_allclose(fast.buffers[key], plain.buffers[key], rtol=tol, atol=tol)
+    ref_pooled, argmax = window_argmax(x, (2, 2), (2, 2))
+    np.testing.assert_array_equal(pooled, ref_pooled)
+    np.testing.assert_array_equal(pool.cache["argmax"], argmax)
+    assert dpool.sum() == pooled.size  # each window's 1 went to one pixel
+
+
 def test_blas_threads_follows_threadpool_limits():
     import threadpoolctl
     from minidl import backend
