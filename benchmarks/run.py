@@ -32,6 +32,11 @@ time, as a fraction of this machine's float32 GEMM rate measured at the start wi
 (a 2048^3 product). Last, each preconditioner's step time relative to Adam comes from
 ``bench_precond.py`` (imported, not copied), at 1 thread.
 
+Threads: with ``threadpool_limits(2)`` minidl's layers run their pieces (Conv2d's chunks,
+BatchNorm's, ReLU's and MaxPool2d's pieces, Linear's row blocks) in two threads of its own
+with BLAS held to one thread inside each (``minidl.parallel``); PyTorch runs its own
+thread pool. Both sides get the same number of threads.
+
 Run it with the BLAS environment a normal machine has (some of ours set variables that
 pick an older, slower OpenBLAS kernel; tests and CI keep them)::
 
@@ -100,8 +105,16 @@ def machine():
     return {"date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
             "cpu": _cpu_name(), "cores": os.cpu_count(), "python": platform.python_version(),
             "numpy": np.__version__, "torch": torch.__version__, "blas": blas,
-            "minidl_commit": _git_commit(),
+            "minidl_commit": _git_commit(), "load_start": _load(),
             "env": {k: os.environ.get(k) for k in ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE")}}
+
+
+def _load():
+    """The 1-minute load average (how busy the machine is), or None where unknown."""
+    try:
+        return round(os.getloadavg()[0], 2)
+    except (AttributeError, OSError):
+        return None
 
 
 def _cpu_name():
@@ -538,6 +551,7 @@ def main(argv=None):
         for prob, table in precond.items():
             print(f"  {prob:<12} " + "  ".join(f"{name} {ratio:.2f}x"
                                               for name, (_, ratio) in table.items()))
+    info["load_end"] = _load()
     judged = [r for r in rows if r["target"] is not None]
     missed = [r for r in judged if r["ratio"] > r["target"]]
     print(f"\n{len(judged) - len(missed)} of {len(judged)} rows meet their target")
@@ -571,8 +585,10 @@ def markdown(info, peaks, repeats, rows, precond):
         "    env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE python benchmarks/run.py "
         "--results-md benchmarks/RESULTS.md", "",
         f"- date: {info['date']}; minidl commit {info['minidl_commit']}",
-        f"- machine: {info['cpu']}, {info['cores']} cores (shared with other jobs while "
-        "it ran); Python " f"{info['python']}, NumPy {info['numpy']}, PyTorch {info['torch']}",
+        f"- machine: {info['cpu']}, {info['cores']} cores, load average "
+        f"{info.get('load_start', '?')} when the run started and "
+        f"{info.get('load_end', '?')} when it ended (1-minute; this process adds about 1); "
+        f"Python {info['python']}, NumPy {info['numpy']}, PyTorch {info['torch']}",
         f"- BLAS: {blas}; float32 GEMM peak measured with NumPy: " + ", ".join(
             f"{peaks[t] / 1e9:.0f} GFLOP/s at {t} thread(s)" for t in sorted(peaks)),
         f"- each row: median of {repeats} repetitions, minidl and PyTorch taking turns in "
