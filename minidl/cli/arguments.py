@@ -92,7 +92,8 @@ def _add_common(p):
     run.add_argument("--dtype", choices=("float32", "float64"), default="float32",
                      help="floating-point precision of weights and data")
     run.add_argument("--threads", type=int, default=DEFAULT_THREADS, metavar="N",
-                     help="BLAS threads for the CPU backend, set with threadpoolctl "
+                     help="threads for the CPU backend, set with threadpoolctl: BLAS's, "
+                          "and the layers' own pieces of work (minidl.parallel) "
                           f"(default: {DEFAULT_THREADS}, which suits the small default models "
                           "and a shared machine, where threads beyond the free cores stall "
                           "each other; try more on a machine of your own with a large model)")
