@@ -327,3 +327,28 @@ def test_minidl_command_forwards_assign(tmp_path, capsys):
                         str(tmp_path / "o")])
     err = capsys.readouterr().err
     assert code == 2 and err.startswith("minidl assign release: error:") and "does not exist" in err
+
+
+def test_notebooks_run_in_this_python_even_with_a_stale_python3_kernel(tmp_path, monkeypatch):
+    """A user's 'python3' kernel spec pointing at a deleted Python (a stale
+    `ipykernel install --user`) must not decide which Python runs the notebooks: release
+    and grading put a spec of their own, running sys.executable, first."""
+    from jupyter_client.kernelspec import KernelSpecManager
+    from minidl.assign.grade import _child_env
+    from minidl.assign.kernel import this_python_kernel
+    stale = tmp_path / "user-data" / "kernels" / "python3"
+    stale.mkdir(parents=True)
+    (stale / "kernel.json").write_text(json.dumps({
+        "argv": [str(tmp_path / "gone" / "bin" / "python"), "-m", "ipykernel_launcher", "-f",
+                 "{connection_file}"], "display_name": "stale", "language": "python"}))
+    monkeypatch.setenv("JUPYTER_DATA_DIR", str(tmp_path / "user-data"))
+    monkeypatch.delenv("JUPYTER_PATH", raising=False)
+    assert KernelSpecManager().get_kernel_spec("python3").argv[0] != sys.executable  # stale
+    with this_python_kernel():  # release
+        assert KernelSpecManager().get_kernel_spec("python3").argv[0] == sys.executable
+    assert "JUPYTER_PATH" not in __import__("os").environ  # restored
+    home = tmp_path / "grading" / "home"
+    home.mkdir(parents=True)
+    env = _child_env(None, home)  # grading: the child's environment
+    monkeypatch.setenv("JUPYTER_PATH", env["JUPYTER_PATH"])
+    assert KernelSpecManager().get_kernel_spec("python3").argv[0] == sys.executable

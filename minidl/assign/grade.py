@@ -14,7 +14,8 @@ cannot hang the grader.
 The child also gets a scratch home folder (``HOME`` points into the grading folder), so a
 notebook that runs ``rm -rf ~`` deletes that, not the grader's own home; the grader's
 Jupyter kernels and Python user packages stay visible (``JUPYTER_PATH``,
-``PYTHONUSERBASE``). Anything else a notebook can reach by an absolute path, it can still
+``PYTHONUSERBASE``), except that the kernel named ``python3`` is always the Python running
+the grader (``minidl.assign.kernel``). Anything else a notebook can reach by an absolute path, it can still
 touch: grade untrusted notebooks as a user without rights to your files, or in a container.
 """
 import json
@@ -28,6 +29,7 @@ import zipfile
 
 from .errors import AssignError, require
 from .guard import CELL_TIMEOUT_ENV
+from .kernel import kernel_of_this_python
 from .results import error_results, scores
 
 __all__ = ["grade", "DEFAULT_TIMEOUT", "check_inputs"]
@@ -72,8 +74,10 @@ def _child_env(cell_timeout, home=None):
         import site
 
         from jupyter_core.paths import jupyter_data_dir
+        own = kernel_of_this_python(pathlib.Path(home).parent / "jupyter")
         env["JUPYTER_PATH"] = os.pathsep.join(
-            [jupyter_data_dir()] + [p for p in env.get("JUPYTER_PATH", "").split(os.pathsep) if p])
+            [str(own), jupyter_data_dir()] +
+            [p for p in env.get("JUPYTER_PATH", "").split(os.pathsep) if p])
         env.setdefault("PYTHONUSERBASE", site.getuserbase())
         env["HOME"] = str(home)
     root = str(pathlib.Path(__file__).resolve().parent.parent.parent)

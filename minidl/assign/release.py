@@ -35,6 +35,7 @@ import tempfile
 
 from .errors import AssignError, require
 from .guard import DEFAULT_CELL_TIMEOUT
+from .kernel import this_python_kernel
 from .leaks import find_leaks
 from .master import read_master
 
@@ -174,7 +175,8 @@ def release(folder, out, run_tests=True, cell_timeout=DEFAULT_CELL_TIMEOUT, forc
         try:
             if quiet:
                 logging.getLogger("otter").setLevel(logging.ERROR)
-            with sink, contextlib.redirect_stderr(log) if quiet else contextlib.nullcontext():
+            with sink, contextlib.redirect_stderr(log) if quiet else contextlib.nullcontext(), \
+                    this_python_kernel():
                 otter_assign.main(str(nb_path), str(result_dir), no_pdfs=True,
                                   no_run_tests=not run_tests)
         except Exception as e:
