@@ -15,25 +15,31 @@ alike), with BLAS itself held to one thread meanwhile (two threads each asking B
 two more would oversubscribe the cores). With one thread allowed, on the GPU, or with one
 piece, it is the plain loop.
 
-Every layer's products go through pieces this way, Linear's too (``split`` shares a
-product over the threads): after a product that OpenBLAS ran on its own threads, those
+The products of every layer's forward and backward pass go through pieces this way,
+Linear's too (``split`` shares a product over the threads), and a single piece still runs
+with BLAS held to one thread: after a product that OpenBLAS ran on its own threads, those
 threads keep spinning on the other cores for a while (about 0.1 s, see
 ``OPENBLAS_THREAD_TIMEOUT`` in OpenBLAS's documentation), and pieces that follow would
 share the cores with them (measured: a 5-layer CNN training step 1.5x slower with two
-threads when its Linear layers let OpenBLAS share their products).
+threads when its Linear layers let OpenBLAS share their products). The curvature passes
+(``jvp``, ``backward_rop``, per-example gradients) and the preconditioners use plain
+products, which BLAS shares over its own threads.
 
 Results come back in the order of ``pieces``, so sums over them add in the same order
 every run: a layer gives the same bits every time for a given thread count. Where the
 pieces do not depend on the thread count (Conv2d's chunks, BatchNorm's, ReLU's and
-MaxPool2d's pieces, all sized in values) the bits are the same for any thread count too;
-Linear's products, split into as many row blocks as threads, agree to BLAS's rounding.
+MaxPool2d's pieces, all sized in values) and every product runs on one BLAS thread, the
+bits are the same for any thread count too; Linear's products, split into as many row
+blocks as threads, agree to BLAS's rounding.
 
 ``work`` must only write to places no other piece writes to (its own slice of an
 output array) and return what is to be combined (a partial sum), as the layers do. Each
-piece runs in a copy of the caller's context, so settings such as ``numpy.errstate``
-hold inside it as they would in the plain loop. ``map_pieces`` changes BLAS's thread
-count while it runs, so two of them should not run at once (one training loop per
-process, as usual; a forked child process starts a pool of its own).
+piece runs in a copy of the caller's context, so settings such as ``numpy.errstate`` (a
+context variable since NumPy 2.0) hold inside it as they would in the plain loop. At most ``workers()`` pieces run at
+once, whatever the size of the thread pool. ``map_pieces`` sets BLAS's thread count to 1
+while it runs and back afterwards, so two calls from different threads at once could leave
+BLAS at one thread: run one training loop per process, as usual (a forked child process
+starts a pool of its own).
 """
 import concurrent.futures
 import contextvars
@@ -84,14 +90,6 @@ def _executor(size):
         return _pool["executor"]
 
 
-def _run_piece(work, piece):
-    _inside.piece = True
-    try:
-        return work(piece)
-    finally:
-        _inside.piece = False
-
-
 def map_pieces(work, pieces, like=None):
     """``[work(p) for p in pieces]``, the pieces shared over ``workers(like)`` threads.
 
@@ -102,19 +100,39 @@ def map_pieces(work, pieces, like=None):
         like: an array of the layer (to tell CPU from GPU).
 
     Returns:
-        the list of results, in the order of ``pieces``. An exception in any piece is
-        raised here, after the others have finished.
+        the list of results, in the order of ``pieces``. An exception in a piece is raised
+        here, once every thread has stopped.
     """
     pieces = list(pieces)
-    n = min(workers(like), len(pieces))
+    n = workers(like)
     if n <= 1:
         return [work(piece) for piece in pieces]
-    context = contextvars.copy_context()  # the caller's settings, e.g. numpy.errstate
-    with backend.blas_single_thread():
-        futures = [_executor(n).submit(context.copy().run, _run_piece, work, piece)
-                   for piece in pieces]
+    with backend.blas_single_thread():  # also for one piece: no BLAS threads left spinning
+        if len(pieces) <= 1:
+            return [work(piece) for piece in pieces]
+        n = min(n, len(pieces))
+        results = [None] * len(pieces)
+        order = iter(range(len(pieces)))  # next() on it is atomic: each piece taken once
+        lock = threading.Lock()
+
+        def run_pieces():  # one of the n threads: take the next piece until none is left
+            _inside.piece = True
+            try:
+                while True:
+                    with lock:
+                        i = next(order, None)
+                    if i is None:
+                        return
+                    results[i] = work(pieces[i])
+            finally:
+                _inside.piece = False
+
+        context = contextvars.copy_context()  # the caller's settings, e.g. numpy.errstate
+        futures = [_executor(n).submit(context.copy().run, run_pieces) for _ in range(n)]
         concurrent.futures.wait(futures)
-    return [future.result() for future in futures]
+        for future in futures:
+            future.result()  # raises the first error, if a piece raised
+    return results
 
 
 def batch_pieces(N, per_example, budget):
@@ -128,10 +146,12 @@ def batch_pieces(N, per_example, budget):
 
 def pieces_of(a, budget=None):
     """Slices along the first (batch) axis of ``a`` with about ``budget`` values each
-    (default ``PIECE_VALUES``); one slice covering everything for a 0-d or small array."""
+    (default ``PIECE_VALUES``); one piece, ``...`` (all of it), for a 0-d or small array
+    and for an array on the GPU (where each piece would cost kernel launches and nothing
+    runs side by side)."""
     budget = PIECE_VALUES if budget is None else budget
-    if a.ndim == 0 or a.size <= budget:
-        return [slice(None)]
+    if a.ndim == 0 or a.size <= budget or backend.on_device(a):
+        return [...]
     return batch_pieces(a.shape[0], a.size // a.shape[0], budget)
 
 

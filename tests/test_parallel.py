@@ -68,6 +68,44 @@ def test_pieces_see_the_callers_numpy_errstate():
             parallel.map_pieces(work, range(8))
 
 
+def test_no_more_pieces_at_once_than_threads_allowed_even_after_a_larger_limit():
+    """The pool made for 4 threads stays; under a limit of 2 only 2 pieces may run."""
+    import time
+    running, peak, lock = [0], [0], threading.Lock()
+
+    def work(i):
+        with lock:
+            running[0] += 1
+            peak[0] = max(peak[0], running[0])
+        time.sleep(0.02)
+        with lock:
+            running[0] -= 1
+        return i
+
+    with threadpool_limits(4):
+        parallel.map_pieces(work, range(8))
+    for limit in (2, 1):
+        peak[0] = 0
+        with threadpool_limits(limit):
+            assert parallel.map_pieces(work, range(8)) == list(range(8))
+        assert peak[0] <= limit
+
+
+def test_one_piece_with_threads_allowed_still_holds_blas_to_one_thread():
+    seen = []
+    with threadpool_limits(2):
+        parallel.map_pieces(lambda p: seen.append(backend.blas_threads()), [slice(None)])
+        assert backend.blas_threads() == 2
+    assert seen == [1]
+
+
+def test_pieces_of_a_0d_a_small_and_a_large_array():
+    assert parallel.pieces_of(np.float32(2.0) * np.ones(())) == [...]
+    assert parallel.pieces_of(np.ones((3, 4))) == [...]
+    pieces = parallel.pieces_of(np.ones((10, 4)), budget=8)
+    assert pieces == [slice(0, 2), slice(2, 4), slice(4, 6), slice(6, 8), slice(8, 10)]
+
+
 def test_batch_pieces_cover_the_batch_once():
     for N, per, budget in ((10, 3, 7), (5, 100, 10), (1, 1, 1), (7, 1, 100)):
         pieces = parallel.batch_pieces(N, per, budget)
@@ -88,7 +126,9 @@ def test_batch_pieces_cover_the_batch_once():
      (40, 4, 31, 30)),
 ])
 def test_layers_give_the_same_bits_with_one_and_two_threads(make, shape):
-    """Large enough for several pieces; sums over pieces are added in order."""
+    """Large enough for several pieces; sums over pieces are added in order. (Whether the
+    pieces compute the right thing is for the twin tests in test_fast_paths.py, with many
+    pieces; this checks that running them in threads changes no bit.)"""
     rng = np.random.default_rng(0)
     x = (2 * rng.standard_normal(shape) + 3).astype(np.float32)
     results = []

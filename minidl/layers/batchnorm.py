@@ -60,11 +60,12 @@ product array), x_hat is made in place from x - mu, and dx is built in place as:
 
 (the closed form above with mean(dx_hat) = gamma sum(dout) / M and mean(dx_hat x_hat) =
 gamma sum(dout x_hat) / M). Both passes go over the batch in pieces of a few examples
-(``parallel.PIECE_VALUES``), so that each pass of a piece finds it in the CPU cache and the pieces
-can run in several threads (``minidl.parallel``); the per-piece means and squared
-deviations combine exactly into the batch's (``_batch_stats``). The general
-``Normalization`` passes stay the reference; a test checks the two agree. BatchNorm keeps x_hat, mu and sigma, not x (x = mu + sigma
-x_hat): backward and the R-operator passes need only those.
+(``parallel.PIECE_VALUES``), so that each pass of a piece finds it in the CPU cache and
+the pieces can run in several threads (``minidl.parallel``); the per-piece means and
+squared deviations combine exactly into the batch's (``_batch_stats``). The general
+``Normalization`` passes stay the reference; a test checks the two agree. BatchNorm keeps
+x_hat, mu and sigma, not x (x = mu + sigma x_hat): backward and the R-operator passes
+need only those.
 """
 import math
 
@@ -248,7 +249,10 @@ class _BatchNorm(Normalization):
     # -- the fast twin of Normalization.forward / backward (see the module doc) -----------
     def _pieces(self, x3):
         """Slices of the batch of x3 (N, C, L) holding about ``parallel.PIECE_VALUES``
-        values each (a 1 MB piece stays in the CPU cache through the passes)."""
+        values each (a 1 MB piece stays in the CPU cache through the passes); the whole
+        batch at once on the GPU."""
+        if backend.on_device(x3):
+            return [slice(0, x3.shape[0])]
         return parallel.batch_pieces(x3.shape[0], x3.shape[1] * x3.shape[2],
                                      parallel.PIECE_VALUES)
 

@@ -138,13 +138,14 @@ class Conv2d(Layer):
         return col2im(dcols, x_shape, self.kernel_size, self.stride, self.padding)
 
     # -- the products, chunk by chunk over the batch ---------------------------------------
-    def _column_width(self, x, padding=None):
-        """Wc, the length of one row of output pixels in the columns: Wp (wide) or Wo."""
+    def _column_width(self, x_shape, padding=None):
+        """Wc, the length of one row of output pixels in the columns of an input of shape
+        x_shape (N, C, H, W): Wp (wide) or Wo."""
         padding = self.padding if padding is None else padding
+        H, W = x_shape[2:]
         if self.stride == (1, 1):
-            return x.shape[3] + 2 * padding[1]  # Wp: im2col_wide
-        return output_size(x.shape[2], x.shape[3], self.kernel_size, self.stride,
-                           padding)[1]  # Wo: im2col
+            return W + 2 * padding[1]  # Wp: im2col_wide
+        return output_size(H, W, self.kernel_size, self.stride, padding)[1]  # Wo: im2col
 
     def _columns(self, x, padding=None):
         """The columns of a chunk x (n, C, H, W): (C kh kw, n Ho Wc)."""
@@ -166,7 +167,7 @@ class Conv2d(Layer):
         padding = self.padding if padding is None else padding
         Ho, _ = output_size(x.shape[2], x.shape[3], self.kernel_size, self.stride, padding)
         per_example = (x.shape[1] * self.kernel_size[0] * self.kernel_size[1] * Ho
-                       * self._column_width(x, padding))
+                       * self._column_width(x.shape, padding))
         return self._batch_slices(x.shape[0], per_example, x)
 
     @staticmethod
@@ -184,7 +185,7 @@ class Conv2d(Layer):
         xp = backend.array_module(x, W2)
         N, F = x.shape[0], W2.shape[0]
         Ho, Wo = output_size(x.shape[2], x.shape[3], self.kernel_size, self.stride, padding)
-        Wc = self._column_width(x, padding)
+        Wc = self._column_width(x.shape, padding)
         out = xp.empty((N, F, Ho, Wo), dtype=xp.result_type(x.dtype, W2.dtype))
 
         def chunk_of_output(chunk):
@@ -210,8 +211,9 @@ class Conv2d(Layer):
         dout_T[:, :, :, Wo:] = 0
         return dout_T.reshape(F, -1)  # (F, n Ho Wc)
 
-    def _weight_grad(self, x, dout, bias=False, W2=None):
-        """dW2 = dout_T @ cols^T (F, C kh kw), summed chunk by chunk over the batch.
+    def _grads_by_chunk(self, x, dout, bias=False, W2=None):
+        """dW2 = dout_T @ cols^T (F, C kh kw), summed chunk by chunk over the batch, and
+        with it what else one chunk of dout_T gives.
 
         Returns ``(dW2, db, dx)``: with ``bias``, also db = sum of dout over n and pixels
         (F,); with ``W2``, also dx = col2im(W2^T @ dout_T) (N, C, H, W), the col2im route
@@ -219,7 +221,7 @@ class Conv2d(Layer):
         three.
         """
         xp = backend.array_module(x, dout)
-        Wc = self._column_width(x)
+        Wc = self._column_width(x.shape)
         dx = None if W2 is None else xp.empty(x.shape, dtype=xp.result_type(dout, W2))
         Ho = dout.shape[2]
 
@@ -261,11 +263,12 @@ class Conv2d(Layer):
         kernel flipped in both spatial axes and its two channel axes swapped,
         W_flip[c, f, i, j] = W[f, c, kh - 1 - i, kw - 1 - j] (the "full" convolution of the
         transposed-convolution literature: Dumoulin & Visin 2016, "A guide to convolution
-        arithmetic", section 4). The same numbers, computed with an im2col copy in place of
-        col2im's scatter-adds and a product whose inner dimension is F kh kw instead of F,
-        which measured 10-15% faster for a layer with F <= C (ResNet's 3x3 layers) and
-        slightly slower when F > C (the product then has only C output rows). Other strides
-        and paddings larger than kernel - 1 (a negative padding) take the col2im route.
+        arithmetic", section 4). The same sums (in another order, so equal up to rounding),
+        computed with an im2col copy in place of col2im's scatter-adds and a product whose
+        inner dimension is F kh kw instead of F, which measured 10-15% faster for a layer
+        with F <= C (ResNet's 3x3 layers) and slightly slower when F > C (the product then
+        has only C output rows). Other strides and paddings larger than kernel - 1 (a
+        negative padding) take the col2im route.
         """
         if self._col2im_route():
             return self._input_grad_col2im(dout, W2, x_shape)
@@ -279,7 +282,7 @@ class Conv2d(Layer):
         """dx = col2im(W2^T @ dout_T) (N, C, H, W), chunk by chunk over the batch."""
         xp = backend.array_module(dout, W2)
         Ho = dout.shape[2]
-        Wc = (x_shape[3] + 2 * self.padding[1] if self.stride == (1, 1) else dout.shape[3])
+        Wc = self._column_width(x_shape)
         dx = xp.empty(x_shape, dtype=xp.result_type(dout.dtype, W2.dtype))  # (N, C, H, W)
         per_example = W2.shape[1] * Ho * Wc  # values of one example's columns
 
@@ -307,7 +310,7 @@ class Conv2d(Layer):
         self.cache["dout"] = dout
         W2 = W.reshape(self.out_channels, -1)  # (F, C kh kw)
         col2im_dx = self.needs_input_grad and self._col2im_route()  # dx from the same chunks
-        dW2, db, dx = self._weight_grad(x, dout, bias="b" in self.params,
+        dW2, db, dx = self._grads_by_chunk(x, dout, bias="b" in self.params,
                                         W2=W2 if col2im_dx else None)
         self.grads["W"] = dW2.reshape(W.shape)  # (F, C, kh, kw)
         if db is not None:
@@ -332,10 +335,10 @@ class Conv2d(Layer):
         W = self.params["W"]
         F = self.out_channels
         W2 = W.reshape(F, -1)  # (F, C kh kw)
-        RdW2 = self._weight_grad(x, Rdout)[0]  # Rdout_T @ cols^T
-        RdW2 += self._weight_grad(Rx, dout)[0]  # + dout_T @ Rcols^T
-        Rdx = self._input_grad(Rdout, W2, x.shape)  # col2im(W2^T Rdout_T)
-        if "W" in self.Rparams:  # + col2im(RW2^T dout_T)
+        RdW2 = self._grads_by_chunk(x, Rdout)[0]  # Rdout_T @ cols^T
+        RdW2 += self._grads_by_chunk(Rx, dout)[0]  # + dout_T @ Rcols^T
+        Rdx = self._input_grad(Rdout, W2, x.shape)  # dx for Rdout through W
+        if "W" in self.Rparams:  # + dx for dout through RW
             Rdx += self._input_grad(dout, self.Rparams["W"].reshape(F, -1), x.shape)
         self.Rgrads["W"] = RdW2.reshape(W.shape)  # (F, C, kh, kw)
         if "b" in self.params:

@@ -25,9 +25,11 @@ strided slab x[:, :, i::sh, j::sw] of the image (no copy of the windows)::
 
 The strict ">" keeps the first maximum on ties, so ``a`` is exactly the argmax above (a
 test checks the two agree); the argmax is kept as int8 (1 byte per output pixel). The
-backward pass loops over the same K offsets: dx[slab(k)] += dout where a == k. On a
-(128, 64, 32, 32) batch the forward pass is about 3x faster than the direct way (0.18 s
-against 0.59 s on one core of a loaded 2-core Xeon).
+backward pass loops over the same K offsets: dx[slab(k)] += dout where a == k. Both passes
+run over pieces of a few examples of the batch (``minidl.parallel``: a 1 MB piece stays in
+the CPU cache over the K offsets, and with several threads allowed the pieces run side by
+side). On a (128, 64, 32, 32) batch, forward and backward together took 33 ms against
+PyTorch's 75 ms on one core of an idle 2-core Xeon (``benchmarks/RESULTS.md``).
 
 Average pooling (linear in x)::
 
@@ -38,7 +40,7 @@ dx[n, c, h, w] = dout[n, c] / (H W).
 
 For the linear layers, jvp is the forward map applied to Rx and backward_rop the backward
 map applied to Rdout. Windows come from a strided view (see ``im2col``) and gradients are
-put back with ``add_windows`` (col2im's core), so nothing loops over pixels or examples.
+put back with ``add_windows`` (col2im's core), so nothing loops over pixels in Python.
 
 Reference: CS231n "Convolutional Networks" notes (pooling layer); PyTorch
 ``torch.nn.MaxPool2d`` / ``AvgPool2d`` for the conventions.

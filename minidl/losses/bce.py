@@ -16,7 +16,12 @@ __all__ = ["BCEWithLogits"]
 
 
 class BCEWithLogits(Loss):
-    """Sigmoid + binary cross-entropy on logits of any shape (N, ...)."""
+    """Sigmoid + binary cross-entropy on logits of any shape (N, ...).
+
+    The cache keeps the target array itself (not a copy, when it already has the logits'
+    dtype), as layers keep their input: change it in place between ``forward`` and
+    ``backward`` and the gradient changes with it.
+    """
 
     def forward(self, logits, target):
         xp = backend.check_same_device("BCEWithLogits.forward(logits, target)", logits, target)
@@ -31,8 +36,8 @@ class BCEWithLogits(Loss):
                              f"[{float(y.min())}, {float(y.max())}]")
         x = logits
         # e = exp(-|x|) never overflows; it gives both the sigmoid and the log term:
-        # s = 1 / (1 + e) for x >= 0 and e / (1 + e) for x < 0 (as Sigmoid.f), and
-        # log(1 + exp(-|x|)) = log1p(e)
+        # s = r = 1 / (1 + e) for x >= 0 and e r = e / (1 + e) for x < 0 (Sigmoid.f's
+        # formula, equal up to rounding), and log(1 + exp(-|x|)) = log1p(e)
         e = xp.exp(-xp.abs(x))  # same shape as x
         r = 1 / (1 + e)
         s = xp.where(x >= 0, r, e * r).astype(x.dtype, copy=False)  # sigmoid(x)
