@@ -43,7 +43,11 @@ pick an older, slower OpenBLAS kernel; tests and CI keep them)::
     env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE python benchmarks/run.py
     env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE python benchmarks/run.py --quick
 
-``--quick`` (3 repetitions, 1 thread, no preconditioners) is for iterating;
+``--rounds 3`` times the whole table three times, one round after the other, and reports
+the median ratio with the range over the rounds: on a shared machine one round's ratio
+can move by +-0.3 (the neighbours' load changes between workloads, not within the
+interleaved repetitions of one). ``--quick`` (3 repetitions, 1 thread, no
+preconditioners) is for iterating;
 ``--only conv maxpool2d`` times a subset. The JSON (``--json``, default
 ``benchmarks/results.json``) holds every timing, the BLAS library and the machine.
 """
@@ -481,6 +485,10 @@ def main(argv=None):
                    help="time only these rows")
     p.add_argument("--threads", nargs="+", type=int, default=None, help="default: 1 2")
     p.add_argument("--repeats", type=int, default=None, help="default: 9 (quick: 3)")
+    p.add_argument("--rounds", type=int, default=1,
+                   help="time every workload this many times, one round after the other, "
+                        "and report the median ratio over the rounds with its range (the "
+                        "ratio of one round moved by up to +-0.3 on a shared machine)")
     p.add_argument("--precond-rounds", type=int, default=1,
                    help="rounds of bench_precond's T2-step periods per method (1: about 20 "
                         "minutes on a busy 2-core machine)")
@@ -517,16 +525,21 @@ def main(argv=None):
     print(header)
     print("-" * len(header))
     rows = []
-    for name in WORKLOADS:
-        if name not in chosen:
-            continue
-        ours, theirs, flops = MAKERS[name](torch)
-        for t in threads:
-            m, th = time_pair(ours, theirs, t, repeats, warmup=1, torch=torch)
-            row = {"workload": name, "threads": t, "minidl_ms": 1e3 * m, "torch_ms": 1e3 * th,
-                   "ratio": m / th, "target": TARGETS[name],
-                   "peak_fraction": flops / m / peaks[t] if flops else None}
-            rows.append(row)
+    makers = {name: MAKERS[name](torch) for name in WORKLOADS if name in chosen}
+    per_round = {}  # (workload, threads) -> [(minidl s, torch s), one per round]
+    for r in range(args.rounds):
+        if args.rounds > 1:
+            print(f"round {r + 1} of {args.rounds}", flush=True)
+        for name, (ours, theirs, flops) in makers.items():
+            for t in threads:
+                m, th = time_pair(ours, theirs, t, repeats, warmup=1, torch=torch)
+                per_round.setdefault((name, t), []).append((m, th))
+                print(_format(_row(name, t, [(m, th)], flops, peaks)), flush=True)
+    for (name, t), times in per_round.items():
+        rows.append(_row(name, t, times, makers[name][2], peaks))
+    if args.rounds > 1:
+        print(f"\nmedian over {args.rounds} rounds (range of the ratio in brackets)")
+        for row in rows:
             print(_format(row), flush=True)
     if "memory" in chosen:
         mem = peak_memory()
@@ -576,14 +589,16 @@ def main(argv=None):
 
 def markdown(info, peaks, repeats, rows, precond):
     """The results page: command, date, machine, the table, the preconditioners."""
+    rounds = max((r.get("rounds", 1) for r in rows), default=1)
     blas = "; ".join(f"{b.get('internal_api')} {b.get('version')} ({b.get('architecture')})"
                      for b in info["blas"] if b.get("version"))
     lines = [
         "# Benchmark results", "",
         "The table is written by `benchmarks/run.py` (the notes after it by hand); "
         "reproduce it with", "",
-        "    env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE python benchmarks/run.py "
-        "--results-md benchmarks/RESULTS.md", "",
+        "    env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE python benchmarks/run.py " +
+        (f"--rounds {rounds} " if rounds > 1 else "") + "--results-md benchmarks/RESULTS.md",
+        "",
         f"- date: {info['date']}; minidl commit {info['minidl_commit']}",
         f"- machine: {info['cpu']}, {info['cores']} cores, load average "
         f"{info.get('load_start', '?')} when the run started and "
@@ -592,7 +607,10 @@ def markdown(info, peaks, repeats, rows, precond):
         f"- BLAS: {blas}; float32 GEMM peak measured with NumPy: " + ", ".join(
             f"{peaks[t] / 1e9:.0f} GFLOP/s at {t} thread(s)" for t in sorted(peaks)),
         f"- each row: median of {repeats} repetitions, minidl and PyTorch taking turns in "
-        "one process, the same number of threads on both sides; ratio = minidl / torch",
+        "one process, the same number of threads on both sides; ratio = minidl / torch" +
+        (f"; the whole table timed {rounds} times one round after the other, each time "
+         "the median over the rounds and, in brackets, the range of the rounds' ratios"
+         if rounds > 1 else ""),
         "- training steps (cnn5, resnet20, autoencoder) run forward, loss, backward and "
         "an SGD step with `model.needs_input_grad = False` (no gradient for the data) and "
         "`model.free_after_backward = True` (caches freed during backward), as PyTorch does",
@@ -601,9 +619,11 @@ def markdown(info, peaks, repeats, rows, precond):
     for r in rows:
         if "minidl_ms" in r:
             frac = f"{100 * r['peak_fraction']:.0f}%" if r["peak_fraction"] else "-"
+            spread = (f" [{r['ratio_range'][0]:.2f}-{r['ratio_range'][1]:.2f}]"
+                      if r.get("rounds", 1) > 1 else "")
             lines.append(f"| {r['workload']} | {r['threads']} | {r['minidl_ms']:.1f} ms | "
-                         f"{r['torch_ms']:.1f} ms | {r['ratio']:.2f} | <= {r['target']}x | "
-                         f"{frac} | {_verdict(r)} |")
+                         f"{r['torch_ms']:.1f} ms | {r['ratio']:.2f}{spread} | "
+                         f"<= {r['target']}x | {frac} | {_verdict(r)} |")
         else:
             target = f"<= {r['target']}x" if r["target"] else "-"
             lines.append(f"| {r['workload']} | {r['threads']} | {r['minidl_mb']:.0f} MB | "
@@ -623,15 +643,30 @@ def markdown(info, peaks, repeats, rows, precond):
     return "\n".join(lines) + "\n"
 
 
+def _row(name, threads, times, flops, peaks):
+    """One table row from the (minidl s, torch s) medians of one or more rounds: the
+    median of each side, the median of the rounds' ratios and their range."""
+    ratios = [m / th for m, th in times]
+    m = statistics.median(m for m, _ in times)
+    return {"workload": name, "threads": threads, "minidl_ms": 1e3 * m,
+            "torch_ms": 1e3 * statistics.median(th for _, th in times),
+            "ratio": statistics.median(ratios), "ratio_range": [min(ratios), max(ratios)],
+            "rounds": len(times), "target": TARGETS[name],
+            "peak_fraction": flops / m / peaks[threads] if flops else None}
+
+
 def _verdict(row):
     return "ok" if row["ratio"] <= row["target"] else "MISS"
 
 
 def _format(row):
     frac = f"{100 * row['peak_fraction']:6.0f}%" if row["peak_fraction"] else f"{'-':>7}"
+    spread = ""
+    if row.get("rounds", 1) > 1:
+        spread = f"  [{row['ratio_range'][0]:.2f}-{row['ratio_range'][1]:.2f}]"
     return (f"{row['workload']:<22} {row['threads']:>3} {row['minidl_ms']:>10.1f} "
             f"{row['torch_ms']:>9.1f} {row['ratio']:>6.2f} {row['target']:>6.1f}x {frac} "
-            f"{_verdict(row)}")
+            f"{_verdict(row)}{spread}")
 
 
 if __name__ == "__main__":
