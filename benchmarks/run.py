@@ -1,10 +1,12 @@
 """minidl's speed and memory against PyTorch CPU: one command, one table, one JSON file.
 
-Every workload runs minidl and PyTorch in this one process, float32, with the same number
-of threads on both sides (threadpoolctl for NumPy's BLAS, ``torch.set_num_threads``), at 1
-and at 2 threads. The two libraries take turns, one repetition each, so a busy neighbour
-on a shared machine slows both alike; the table reports the median of each and the ratio
-of the medians (minidl / torch, lower is better).
+Every workload runs minidl and PyTorch in one process, a fresh one for each workload and
+thread count (what one workload leaves in the allocator, caches and thread pools must not
+time another), float32, with the same number of threads on both sides (threadpoolctl for
+NumPy's BLAS, ``torch.set_num_threads``), at 1 and at 2 threads. The two libraries take
+turns, one repetition each, so a busy neighbour on a shared machine slows both alike; the
+table reports the median of each and the ratio of the medians (minidl / torch, lower is
+better).
 
 ========================  =================================================  ==========
 workload                  what one repetition runs                           target
@@ -382,6 +384,37 @@ def time_pair(ours, theirs, threads, repeats, warmup, torch):
     return statistics.median(t_ours), statistics.median(t_theirs)
 
 
+# -- each workload in a fresh process ---------------------------------------------------
+def workload_child(name, threads, repeats):
+    """Time one workload at ``threads`` threads in this (fresh) process; print JSON."""
+    import torch
+    minidl.set_backend("numpy")
+    minidl.set_default_dtype("float32")
+    ours, theirs, flops = MAKERS[name](torch)
+    m, th = time_pair(ours, theirs, threads, repeats, warmup=2, torch=torch)
+    print(json.dumps({"minidl_s": m, "torch_s": th, "flops": flops}))
+    return 0
+
+
+def run_workload_child(name, threads, repeats):
+    """``(minidl s, torch s, GEMM FLOPs)`` of one workload timed in a process of its own.
+
+    A fresh process per workload: what one workload leaves behind (glibc's heap and its
+    mmap threshold, which decide whether a large tensor costs page faults; BLAS and
+    OpenMP threads still spinning; caches) must not change another's timing. Measured:
+    PyTorch's Conv2d fwd+bwd took 176 ms in a fresh process and 123-130 ms after the
+    other workloads had run in the same one (its 32 MB tensors then came from glibc's
+    heap instead of fresh, page-faulting mmap blocks), minidl's 210-220 ms in both.
+    """
+    proc = subprocess.run([sys.executable, os.path.abspath(__file__), "--workload-child",
+                           name, "--threads", str(threads), "--repeats", str(repeats)],
+                          capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise RuntimeError(f"the {name} workload failed:\n{proc.stderr[-3000:]}")
+    out = json.loads(proc.stdout.strip().splitlines()[-1])
+    return out["minidl_s"], out["torch_s"], out["flops"]
+
+
 # -- peak memory (a fresh subprocess per side) --------------------------------------------
 def _rss_bytes():
     with open("/proc/self/statm") as f:
@@ -495,12 +528,15 @@ def main(argv=None):
     p.add_argument("--json", default=os.path.join(HERE, "results.json"))
     p.add_argument("--memory-child", choices=["minidl", "minidl-keep", "torch"],
                    help=argparse.SUPPRESS)
+    p.add_argument("--workload-child", choices=WORKLOADS, help=argparse.SUPPRESS)
     p.add_argument("--results-md", metavar="FILE",
                    help="also write the table as Markdown (benchmarks/RESULTS.md)")
     args = p.parse_args(argv)
     if args.memory_child:
         side = args.memory_child
         return memory_child(side.split("-")[0], free=not side.endswith("keep"))
+    if args.workload_child:
+        return workload_child(args.workload_child, args.threads[0], args.repeats)
 
     import torch
     minidl.set_backend("numpy")
@@ -525,18 +561,18 @@ def main(argv=None):
     print(header)
     print("-" * len(header))
     rows = []
-    makers = {name: MAKERS[name](torch) for name in WORKLOADS if name in chosen}
+    flops = {}
     per_round = {}  # (workload, threads) -> [(minidl s, torch s), one per round]
     for r in range(args.rounds):
         if args.rounds > 1:
             print(f"round {r + 1} of {args.rounds}", flush=True)
-        for name, (ours, theirs, flops) in makers.items():
+        for name in (n for n in WORKLOADS if n in chosen):
             for t in threads:
-                m, th = time_pair(ours, theirs, t, repeats, warmup=1, torch=torch)
+                m, th, flops[name] = run_workload_child(name, t, repeats)
                 per_round.setdefault((name, t), []).append((m, th))
-                print(_format(_row(name, t, [(m, th)], flops, peaks)), flush=True)
+                print(_format(_row(name, t, [(m, th)], flops[name], peaks)), flush=True)
     for (name, t), times in per_round.items():
-        rows.append(_row(name, t, times, makers[name][2], peaks))
+        rows.append(_row(name, t, times, flops[name], peaks))
     if args.rounds > 1:
         print(f"\nmedian over {args.rounds} rounds (range of the ratio in brackets)")
         for row in rows:
@@ -607,7 +643,8 @@ def markdown(info, peaks, repeats, rows, precond):
         f"- BLAS: {blas}; float32 GEMM peak measured with NumPy: " + ", ".join(
             f"{peaks[t] / 1e9:.0f} GFLOP/s at {t} thread(s)" for t in sorted(peaks)),
         f"- each row: median of {repeats} repetitions, minidl and PyTorch taking turns in "
-        "one process, the same number of threads on both sides; ratio = minidl / torch" +
+        "one process (a fresh one per workload and thread count), the same number of "
+        "threads on both sides; ratio = minidl / torch" +
         (f"; the whole table timed {rounds} times one round after the other, each time "
          "the median over the rounds and, in brackets, the range of the rounds' ratios"
          if rounds > 1 else ""),
