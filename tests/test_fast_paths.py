@@ -92,6 +92,30 @@ def test_wide_columns_hold_the_compact_ones(kernel, padding):
                                rtol=0, atol=1e-13)
 
 
+# -- col2im phase by phase vs the direct strided adds ------------------------------------
+@st.composite
+def col2im_cases(draw):
+    kh, kw = draw(st.integers(1, 4)), draw(st.integers(1, 4))
+    sh, sw = draw(st.integers(1, 4)), draw(st.integers(1, 4))
+    ph, pw = draw(st.integers(0, 3)), draw(st.integers(0, 3))
+    H = draw(st.integers(max(1, kh - 2 * ph), 11))
+    W = draw(st.integers(max(1, kw - 2 * pw), 11))
+    return (draw(st.integers(0, 2)), draw(st.integers(1, 3)), H, W), (kh, kw), (sh, sw), (ph, pw)
+
+
+@settings(max_examples=150, deadline=None)
+@given(case=col2im_cases(), seed=st.integers(0, 2**16))
+def test_col2im_by_phases_equals_the_strided_adds(case, seed):
+    from minidl.layers.im2col import add_windows, col2im, output_size
+    (N, C, H, W), kernel, stride, padding = case
+    Ho, Wo = output_size(H, W, kernel, stride, padding)
+    cols = np.random.default_rng(seed).standard_normal((C * kernel[0] * kernel[1], N * Ho * Wo))
+    dwindows = cols.reshape(C, *kernel, N, Ho, Wo).transpose(0, 3, 1, 2, 4, 5)  # (C, N, ...)
+    direct = add_windows(dwindows, (C, N, H, W), kernel, stride, padding).transpose(1, 0, 2, 3)
+    np.testing.assert_allclose(col2im(cols, (N, C, H, W), kernel, stride, padding), direct,
+                               rtol=1e-13, atol=1e-13)
+
+
 # -- Conv2d: chunks of the batch, the lazily made cols, no dx for the first layer --------
 @pytest.mark.parametrize("threads", [1, 2])
 @pytest.mark.parametrize("channels", [(3, 4), (4, 3)])  # F > C: col2im; F <= C: full conv
