@@ -75,7 +75,9 @@ def _execute(path, tmp_path, monkeypatch, timeout=600):
     nb = jupytext.read(path, fmt="py:percent")
     client = nbclient.NotebookClient(nb, kernel_name="python3", timeout=timeout,
                                      resources={"metadata": {"path": str(tmp_path)}})
-    client.execute()
+    from minidl.assign.kernel import this_python_kernel
+    with this_python_kernel():  # python3 = this Python, whatever kernel specs ~ holds
+        client.execute()
     nbformat.validate(nb)
     return nb
 
