@@ -341,12 +341,13 @@ def test_notebooks_run_in_this_python_even_with_a_stale_python3_kernel(tmp_path,
     (stale / "kernel.json").write_text(json.dumps({
         "argv": [str(tmp_path / "gone" / "bin" / "python"), "-m", "ipykernel_launcher", "-f",
                  "{connection_file}"], "display_name": "stale", "language": "python"}))
-    monkeypatch.setenv("JUPYTER_DATA_DIR", str(tmp_path / "user-data"))
-    monkeypatch.delenv("JUPYTER_PATH", raising=False)
+    # on JUPYTER_PATH, searched first (in or out of a virtual environment), as the grader's
+    # child process used to put the user's folder
+    monkeypatch.setenv("JUPYTER_PATH", str(tmp_path / "user-data"))
     assert KernelSpecManager().get_kernel_spec("python3").argv[0] != sys.executable  # stale
     with this_python_kernel():  # release
         assert KernelSpecManager().get_kernel_spec("python3").argv[0] == sys.executable
-    assert "JUPYTER_PATH" not in __import__("os").environ  # restored
+    assert __import__("os").environ["JUPYTER_PATH"] == str(tmp_path / "user-data")  # restored
     home = tmp_path / "grading" / "home"
     home.mkdir(parents=True)
     env = _child_env(None, home)  # grading: the child's environment
