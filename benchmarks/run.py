@@ -166,6 +166,28 @@ def gemm_flops(model, x_shape, first_dx=False):
 
 
 # -- the workloads: each returns (minidl step, torch step, GEMM FLOPs per step) ------------
+def layer_workload(torch, layer, x, dout, torch_forward, torch_params=()):
+    """One layer's forward + backward in minidl and in PyTorch on the same x and dout.
+
+    ``torch_forward`` maps the torch input to the torch output; ``torch_params`` are the
+    tensors whose gradients it makes (cleared after each step, as minidl's cache is).
+    """
+    def ours():
+        layer.forward(x)
+        layer.backward(dout)
+        layer.clear_cache()
+
+    xt = torch.from_numpy(x).requires_grad_(True)
+    doutt = torch.from_numpy(dout)
+
+    def theirs():
+        torch_forward(xt).backward(doutt)
+        for t in (xt,) + tuple(torch_params):
+            t.grad = None
+
+    return ours, theirs
+
+
 def conv_workload(torch, stride):
     rng = np.random.default_rng(0)
     N, C, S, F = 128, 32, 32, 64
@@ -173,22 +195,11 @@ def conv_workload(torch, stride):
     layer = Conv2d(C, F, 3, stride=stride, padding=1, rng=minidl.default_rng(0))
     Ho = (S + 2 - 3) // stride + 1
     dout = rng.standard_normal((N, F, Ho, Ho)).astype(np.float32)  # (N, F, Ho, Wo)
-
-    def ours():
-        layer.forward(x)
-        layer.backward(dout)
-        layer.clear_cache()
-
-    xt = torch.from_numpy(x).requires_grad_(True)
     Wt = torch.from_numpy(minidl.to_numpy(layer.params["W"]).copy()).requires_grad_(True)
     bt = torch.from_numpy(minidl.to_numpy(layer.params["b"]).copy()).requires_grad_(True)
-    doutt = torch.from_numpy(dout)
-
-    def theirs():
-        out = torch.nn.functional.conv2d(xt, Wt, bt, stride=stride, padding=1)
-        out.backward(doutt)
-        xt.grad = Wt.grad = bt.grad = None
-
+    ours, theirs = layer_workload(
+        torch, layer, x, dout,
+        lambda xt: torch.nn.functional.conv2d(xt, Wt, bt, stride=stride, padding=1), (Wt, bt))
     return ours, theirs, 3 * 2 * dout.size * C * 9
 
 
@@ -196,42 +207,17 @@ def batchnorm_workload(torch):
     rng = np.random.default_rng(0)
     x = rng.standard_normal((128, 64, 32, 32)).astype(np.float32)  # (N, C, H, W)
     dout = rng.standard_normal(x.shape).astype(np.float32)
-    layer = BatchNorm2d(64)
-
-    def ours():
-        layer.forward(x)
-        layer.backward(dout)
-        layer.clear_cache()
-
-    xt = torch.from_numpy(x).requires_grad_(True)
     bn = torch.nn.BatchNorm2d(64)
-    doutt = torch.from_numpy(dout)
-
-    def theirs():
-        bn(xt).backward(doutt)
-        xt.grad = bn.weight.grad = bn.bias.grad = None
-
+    ours, theirs = layer_workload(torch, BatchNorm2d(64), x, dout, bn, (bn.weight, bn.bias))
     return ours, theirs, 0
 
 
 def maxpool_workload(torch):
     rng = np.random.default_rng(0)
     x = rng.standard_normal((128, 64, 32, 32)).astype(np.float32)  # (N, C, H, W)
-    dout = rng.standard_normal((128, 64, 16, 16)).astype(np.float32)
-    layer = MaxPool2d(2)
-
-    def ours():
-        layer.forward(x)
-        layer.backward(dout)
-        layer.clear_cache()
-
-    xt = torch.from_numpy(x).requires_grad_(True)
-    doutt = torch.from_numpy(dout)
-
-    def theirs():
-        torch.nn.functional.max_pool2d(xt, 2).backward(doutt)
-        xt.grad = None
-
+    dout = rng.standard_normal((128, 64, 16, 16)).astype(np.float32)  # (N, C, Ho, Wo)
+    ours, theirs = layer_workload(torch, MaxPool2d(2), x, dout,
+                                  lambda xt: torch.nn.functional.max_pool2d(xt, 2))
     return ours, theirs, 0
 
 
