@@ -231,8 +231,7 @@ class Conv2d(Layer):
             # orientation of the long-inner-dimension product faster (measured)
             dW2 = (self._columns(x[chunk]) @ dout_T.T).T  # (F, C kh kw)
             if dx is not None:
-                dcols = W2.T @ dout_T  # (C kh kw, n Ho Wc)
-                dx[chunk] = self._from_columns(dcols, x[chunk].shape, Ho, Wc)
+                dx[chunk] = self._dx_of_chunk(W2, dout_T, x[chunk].shape, Ho, Wc)
             return dW2, (dout_T.sum(axis=1) if bias else None)  # (F,): the wide zeros add 0
 
         partial_sums = parallel.map_pieces(chunk_of_sums, self._chunks(x), like=x)
@@ -243,6 +242,11 @@ class Conv2d(Layer):
             if bias:
                 db += db_part
         return dW2, db, dx
+
+    def _dx_of_chunk(self, W2, dout_T, x_shape, Ho, Wc):
+        """col2im(W2^T @ dout_T) for one chunk: dout_T (F, n Ho Wc) -> dx (n, C, H, W)."""
+        dcols = W2.T @ dout_T  # (C kh kw, F) @ (F, n Ho Wc) -> (C kh kw, n Ho Wc)
+        return self._from_columns(dcols, x_shape, Ho, Wc)
 
     def _col2im_route(self):
         """True when dx goes through col2im; False when ``_input_grad`` convolves."""
@@ -287,9 +291,8 @@ class Conv2d(Layer):
         per_example = W2.shape[1] * Ho * Wc  # values of one example's columns
 
         def chunk_of_dx(chunk):
-            dcols = W2.T @ self._wide_output_grad(dout, chunk, Wc)  # (C kh kw, n Ho Wc)
-            n = dx[chunk].shape[0]
-            dx[chunk] = self._from_columns(dcols, (n,) + tuple(x_shape[1:]), Ho, Wc)
+            dout_T = self._wide_output_grad(dout, chunk, Wc)  # (F, n Ho Wc)
+            dx[chunk] = self._dx_of_chunk(W2, dout_T, dx[chunk].shape, Ho, Wc)
 
         parallel.map_pieces(chunk_of_dx, self._batch_slices(x_shape[0], per_example, dout),
                             like=dout)
