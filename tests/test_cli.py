@@ -65,6 +65,12 @@ def test_train_help_lists_its_options(capsys):
     (["compare", "--methods", "sgd", "adam", "--precond-opt", "damping=0.1"],
      "--precond-opt ['damping']: none of the methods of this run (sgd, adam) has a "
      "preconditioner"),
+    # a negative seed named as the seed, before any data is read (not "--model mlp: ...",
+    # nor numpy's traceback once --limit draws the subset)
+    (["compare", "--methods", "sgd", "--seed", "-1"], "--seed must be an integer >= 0, got -1"),
+    (["compare", "--methods", "sgd", "--seed", "-1", "--limit", "10"],
+     "--seed must be an integer >= 0, got -1"),
+    (["train", "--seed", "-3", "--limit", "10"], "--seed must be an integer >= 0, got -3"),
 ])
 def test_bad_arguments_give_one_line_and_status_2(capsys, argv, expected):
     assert cli.main(argv) == 2

@@ -206,6 +206,8 @@ def check_common(args):
                         ("--limit", args.limit), ("--threads", args.threads)):
         if value is not None and value < 1:
             raise UsageError(f"{name} must be an integer >= 1, got {value}")
+    if args.seed < 0:  # numpy's generators take seeds >= 0 only
+        raise UsageError(f"--seed must be an integer >= 0, got {args.seed}")
     if any(h < 1 for h in args.hidden):
         raise UsageError(f"--hidden widths must be >= 1, got {args.hidden}")
     if args.data_dir is not None and not os.path.isdir(args.data_dir):
