@@ -216,6 +216,35 @@ def test_bad_numbers_are_usage_errors(capsys):
     assert "positive number of seconds" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("option, value", [
+    ("--timeout", "inf"),        # crashed after the notebook had run (OverflowError)
+    ("--timeout", "nan"),
+    ("--cell-timeout", "nan"),   # accepted, and no cell was ever stopped
+    ("--cell-timeout", "inf"),
+])
+def test_timeouts_that_are_not_finite_are_usage_errors(capsys, option, value):
+    with pytest.raises(SystemExit) as e:
+        main(["grade", "a.zip", "b.ipynb", option, value])
+    assert e.value.code == 2
+    assert f"expected a finite positive number of seconds, got '{value}'" in \
+        capsys.readouterr().err
+    with pytest.raises(SystemExit) as e:
+        main(["release", "assignments/01_mlp_backprop", "--out", "o", "--cell-timeout", value])
+    assert e.value.code == 2
+
+
+@pytest.mark.parametrize("value", [float("nan"), float("inf"), 0])
+def test_library_refuses_timeouts_that_are_not_finite(tmp_path, value):
+    from minidl.assign.grade import grade
+    from minidl.assign.release import release
+    with pytest.raises(AssignError, match="positive number of seconds"):
+        release(write_master(tmp_path, CONFIG + QUESTION), tmp_path / "out",
+                cell_timeout=value)
+    assert not (tmp_path / "out").exists()
+    with pytest.raises(AssignError, match="positive number of seconds"):
+        grade(tmp_path / "a.zip", tmp_path / "b.ipynb", tmp_path / "r.json", timeout=value)
+
+
 def test_python_dash_m_runs():
     out = subprocess.run([sys.executable, "-m", "minidl.assign", "--help"], cwd=ROOT,
                          capture_output=True, text=True, timeout=120)

@@ -16,7 +16,7 @@ same command; the ``minidl`` command forwards ``minidl assign ...`` here.
 import argparse
 import sys
 
-from .errors import AssignError, MissingExtraError
+from .errors import AssignError, MissingExtraError, is_seconds
 from .grade import DEFAULT_TIMEOUT, grade, summary
 from .guard import DEFAULT_CELL_TIMEOUT
 
@@ -35,8 +35,9 @@ def _positive(text):
         value = float(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected a number of seconds, got {text!r}")
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"expected a positive number of seconds, got {text!r}")
+    if not is_seconds(value):  # nan would disable the cell limit; inf crashes the timer
+        raise argparse.ArgumentTypeError(f"expected a finite positive number of seconds, got "
+                                         f"{text!r}")
     return value
 
 

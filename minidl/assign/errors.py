@@ -4,8 +4,9 @@ Both are raised before any work starts (nothing is written), and the command lin
 either into one line on stderr and exit status 2, as argparse does for its own errors.
 """
 import importlib
+import math
 
-__all__ = ["AssignError", "MissingExtraError", "require"]
+__all__ = ["AssignError", "MissingExtraError", "require", "is_seconds"]
 
 INSTALL_HINT = 'pip install "minidl[assign]"'
 
@@ -28,3 +29,13 @@ def require(module):
         raise MissingExtraError(
             f"minidl assign needs the package {module!r}, which is not installed ({e}); "
             f"install the assignment tools with: {INSTALL_HINT}") from None
+
+
+def is_seconds(value):
+    """Whether ``value`` can be a time limit: a finite number of seconds above 0 (NaN would
+    switch the per-cell alarm off, infinity overflows the timers)."""
+    try:
+        value = float(value)
+    except (TypeError, ValueError):
+        return False
+    return math.isfinite(value) and value > 0

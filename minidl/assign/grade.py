@@ -27,7 +27,7 @@ import sys
 import tempfile
 import zipfile
 
-from .errors import AssignError, require
+from .errors import AssignError, is_seconds, require
 from .guard import CELL_TIMEOUT_ENV
 from .kernel import kernel_of_this_python
 from .results import error_results, scores
@@ -102,9 +102,13 @@ def grade(zip_path, submission, results_path, timeout=DEFAULT_TIMEOUT, cell_time
         The results dict (``minidl.assign.results.scores(...)`` gives per-question points).
     """
     require("otter")
+    if not is_seconds(timeout):
+        raise AssignError(f"--timeout must be a finite positive number of seconds, got "
+                          f"{timeout!r}")
+    if cell_timeout is not None and not is_seconds(cell_timeout):
+        raise AssignError(f"--cell-timeout must be a finite positive number of seconds, got "
+                          f"{cell_timeout!r}")
     check_inputs(zip_path, submission, results_path)
-    if float(timeout) <= 0:
-        raise AssignError(f"--timeout must be a positive number of seconds, got {timeout!r}")
     results_path = pathlib.Path(results_path)
     with tempfile.TemporaryDirectory(prefix="minidl-grade-") as tmp:
         out = pathlib.Path(tmp) / "results.json"

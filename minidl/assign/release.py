@@ -33,7 +33,7 @@ import pathlib
 import shutil
 import tempfile
 
-from .errors import AssignError, require
+from .errors import AssignError, is_seconds, require
 from .guard import DEFAULT_CELL_TIMEOUT
 from .kernel import this_python_kernel
 from .leaks import find_leaks
@@ -161,8 +161,8 @@ def release(folder, out, run_tests=True, cell_timeout=DEFAULT_CELL_TIMEOUT, forc
     if existing and not force:
         raise AssignError(f"{' and '.join(existing)} already exist; choose another --out or "
                           "pass --force to replace them")
-    if float(cell_timeout) <= 0:
-        raise AssignError(f"cell_timeout must be a positive number of seconds, got "
+    if not is_seconds(cell_timeout):
+        raise AssignError(f"cell_timeout must be a finite positive number of seconds, got "
                           f"{cell_timeout!r}")
     with tempfile.TemporaryDirectory(prefix="minidl-release-") as tmp:
         stage = pathlib.Path(tmp) / "stage"
