@@ -198,6 +198,25 @@ def test_grade_refusals(tmp_path, capsys):
             "is a folder")
 
 
+def test_grade_refuses_a_results_path_it_would_lose_work_on(tmp_path, capsys):
+    # both were found out only after grading: -o SUBMISSION replaced the student's notebook
+    # with the JSON, -o under a file crashed with FileExistsError once the notebook had run
+    nb = tmp_path / "alice.ipynb"
+    text = json.dumps({"cells": [], "metadata": {}, "nbformat": 4, "nbformat_minor": 5})
+    nb.write_text(text)
+    with zipfile.ZipFile(tmp_path / "ag.zip", "w") as zf:
+        zf.writestr("otter_config.json", "{}")
+        zf.writestr("tests/q1.py", "OK_FORMAT = True\n")
+    ag = str(tmp_path / "ag.zip")
+    refusal(capsys, ["grade", ag, str(nb), "-o", str(nb)], "-o", "the submission")
+    refusal(capsys, ["grade", ag, str(nb), "-o", ag], "-o", "the autograder zip")
+    assert nb.read_text() == text and zipfile.is_zipfile(ag)
+    (tmp_path / "notes.txt").write_text("mine")
+    refusal(capsys, ["grade", ag, str(nb), "-o", str(tmp_path / "notes.txt" / "r.json")],
+            "notes.txt", "is a file, not a folder")
+    assert (tmp_path / "notes.txt").read_text() == "mine"
+
+
 def test_missing_otter_says_how_to_install(tmp_path, capsys, monkeypatch):
     folder = write_master(tmp_path, CONFIG + QUESTION)
     for name in ("otter", "otter.assign", "jupytext"):

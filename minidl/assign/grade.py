@@ -2,7 +2,8 @@
 
 The checks that refuse before any work starts: the zip exists and is an Otter autograder
 zip (``otter_config.json`` and ``tests/`` inside), the submission exists and is a Jupyter
-notebook that ``nbformat`` can read, the results path is not a folder.
+notebook that ``nbformat`` can read, the results path is not a folder, not the submission
+or the zip, and not under a file.
 
 Grading runs ``minidl.assign.runner`` in a child process of its own session. Inside it,
 Otter executes the notebook with the guard plugin of the release (a time limit per cell,
@@ -63,9 +64,22 @@ def check_inputs(zip_path, submission, results_path=None):
     except Exception as e:
         raise AssignError(f"'{submission}' is not a readable Jupyter notebook: "
                           f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}")
-    if results_path is not None and pathlib.Path(results_path).is_dir():
+    if results_path is None:
+        return
+    results = pathlib.Path(results_path)
+    if results.is_dir():
         raise AssignError(f"-o '{results_path}' is a folder; give a file name such as "
                           "results.json")
+    for path, what in ((submission, "the submission"), (zip_path, "the autograder zip")):
+        if results.resolve() == path.resolve():
+            raise AssignError(f"-o '{results_path}' is {what}, which the results would "
+                              "replace; give another file name such as results.json")
+    parent = results.resolve().parent
+    while not parent.exists():
+        parent = parent.parent
+    if not parent.is_dir():
+        raise AssignError(f"-o '{results_path}' cannot be written: '{parent}' is a file, "
+                          "not a folder")
 
 
 def _child_env(cell_timeout, home=None):
