@@ -174,6 +174,15 @@ def test_refuses_to_overwrite_a_release(tmp_path, capsys):
     assert (tmp_path / "out" / "student" / "keep.txt").read_text() == "mine"
 
 
+def test_release_refuses_an_out_folder_under_a_file(tmp_path, capsys):
+    # found only after Otter had run: NotADirectoryError from mkdir, with a traceback
+    folder = write_master(tmp_path, CONFIG + QUESTION)
+    (tmp_path / "notes.txt").write_text("mine")
+    refusal(capsys, ["release", str(folder), "--out", str(tmp_path / "notes.txt" / "a1")],
+            "notes.txt", "is a file, not a folder")
+    assert (tmp_path / "notes.txt").read_text() == "mine"
+
+
 def test_grade_refusals(tmp_path, capsys):
     nb = tmp_path / "sub.ipynb"
     nb.write_text(json.dumps({"cells": [], "metadata": {}, "nbformat": 4,

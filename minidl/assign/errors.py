@@ -5,8 +5,10 @@ either into one line on stderr and exit status 2, as argparse does for its own e
 """
 import importlib
 import math
+import pathlib
 
-__all__ = ["AssignError", "MissingExtraError", "require", "is_seconds"]
+__all__ = ["AssignError", "MissingExtraError", "require", "is_seconds",
+           "file_in_the_way"]
 
 INSTALL_HINT = 'pip install "minidl[assign]"'
 
@@ -39,3 +41,12 @@ def is_seconds(value):
     except (TypeError, ValueError):
         return False
     return math.isfinite(value) and value > 0
+
+
+def file_in_the_way(path):
+    """The nearest existing folder above ``path`` if it is a file (``path`` could never be
+    made), else None."""
+    parent = pathlib.Path(path).resolve().parent
+    while not parent.exists():
+        parent = parent.parent
+    return None if parent.is_dir() else parent

@@ -28,7 +28,7 @@ import sys
 import tempfile
 import zipfile
 
-from .errors import AssignError, is_seconds, require
+from .errors import AssignError, file_in_the_way, is_seconds, require
 from .guard import CELL_TIMEOUT_ENV
 from .kernel import kernel_of_this_python
 from .results import error_results, scores
@@ -74,11 +74,9 @@ def check_inputs(zip_path, submission, results_path=None):
         if results.resolve() == path.resolve():
             raise AssignError(f"-o '{results_path}' is {what}, which the results would "
                               "replace; give another file name such as results.json")
-    parent = results.resolve().parent
-    while not parent.exists():
-        parent = parent.parent
-    if not parent.is_dir():
-        raise AssignError(f"-o '{results_path}' cannot be written: '{parent}' is a file, "
+    blocker = file_in_the_way(results)
+    if blocker is not None:
+        raise AssignError(f"-o '{results_path}' cannot be written: '{blocker}' is a file, "
                           "not a folder")
 
 

@@ -33,7 +33,7 @@ import pathlib
 import shutil
 import tempfile
 
-from .errors import AssignError, is_seconds, require
+from .errors import AssignError, file_in_the_way, is_seconds, require
 from .guard import DEFAULT_CELL_TIMEOUT
 from .kernel import this_python_kernel
 from .leaks import find_leaks
@@ -156,6 +156,9 @@ def release(folder, out, run_tests=True, cell_timeout=DEFAULT_CELL_TIMEOUT, forc
     out = pathlib.Path(out)
     if out.exists() and not out.is_dir():
         raise AssignError(f"--out '{out}' exists and is not a folder")
+    blocker = file_in_the_way(out)
+    if blocker is not None:
+        raise AssignError(f"--out '{out}' cannot be made: '{blocker}' is a file, not a folder")
     targets = [out / "student", out / "autograder"]
     existing = [str(t) for t in targets if t.exists()]
     if existing and not force:
