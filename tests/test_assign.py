@@ -124,6 +124,17 @@ def test_readme_explains_release_grade_and_check():
         assert needle in text
 
 
+def test_readme_says_what_gradescope_shows_students():
+    # it promised hidden results "after release", but each question's entry (hidden tests'
+    # code included) is marked "hidden", which Gradescope never shows to students
+    from minidl.assign.release import _merge_config
+    text = " ".join((ROOT / "assignments" / "README.md").read_text().split())
+    assert "hidden ones after release" not in text
+    assert "Gradescope never shows to students" in text
+    generate = _merge_config({"name": "x"}, 60)["generate"]
+    assert generate is True or not generate.get("show_hidden")  # Otter's default: hidden
+
+
 # -- master checks ---------------------------------------------------------------------------
 def test_reads_a_good_master(tmp_path):
     from minidl.assign.master import read_master
