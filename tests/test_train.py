@@ -144,6 +144,26 @@ def test_bad_arguments_are_clear():
         train.fit(model, loss, opt, loader, metrics=("f1",))
 
 
+def test_a_one_shot_iterator_is_refused_before_training_when_epochs_need_it_again():
+    # a generator of batches trained epoch 1, then epoch 2 stopped with "the training
+    # loader gave no batches (is the data set smaller than one batch ...?)"
+    model, loss, opt, loader, val = setup()
+    before = {k: np.array(v) for k, v in model.state_dict().items()}
+
+    def batches():
+        return ((x, y) for x, y in loader)
+    with pytest.raises(ValueError, match="train_loader is a one-shot iterator"):
+        train.fit(model, loss, opt, batches(), epochs=2, log_every=0)
+    with pytest.raises(ValueError, match="val_loader is a one-shot iterator"):
+        train.fit(model, loss, opt, loader, epochs=2, val_loader=iter(list(val)), log_every=0)
+    after = model.state_dict()
+    assert all(np.array_equal(before[k], after[k]) for k in before)  # refused, not trained
+    h = train.fit(model, loss, opt, batches(), epochs=1, log_every=0)  # one pass is fine
+    assert len(h) == 1
+    h = train.fit(model, loss, opt, list(batches()), epochs=2, log_every=0)  # a list re-iterates
+    assert len(h) == 2
+
+
 def test_history_json_round_trip(tmp_path):
     model, loss, opt, loader, val = setup()
     h = train.fit(model, loss, opt, loader, epochs=2, val_loader=val, log_every=0,

@@ -6,6 +6,7 @@ The pieces around the loop each live in their own module of ``minidl.train``:
 failed factorisations found before they change anything) and ``modes`` (training and
 evaluation mode without undoing a layer the user froze).
 """
+import collections.abc
 import dataclasses
 import time
 
@@ -128,7 +129,9 @@ def fit(model, loss, optimizer, train_loader, epochs=1, precond=None, val_loader
         loss: the loss object, e.g. ``SoftmaxCrossEntropy()``.
         optimizer: a ``minidl.optim`` optimizer built from ``model``.
         train_loader: iterable of (x, y) mini-batches on the active device, re-iterated
-            every epoch (a ``minidl.data.DataLoader`` reshuffles with its own ``rng``).
+            every epoch (a ``minidl.data.DataLoader`` reshuffles with its own ``rng``; a
+            one-shot iterator such as a generator is refused when more than one epoch
+            would read it).
         epochs: the total number of epochs (a resumed run counts the finished ones).
         precond: a ``minidl.precond`` preconditioner, or None.
         val_loader: batches evaluated after every epoch, or None.
@@ -169,6 +172,7 @@ def fit(model, loss, optimizer, train_loader, epochs=1, precond=None, val_loader
     history, done = History(meta), 0
     if resume is not None:
         history, done = resume_run(resume, model, optimizer, precond, rngs, best)
+    _check_reiterable(train_loader, val_loader, int(epochs) - done)
     _describe(history, model, optimizer, precond)
     wall_start = time.perf_counter() - history.last.get("wall", 0.0)
     for epoch in range(done + 1, int(epochs) + 1):
@@ -218,6 +222,19 @@ def _check_arguments(epochs, early_stopping, log_every, checkpoint):
     if checkpoint is not None:
         from ..checkpoint import check_writable
         check_writable(checkpoint)  # fail now, not after the first epoch
+
+
+def _check_reiterable(train_loader, val_loader, epochs_to_run):
+    """Refuse a one-shot iterator (a generator, ``zip(...)``, ``iter(list)``) that more than
+    one epoch would read: the second epoch would find it used up."""
+    if epochs_to_run < 2:
+        return
+    for name, loader in (("train_loader", train_loader), ("val_loader", val_loader)):
+        if isinstance(loader, collections.abc.Iterator):
+            raise ValueError(f"fit: {name} is a one-shot iterator ({type(loader).__name__}), "
+                             f"used up after one epoch, but {epochs_to_run} epochs would "
+                             "read it; pass a minidl.data.DataLoader or a list of (x, y) "
+                             "batches")
 
 
 def _describe(history, model, optimizer, precond):
