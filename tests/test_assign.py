@@ -284,6 +284,14 @@ def test_library_refuses_timeouts_that_are_not_finite(tmp_path, value):
         grade(tmp_path / "a.zip", tmp_path / "b.ipynb", tmp_path / "r.json", timeout=value)
 
 
+def test_no_subcommand_names_release_and_grade(capsys):
+    # it said "the following arguments are required: command"
+    with pytest.raises(SystemExit) as e:
+        main([])
+    assert e.value.code == 2
+    assert "{release,grade}" in capsys.readouterr().err
+
+
 def test_python_dash_m_runs():
     out = subprocess.run([sys.executable, "-m", "minidl.assign", "--help"], cwd=ROOT,
                          capture_output=True, text=True, timeout=120)

@@ -44,7 +44,8 @@ def _positive(text):
 def build_parser(prog="minidl assign"):
     parser = _Parser(prog=prog, description="Release and grade minidl's Otter-Grader "
                      "assignments (see assignments/README.md).")
-    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser,
+                                metavar="{release,grade}")
     rel = sub.add_parser("release", help="master -> OUT/student and OUT/autograder")
     rel.add_argument("assignment", help="the assignment folder, e.g. assignments/01_mlp_backprop")
     rel.add_argument("--out", required=True, help="output folder (gets student/ and autograder/)")
