@@ -110,10 +110,13 @@ def _float64_contiguous(x, fn):
     if x.dtype.name != "float64":
         raise TypeError(f"{fn} needs a float64 array, got {x.dtype}; "
                         "in float32 central differences are accurate to ~3 digits only")
-    flat = x.reshape(-1)
-    if flat.base is None and x.size > 1 and not x.flags.c_contiguous:
-        raise ValueError(f"{fn} needs a C-contiguous array")
-    return flat
+    if x.size > 1 and not x.flags.c_contiguous:
+        # reshape(-1) would be a copy: perturbing it would leave x, and f, unchanged and
+        # every derivative would come out 0
+        raise ValueError(f"{fn} needs a C-contiguous array (it perturbs x in place); got "
+                         "a Fortran-ordered or strided one: pass xp.ascontiguousarray(x) "
+                         "and let f read that array")
+    return x.reshape(-1)
 
 
 def numerical_gradient(f, x, eps=1e-6):
@@ -128,6 +131,11 @@ def numerical_gradient(f, x, eps=1e-6):
 
     Returns:
         Array of the shape of ``x`` holding df/dx.
+
+    Raises:
+        TypeError: ``x`` is not float64.
+        ValueError: ``x`` is not C-contiguous (Fortran-ordered, a transpose or a strided
+            slice): it could not be perturbed in place through a flat view.
     """
     return _numerical_gradients(lambda: [f()], x, eps)[0]
 
@@ -332,7 +340,8 @@ def _compare(name, f, x, analytics, eps, rtol, atol, what):
 
 
 def _float64_copy(a):
-    return backend.array_module(a).array(a, dtype="float64")
+    """A C-ordered float64 copy (central differences perturb it in place, element by element)."""
+    return backend.array_module(a).array(a, dtype="float64", order="C")
 
 
 @contextlib.contextmanager

@@ -243,3 +243,44 @@ def test_check_rng_never_repeats_default_rng():
     np.testing.assert_array_equal(check_rng(3).standard_normal(5), check_rng(3).standard_normal(5))
     with pytest.raises(ValueError, match="non-negative integer seed"):
         check_rng(-1)
+
+
+# -- parameters and inputs stored in Fortran order (np.linalg.qr's output, a transpose) ----------
+class ZeroWeightGradient(Linear):
+    """dW = 0: the weight gradient never computed."""
+
+    def backward(self, dout):
+        dx = super().backward(dout)
+        self.grads["W"] = np.zeros_like(self.params["W"])
+        return dx
+
+
+def _fortran_weight(layer):
+    layer.params["W"] = np.asfortranarray(layer.params["W"])
+    assert not layer.params["W"].flags.c_contiguous
+    return layer
+
+
+def test_a_fortran_ordered_weight_is_checked_like_any_other():
+    x = minidl.default_rng(0).standard_normal((5, 4))
+    right = _fortran_weight(Linear(4, 3, rng=minidl.default_rng(1)))
+    assert check_layer(right, x).ok
+    assert not check_layer(_fortran_weight(ZeroWeightGradient(4, 3, rng=minidl.default_rng(1))),
+                           x).ok
+    assert check_model(Sequential(_fortran_weight(Linear(4, 3, rng=minidl.default_rng(1)))),
+                       SoftmaxCrossEntropy(), x, np.array([0, 1, 2, 0, 1])).ok
+    # an orthogonal initialiser goes through QR, whose factors are Fortran-ordered
+    assert check_layer(Linear(4, 3, rng=minidl.default_rng(1), init="orthogonal"), x).ok
+
+
+def test_numerical_gradient_of_an_array_it_cannot_perturb_in_place_is_refused():
+    from minidl.gradcheck import numerical_gradient
+    W = np.asfortranarray(minidl.default_rng(0).standard_normal((3, 3)))
+    with pytest.raises(ValueError, match="C-contiguous"):
+        numerical_gradient(lambda: float((W ** 2).sum()), W)
+    V = minidl.default_rng(0).standard_normal((3, 4))[:, :2]
+    with pytest.raises(ValueError, match="C-contiguous"):
+        numerical_gradient(lambda: float((V ** 2).sum()), V)
+    C = minidl.default_rng(0).standard_normal((3, 3))  # the ordinary case: 2 W exactly
+    np.testing.assert_allclose(numerical_gradient(lambda: float((C ** 2).sum()), C), 2 * C,
+                               rtol=1e-7, atol=1e-8)
