@@ -284,3 +284,36 @@ def test_numerical_gradient_of_an_array_it_cannot_perturb_in_place_is_refused():
     C = minidl.default_rng(0).standard_normal((3, 3))  # the ordinary case: 2 W exactly
     np.testing.assert_allclose(numerical_gradient(lambda: float((C ** 2).sum()), C), 2 * C,
                                rtol=1e-7, atol=1e-8)
+
+
+# -- a backward that writes into the dout it is given ------------------------------------------
+class Triple(Layer):
+    """out = 3 x, with a backward that scales dout in place."""
+
+    def forward(self, x):
+        self.cache["x"] = x
+        return 3 * x
+
+    def backward(self, dout):
+        dout *= 3  # in place: the caller's array changes
+        return dout
+
+
+class TripleTwice(Triple):
+    """The factor 3 applied twice: dx = 9 dout, once of it in place."""
+
+    def backward(self, dout):
+        return super().backward(dout) * 3
+
+
+def test_a_backward_that_scales_dout_in_place_is_judged_on_its_return_value():
+    x = minidl.default_rng(0).standard_normal((4, 3))
+    assert check_layer(Triple(), x).ok  # dx = 3 dout is right, in place or not
+    wrong = check_layer(TripleTwice(), x)
+    assert not wrong.ok and not wrong["x"].ok
+    # the numeric side saw the dout that was drawn: 3 times it, where 9 times came back
+    assert abs(wrong["x"].worst_analytic - 3 * wrong["x"].worst_numeric) < 1e-6
+    dout = minidl.default_rng(1).standard_normal((4, 3))
+    kept = dout.copy()
+    assert not check_layer(TripleTwice(), x, dout=dout).ok
+    np.testing.assert_array_equal(dout, kept)  # the caller's dout is left as it was
