@@ -122,6 +122,26 @@ def test_build_takes_every_constructor_keyword_and_refuses_others(rng):
         methods.build("kfac", model, loss, precond_kw={"lr": 0.1})
 
 
+
+@pytest.mark.parametrize("cls", [KFAC, MBF, KFLR, KFRA])
+@pytest.mark.parametrize("lr", [-0.01, 0.0, float("nan"), float("inf"), "0.01", True],
+                         ids=["negative", "zero", "nan", "inf", "string", "bool"])
+def test_a_learning_rate_that_is_not_a_positive_number_is_refused(rng, cls, lr):
+    # lr enters the step bound squared, so a negative one would pass unnoticed there, and
+    # flip the sign of the Levenberg-Marquardt quadratic model
+    model, loss = mlp(rng), SoftmaxCrossEntropy()
+    with pytest.raises(ValueError, match="lr"):
+        cls(model, loss=loss, lr=lr) if cls is not MBF else cls(model, lr=lr)
+
+
+@pytest.mark.parametrize("cls", [KFAC, MBF, KFLR, KFRA])
+def test_a_learning_rate_may_be_a_number_or_an_optimizer(rng, cls):
+    model, loss = mlp(rng), SoftmaxCrossEntropy()
+    opt = SGD(model, lr=0.1)
+    for lr in (0.1, 1, np.float32(0.5), opt):
+        pre = cls(model, loss=loss, lr=lr) if cls is not MBF else cls(model, lr=lr)
+        assert pre.lr is lr or pre.lr == lr
+
 # -- Levenberg-Marquardt damping and Botev's rescaling -----------------------------------
 @pytest.mark.parametrize("lr", [0.05, 30.0], ids=["small-step", "huge-step"])
 def test_levenberg_marquardt_rule_against_the_dense_quadratic(rng, lr):

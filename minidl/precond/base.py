@@ -45,7 +45,7 @@ from ..curvature.products import preserved_state
 from ..errors import NonFiniteError
 from ..optim.base import check_number
 
-__all__ = ["Preconditioner", "CoverageWarning", "check_number", "check_period",
+__all__ = ["Preconditioner", "CoverageWarning", "check_number", "check_period", "check_lr",
            "sampled_backward", "kl_clip_factor", "warn_if_kl_clip_has_no_lr", "current_lr"]
 
 
@@ -87,6 +87,19 @@ def check_finite_array(owner, where, a):
                              f"in an array of shape {tuple(a.shape)}; the preconditioner's "
                              "statistics were left unchanged (the run has diverged: lower "
                              "the learning rate or raise the damping)")
+
+
+def check_lr(owner, lr):
+    """``lr`` when it is None, an optimizer (anything with an ``lr``) or a number > 0.
+
+    The step bounds use lr squared, so a negative rate would otherwise pass unnoticed
+    there (and flip the sign of the Levenberg-Marquardt model); a ValueError says so.
+    """
+    if lr is None or hasattr(lr, "lr"):
+        return lr
+    check_number(owner, "lr", lr, low=0.0, low_open=True,
+                 allowed="(0, inf), an optimizer (its lr is read at every step) or None")
+    return lr
 
 
 def current_lr(lr):

@@ -65,7 +65,8 @@ import warnings
 
 from .. import backend
 from ..curvature.products import preserved_state
-from .base import (Preconditioner, check_choice, check_number, check_period, current_lr)
+from .base import (Preconditioner, check_choice, check_lr, check_number, check_period,
+                   current_lr)
 from .linalg import (damped_inverse, damped_kron_solve, kron_solve_factored, pi_damping,
                      sym_eig)
 
@@ -224,7 +225,7 @@ class KroneckerFactored(Preconditioner):
         self.rescale = bool(rescale)
         self.adapt_damping = bool(adapt_damping)
         self.adapt_every = check_period(name, "adapt_every", adapt_every)
-        self.lr = lr
+        self.lr = check_lr(name, lr)
         if self.adapt_damping and lr is None:
             raise ValueError(f"{name}(adapt_damping=True) compares the loss after the step "
                              "-lr d with its quadratic model and needs the learning rate: "

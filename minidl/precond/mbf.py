@@ -97,8 +97,8 @@ layer: memory F C k^4, inversion O(F C k^6).
 """
 from .. import backend
 from ..layers.batchnorm import Normalization
-from .base import (Preconditioner, check_choice, check_number, current_lr, kl_clip_factor,
-                   sampled_backward, warn_if_kl_clip_has_no_lr)
+from .base import (Preconditioner, check_choice, check_lr, check_number, current_lr,
+                   kl_clip_factor, sampled_backward, warn_if_kl_clip_has_no_lr)
 
 __all__ = ["MBF"]
 
@@ -160,7 +160,7 @@ class MBF(Preconditioner):
         if fisher == "true" and loss is None:
             raise ValueError("MBF(fisher='true') samples labels from the model and needs the "
                              "loss object: pass loss=crit")
-        self.loss, self.lr = loss, lr
+        self.loss, self.lr = loss, check_lr("MBF", lr)
         self.rng = rng if rng is not None else backend.default_rng()
         super().__init__(model, T1=T1, T2=T2, warn=warn)
         warn_if_kl_clip_has_no_lr("MBF", self.kl_clip, lr)
