@@ -137,3 +137,17 @@ def test_on_each_backend(on_backend):
     bad[1, 0] = float("nan")
     with pytest.warns(NonFiniteWarning, match=r"row\(s\) \[1\]"):
         loss.forward(model.forward(bad), t)
+
+
+def _small_problem():
+    rng = minidl.default_rng(0)
+    model = Sequential(Linear(3, 2, rng=rng), Tanh(), Linear(2, 2, rng=rng))
+    return model, SoftmaxCrossEntropy(), rng.standard_normal((4, 3)), rng.integers(0, 2, 4)
+
+
+@pytest.mark.parametrize("samples", [2.5, "3", 0, -1, True])
+def test_true_fisher_refuses_a_sample_count_that_is_not_a_positive_integer(samples):
+    model, loss, x, y = _small_problem()
+    with pytest.raises(ValueError, match="samples"):
+        C.true_fisher(model, loss, x, y, minidl.default_rng(1), samples=samples)
+

@@ -130,18 +130,24 @@ def true_fisher(model, loss, x, target, rng, samples=100, method="auto"):
         x: input batch, shape (N, ...).
         target: data targets; used only to run ``loss.forward`` before sampling.
         rng: an explicit generator (``minidl.default_rng(seed)``).
-        samples: number S of sampled target sets.
+        samples: number S of sampled target sets, a positive integer.
         method: how per-example gradients are computed (``per_example_grads``).
 
     Returns:
         F of shape (P, P). Its expectation equals the GGN for cross-entropy with "mean"
         (see the module doc for the other cases).
+
+    Raises:
+        TypeError: ``rng`` is not a generator.
+        ValueError: ``samples`` is not a positive integer, or a layer couples the
+            examples (train-mode BatchNorm).
     """
     if rng is None or not hasattr(rng, "random"):
         raise TypeError(f"true_fisher needs an explicit generator, e.g. "
                         f"minidl.default_rng(0); got {rng!r}")
-    if int(samples) < 1:
-        raise ValueError(f"true_fisher: samples must be at least 1, got {samples}")
+    if isinstance(samples, bool) or not hasattr(samples, "__index__") or int(samples) < 1:
+        # int() would have turned 2.5 into 2 and "3" into 3 without a word
+        raise ValueError(f"true_fisher: samples must be a positive integer, got {samples!r}")
     check_per_example_ok(model, "true_fisher")
     xp = flat.param_module(model)
     with preserved_state(model, loss):
