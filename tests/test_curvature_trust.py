@@ -151,3 +151,16 @@ def test_true_fisher_refuses_a_sample_count_that_is_not_a_positive_integer(sampl
     with pytest.raises(ValueError, match="samples"):
         C.true_fisher(model, loss, x, y, minidl.default_rng(1), samples=samples)
 
+
+@pytest.mark.parametrize("damping", [-1.0, float("nan"), float("inf"), "0.1"])
+def test_condition_number_refuses_a_damping_that_is_not_a_number_at_least_zero(damping):
+    model, loss, x, y = _small_problem()
+    with pytest.raises(ValueError, match="damping"):
+        C.condition_number(model, loss, x, y, minidl.default_rng(1), damping=damping)
+
+
+def test_condition_number_with_damping_is_that_of_the_damped_dense_ggn():
+    model, loss, x, y = _small_problem()
+    eig = np.linalg.eigvalsh(C.ggn(model, loss, x, y)) + 0.5
+    assert C.condition_number(model, loss, x, y, minidl.default_rng(1), damping=0.5) == \
+        pytest.approx(eig[-1] / eig[0], rel=1e-8)

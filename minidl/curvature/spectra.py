@@ -41,6 +41,7 @@ Results carry ``residuals`` and ``converged``; a result that did not converge al
 raises a ``NotConvergedWarning`` saying what to change.
 """
 import math
+import numbers
 import warnings
 
 from .. import backend
@@ -304,11 +305,18 @@ def condition_number(model, loss, x, target, rng, steps=None, curvature="ggn",
         steps: Lanczos steps; the default P finds the true extremes of a small model,
             fewer give an estimate (lambda_min converges more slowly than lambda_max).
         curvature: ``"ggn"`` (default, positive semi-definite) or ``"hessian"``.
-        damping: added to every eigenvalue (A + damping I).
+        damping: added to every eigenvalue (A + damping I), a number >= 0.
 
     Returns:
         A float >= 1, or ``inf``.
+
+    Raises:
+        ValueError: ``damping`` is negative, not finite or not a number.
     """
+    if isinstance(damping, bool) or not isinstance(damping, numbers.Real) \
+            or not 0.0 <= float(damping) < math.inf:
+        raise ValueError(f"condition_number: damping must be a number in [0, inf), got "
+                         f"{damping!r}")
     lo, hi = extreme_eigenvalues(model, loss, x, target, rng, steps=steps,
                                  curvature=curvature)
     lo, hi = lo + float(damping), hi + float(damping)
