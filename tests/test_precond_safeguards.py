@@ -79,6 +79,22 @@ def test_a_failing_inverse_is_reported_as_non_finite(rng, monkeypatch):
         p.guarded_inverse(0, p.layers[0])
 
 
+
+def test_a_statistic_that_overflows_is_not_said_to_be_unchanged(rng):
+    # finite float32 inputs of 1e20 pass the data check, but A = x^T x / N overflows
+    minidl.set_default_dtype("float32")
+    model, loss = mlp(rng), SoftmaxCrossEntropy()
+    x = np.full((5, 3), 1e20, dtype="float32")
+    with np.errstate(all="ignore"):
+        forward_backward(model, loss, x, rng.integers(0, 3, 5))
+    p = KFAC(model, loss=loss, T1=1, T2=1, kl_clip=None)
+    with np.errstate(all="ignore"), pytest.raises(NonFiniteError) as info:
+        p.step()
+    assert not np.isfinite(p.state[0]["A"]).all()  # the statistic did change
+    message = str(info.value)
+    assert "statistic 'A'" in message and "left unchanged" not in message
+    assert "overflow" in message  # what happened, not what did not
+
 # -- K-FAC: identity start, KL clipping on when built by name ----------------------------
 def test_kfac_factors_start_from_the_identity(rng):
     model, loss = mlp(rng), SoftmaxCrossEntropy()

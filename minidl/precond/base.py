@@ -78,15 +78,21 @@ def all_finite(a):
     return bool(xp.isfinite(a).all())  # a finite array whose sum overflowed
 
 
-def check_finite_array(owner, where, a):
-    """Raise ``NonFiniteError`` naming ``where`` when ``a`` holds NaN or infinity."""
+def check_finite_array(owner, where, a, unchanged=True):
+    """Raise ``NonFiniteError`` naming ``where`` when ``a`` holds NaN or infinity.
+
+    ``unchanged``: the check runs before the statistics are touched (the message says
+    they were left unchanged); False for a statistic itself, after its update.
+    """
     if not all_finite(a):
         xp = backend.array_module(a)
         bad = int((~xp.isfinite(a)).sum())
+        state = ("the preconditioner's statistics were left unchanged" if unchanged else
+                 "the statistic itself is not finite (finite inputs too large for its "
+                 "dtype overflow in its update), so this preconditioner cannot go on")
         raise NonFiniteError(f"{owner}: {where} holds {bad} non-finite value(s) (NaN or inf) "
-                             f"in an array of shape {tuple(a.shape)}; the preconditioner's "
-                             "statistics were left unchanged (the run has diverged: lower "
-                             "the learning rate or raise the damping)")
+                             f"in an array of shape {tuple(a.shape)}; {state} (the run has "
+                             "diverged: lower the learning rate or raise the damping)")
 
 
 def check_lr(owner, lr):
@@ -283,7 +289,8 @@ class Preconditioner:
         owner = f"{type(self).__name__}.step()"
         for key, value in self.state[i].items():
             if backend.is_array(value) and value.dtype.kind == "f":
-                check_finite_array(owner, f"layer {self.names[i]}: statistic {key!r}", value)
+                check_finite_array(owner, f"layer {self.names[i]}: statistic {key!r}", value,
+                                   unchanged=False)
         try:
             self.update_inverse(i, layer, step)
         except Exception as err:  # numpy/cupy LinAlgError ("Eigenvalues did not converge")
