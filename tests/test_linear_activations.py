@@ -146,3 +146,39 @@ def test_flat_parameter_order_and_modes(rng):
     assert all(leaf.training for leaf in model.leaves())
     with pytest.raises(TypeError, match="Sequential expects Layer objects"):
         Sequential(Linear(2, 2, rng=rng), "relu")
+
+
+# every value where a sign select could go wrong: infinities, NaN, signed zeros, underflow
+EXTREMES = [-np.inf, -1e4, -100.0, -88.0, -20.0, -1.0, -1e-30, -0.0, 0.0, 1e-30, 1.0, 20.0,
+            88.0, 100.0, 1e4, np.inf, np.nan]
+
+
+@pytest.mark.parametrize("dtype", ["float64", "float32"])
+@pytest.mark.parametrize("name", ["sigmoid", "leaky 0.2", "leaky 0", "leaky -0.5", "leaky 1.5"])
+def test_branch_free_activations_match_torch_and_the_select_at_extremes(name, dtype, rng):
+    """Sigmoid and LeakyReLU compute the sign select without ``where`` (faster): the same
+    numbers as the select itself (the plain definition, written here) and as PyTorch, at
+    +-inf, NaN, +-0, underflow and for slopes outside (0, 1)."""
+    torch = torch_or_skip()
+    x = np.concatenate([EXTREMES, 30 * rng.standard_normal(200)]).astype(dtype)  # (217,)
+    dout = rng.standard_normal(x.shape).astype(dtype)
+    if name == "sigmoid":
+        layer, theirs = Sigmoid(), torch.sigmoid
+        e = np.exp(-np.abs(x))
+        select = np.where(x >= 0, 1 / (1 + e), e / (1 + e))
+    else:
+        a = float(name.split()[1])
+        layer, theirs = LeakyReLU(a), lambda t: torch.nn.functional.leaky_relu(t, a)
+        with np.errstate(invalid="ignore"):  # slope 0 at -inf: 0 * -inf is NaN, as in torch
+            select = np.where(x > 0, x, a * x)
+    with np.errstate(invalid="ignore"):
+        out = layer.forward(x)
+        dx = layer.backward(dout)
+    assert out.dtype == dx.dtype == np.dtype(dtype)
+    np.testing.assert_array_equal(out, select.astype(dtype))
+    tx = torch.from_numpy(x).requires_grad_()
+    tout = theirs(tx)
+    tout.backward(torch.from_numpy(dout))
+    tol = {"float64": 1e-15, "float32": 1e-6}[dtype]
+    np.testing.assert_allclose(out, tout.detach().numpy(), rtol=tol, atol=tol)
+    np.testing.assert_allclose(dx, tx.grad.numpy(), rtol=tol, atol=tol)

@@ -142,3 +142,26 @@ def test_bad_targets_get_clear_errors():
 def test_numerical_gradient_requires_float64():
     with pytest.raises(TypeError, match="float64"):
         numerical_gradient(lambda: 0.0, np.zeros(3, dtype=np.float32))
+
+
+@pytest.mark.parametrize("dtype", ["float64", "float32"])
+@pytest.mark.parametrize("reduction", ["mean", "sum"])
+def test_bce_matches_torch_at_extreme_logits(dtype, reduction, rng):
+    """BCEWithLogits's branch-free sigmoid and log term against PyTorch at logits of
+    +-1e4, +-100, +-88 (exp under/overflow in float32), +-0 and random ones, for targets
+    0, 1 and in between."""
+    torch = torch_or_skip()
+    extremes = [-1e4, -100.0, -88.0, -20.0, -1e-30, -0.0, 0.0, 1e-30, 20.0, 88.0, 100.0, 1e4]
+    logits = np.concatenate([np.repeat(extremes, 3), 20 * rng.standard_normal(64)])
+    target = np.concatenate([np.tile([0.0, 0.3, 1.0], len(extremes)), rng.random(64)])
+    logits, target = logits.astype(dtype)[None], target.astype(dtype)[None]  # (1, 100)
+    loss = BCEWithLogits(reduction)
+    value = loss.forward(logits, target)
+    grad = loss.backward()
+    tl = torch.from_numpy(logits).requires_grad_()
+    tv = torch.nn.functional.binary_cross_entropy_with_logits(
+        tl, torch.from_numpy(target), reduction=reduction)
+    tv.backward()
+    tol = {"float64": 1e-12, "float32": 1e-5}[dtype]
+    np.testing.assert_allclose(value, tv.item(), rtol=tol)
+    np.testing.assert_allclose(grad, tl.grad.numpy(), rtol=tol, atol=tol * 1e-3)

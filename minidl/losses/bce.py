@@ -36,15 +36,15 @@ class BCEWithLogits(Loss):
                              f"[{float(y.min())}, {float(y.max())}]")
         x = logits
         # e = exp(-|x|) never overflows; it gives both the sigmoid and the log term:
-        # s = r = 1 / (1 + e) for x >= 0 and e r = e / (1 + e) for x < 0 (Sigmoid.f's
-        # formula, equal up to rounding), and log(1 + exp(-|x|)) = log1p(e)
+        # s = 1 / (1 + e) for x >= 0 and e / (1 + e) for x < 0 (Sigmoid.f's formula, with
+        # the numerator max(e, [x >= 0]) taken without a branch per element), and
+        # log(1 + exp(-|x|)) = log1p(e)
         e = xp.exp(-xp.abs(x))  # same shape as x
-        r = 1 / (1 + e)
-        s = xp.where(x >= 0, r, e * r).astype(x.dtype, copy=False)  # sigmoid(x)
+        s = (xp.maximum(e, x >= 0) / (1 + e)).astype(x.dtype, copy=False)  # sigmoid(x)
         self.cache = {"s": s, "y": y, "c": c, "logits": x}
         l = xp.maximum(x, 0)  # same shape as x
         l -= x * y
-        l += xp.log1p(e)
+        l += xp.log1p(e, out=e)  # e is not needed any more
         return self._finish(float(l.sum()) * c, logits, target)
 
     def backward(self):
