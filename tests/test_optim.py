@@ -594,3 +594,78 @@ def test_a_loaded_state_is_a_copy_the_caller_keeps_unchanged():
     opt2.step()
     for k, v in saved.items():
         assert np.array_equal(np.asarray(v), before[k]), k
+
+
+# -- parameters updated side by side ------------------------------------------------------
+@pytest.mark.parametrize("case", CASES, ids=[c[0] for c in CASES])
+def test_updates_in_threads_equal_the_loop_to_the_last_bit(case, monkeypatch):
+    """With two threads allowed, minidl's own optimizers update the parameters in threads
+    (``Optimizer._updates_in_threads``): the same bits as one parameter after the other."""
+    import threadpoolctl
+    from minidl import parallel
+    _, cls, kw, _, _ = case
+    crit = MSELoss()
+    results, pieces_seen = [], []
+    real_map = parallel.map_pieces
+
+    def spy(work, pieces, like=None):
+        pieces_seen.append((len(list(pieces)), parallel.workers(like)))
+        return real_map(work, pieces, like=like)
+
+    monkeypatch.setattr(parallel, "map_pieces", spy)
+    for threads in (1, 2):
+        model = make_mlp()
+        opt = cls(model, **kw)
+        for x, y in make_batches(steps=5):
+            with threadpoolctl.threadpool_limits(1):  # the same gradients on both runs
+                out = model.forward(backend.asarray(x))
+                crit.forward(out, backend.asarray(y, dtype=out.dtype))
+                model.backward(crit.backward())
+            with threadpoolctl.threadpool_limits(threads):
+                opt.step()
+        results.append((host_params(model), opt.state_dict()))
+    assert (4, 2) in pieces_seen, "the two-thread run did not update its 4 parameters in threads"
+    (p1, s1), (p2, s2) = results
+    for name in p1:
+        np.testing.assert_array_equal(p1[name], p2[name])
+    assert s1.keys() == s2.keys()
+    for key in s1:
+        np.testing.assert_array_equal(s1[key], s2[key])
+
+
+def test_an_optimizer_of_your_own_updates_one_parameter_after_the_other():
+    """A subclass (a student's, say) may share state between parameters in ``update``: it
+    gets the plain loop, in the order of ``model.parameters()``, also with threads."""
+    import threadpoolctl
+
+    class Counting(SGD):
+        def update(self, theta, g, s):
+            self.order.append(theta.shape)  # shared between parameters: not thread-safe
+            super().update(theta, g, s)
+
+    model = make_mlp()
+    opt = Counting(model, lr=0.1)
+    opt.order = []
+    assert not opt._updates_in_threads() and SGD(model, lr=0.1)._updates_in_threads()
+    with threadpoolctl.threadpool_limits(2):
+        minidl_step(model, MSELoss(), opt, *make_batches(steps=1)[0])
+    assert opt.order == [tuple(layer.params[key].shape) for _, layer, key in model.parameters()]
+
+
+def test_a_bad_gradient_changes_nothing_not_even_earlier_parameters():
+    """The shape and device checks run over every parameter before any is updated."""
+    model = make_mlp()
+    opt = Adam(model, lr=0.1)
+    x, y = make_batches(steps=1)[0]
+    out = model.forward(backend.asarray(x))
+    crit = MSELoss()
+    crit.forward(out, backend.asarray(y, dtype=out.dtype))
+    model.backward(crit.backward())
+    before = host_params(model)
+    model[2].grads["b"] = np.zeros(7)  # the last parameter's gradient has the wrong shape
+    with pytest.raises(ValueError, match="2.b"):
+        opt.step()
+    after = host_params(model)
+    for name in before:
+        np.testing.assert_array_equal(before[name], after[name])
+    assert opt.t == 0 and opt.state == {}

@@ -26,7 +26,7 @@ device of each parameter.
 import math
 import numbers
 
-from .. import backend
+from .. import backend, parallel
 
 __all__ = ["Optimizer", "check_number"]
 
@@ -130,8 +130,8 @@ class Optimizer:
                 f"'{name}', has none in its layer's grads), so this step would change "
                 "nothing. Run the backward pass first: out = model.forward(x); "
                 "loss.forward(out, y); model.backward(loss.backward()); then opt.step()")
-        self.t += 1
-        for name, layer, key in self.param_list:
+        todo = []  # [(name, theta, g)] of the parameters that have a gradient
+        for name, layer, key in self.param_list:  # every check before anything changes
             if key not in layer.grads:
                 continue
             theta, g = layer.params[key], layer.grads[key]
@@ -139,11 +139,33 @@ class Optimizer:
                 raise ValueError(f"{type(self).__name__}.step(): gradient of {name} has shape "
                                  f"{tuple(g.shape)}, the parameter {tuple(theta.shape)}")
             backend.check_same_device(f"{type(self).__name__}.step() on {name}", theta, g)
+            todo.append((name, theta, g))
+        self.t += 1
+        for name, theta, _ in todo:
             if name not in self.state:
                 self.state[name] = dict(self.init_state(theta), step=0)
-            s = self.state[name]
-            s["step"] += 1
-            self.update(theta, g, s)
+            self.state[name]["step"] += 1
+
+        def update_one(item):
+            name, theta, g = item
+            self.update(theta, g, self.state[name])
+
+        if self._updates_in_threads():
+            # each parameter's update touches only its own theta and state, so the
+            # parameters can go to threads (largest first, to share the work evenly); the
+            # numbers are the same as in the loop, to the last bit
+            by_size = sorted(todo, key=lambda item: -item[1].size)
+            parallel.map_pieces(update_one, by_size, like=todo[0][1])
+        else:
+            for item in todo:
+                update_one(item)
+
+    def _updates_in_threads(self):
+        """True for minidl's own optimizer classes: their ``update`` reads and writes only
+        the parameter, its gradient and its state, so parameters may be updated side by
+        side. A class of your own (a subclass too) runs the plain loop, one parameter
+        after the other, whatever its ``update`` does."""
+        return type(self).__module__.startswith(__name__.rpartition(".")[0] + ".")
 
     def zero_grad(self, set_to_none=False):
         """Reset the gradients before the next backward pass.
