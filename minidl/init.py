@@ -43,7 +43,11 @@ def _check_rng(rng, name):
 
 
 def _out(a, dtype):
-    return backend.asarray(a, dtype=dtype or backend.get_default_dtype())
+    """``a`` on the current backend in ``dtype``, C-ordered (a transposed Q from the QR of
+    ``orthogonal`` would otherwise come out Fortran-ordered, which anything that perturbs
+    or views the weight through ``W.reshape(-1)`` gets wrong)."""
+    xp = backend.xp()
+    return xp.ascontiguousarray(backend.asarray(a, dtype=dtype or backend.get_default_dtype()))
 
 
 def zeros(shape, dtype=None):

@@ -91,3 +91,13 @@ def test_initialisers_need_an_explicit_generator():
         init.xavier_uniform((3, 3), None)
     with pytest.raises(ValueError, match="unknown initialiser 'glorot'"):
         init.get("glorot")
+
+
+@pytest.mark.parametrize("name", sorted(init.INITIALISERS))
+@pytest.mark.parametrize("shape", [(5, 3), (3, 5), (4, 2, 3, 3), (2, 7, 1, 1)])
+def test_every_initialiser_returns_a_c_ordered_array(name, shape):
+    """orthogonal used to return Q.T, Fortran-ordered, for wide weights: W.reshape(-1) is
+    then a copy, and code that writes through it (a finite-difference check) changes
+    nothing."""
+    W = init.get(name)(shape, minidl.default_rng(0))
+    assert W.shape == shape and W.flags.c_contiguous
