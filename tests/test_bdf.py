@@ -174,3 +174,28 @@ def test_backends_agree(on_backend, rng):
             pre.step()
         out.append(flat_grads(model))
     np.testing.assert_allclose(out[1], out[0], rtol=1e-9)
+
+
+def test_a_layer_too_large_for_dense_blocks_is_refused_before_any_block_is_made(monkeypatch):
+    """A 784-100-10 MLP's first layer has p = 78500: two dense p x p blocks are 46 GiB in
+    float32 (92 in float64), which used to be allocated until the process was killed. Now
+    a ValueError names the layer, p and the memory, before anything is allocated."""
+    import minidl
+    from minidl.layers import Linear, ReLU, Sequential
+
+    rng = minidl.default_rng(0)
+    model = Sequential(Linear(784, 100, rng=rng), ReLU(), Linear(100, 10, rng=rng))
+    made = []
+    real_zeros = np.zeros
+    monkeypatch.setattr(np, "zeros", lambda *a, **k: made.append(a) or real_zeros(*a, **k))
+    with pytest.raises(ValueError, match=r"layer 0 \(Linear\) has p = 78500 parameters: "
+                                         r"91\.8 GiB \(max_block=8192\)"):
+        BDF(model)
+    assert made == []
+    small = Sequential(Linear(20, 10, rng=rng), ReLU(), Linear(10, 3, rng=rng))
+    with pytest.raises(ValueError, match="layer 0 .* p = 210"):
+        BDF(small, max_block=200)
+    assert BDF(small, max_block=210).state[0]["F"].shape == (210, 210)
+    for bad in (0, 2.5, "8192", True):
+        with pytest.raises(ValueError, match="max_block must be a positive integer"):
+            BDF(small, max_block=bad)

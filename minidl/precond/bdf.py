@@ -26,7 +26,7 @@ BatchNorm and other layers without ``per_example_grads`` are left to the optimiz
 from .. import backend
 from ..layers.conv import Conv2d
 from ..layers.linear import Linear
-from .base import Preconditioner, check_number
+from .base import Preconditioner, check_number, check_period
 
 __all__ = ["BDF", "cosine_similarity"]
 
@@ -81,21 +81,38 @@ class BDF(Preconditioner):
         T1: update the blocks every ``T1`` steps.
         T2: recompute the inverses every ``T2`` steps.
         warn: warn about parameterised layers left to the optimizer.
+        max_block: the most parameters p one layer may have (default 8192: its two p x p
+            float32 matrices then take 0.5 GiB).
+
+    Raises:
+        ValueError: a layer has more than ``max_block`` parameters (checked for every
+            layer before any block is allocated; the message gives the memory it would
+            take), or has no ``per_example_grads``.
     """
 
     name = "bdf"
 
     def __init__(self, model, damping=1e-3, stat_decay=0.0, loss=None, T1=1, T2=1,
-                 warn=True):
+                 warn=True, max_block=8192):
         self.damping = check_number("BDF", "damping", damping, low=0.0, low_open=True)
         self.beta = check_number("BDF", "stat_decay (beta)", stat_decay, 0.0, 1.0, high_open=True)
+        self.max_block = check_period("BDF", "max_block", max_block)
         self.reduction = getattr(loss, "reduction", "mean")
         super().__init__(model, T1=T1, T2=T2, warn=warn)
-        for i, layer in enumerate(self.layers):
-            size = sum(int(p.size) for p in layer.params.values())
+        sizes = [sum(int(p.size) for p in layer.params.values()) for layer in self.layers]
+        for i, (layer, size) in enumerate(zip(self.layers, sizes)):  # all checks first
             if not hasattr(layer, "per_example_grads"):
                 raise ValueError(f"BDF needs per_example_grads() on {self.names[i]} "
                                  f"({type(layer).__name__})")
+            if size > self.max_block:
+                gib = 2 * size * size * layer.params["W"].dtype.itemsize / 2**30
+                raise ValueError(
+                    f"BDF keeps two p x p matrices per layer, and layer {self.names[i]} "
+                    f"({type(layer).__name__}) has p = {size} parameters: {gib:.3g} GiB "
+                    f"(max_block={self.max_block}). BDF is for tiny models (the MBF "
+                    "paper's 256-20-20-20-20-20-10 has p <= 5140 per layer); use MBF or "
+                    "KFAC for this one, or raise max_block if the memory is there")
+        for i, (layer, size) in enumerate(zip(self.layers, sizes)):
             W = layer.params["W"]
             xp = backend.array_module(W)
             self.state[i]["F"] = xp.zeros((size, size), dtype=W.dtype)  # (p, p)
