@@ -43,9 +43,15 @@ class AdaGrad(Optimizer):
 
     def update(self, theta, g, s):
         xp = backend.array_module(theta)
-        g = g + self.weight_decay * theta  # same shape as theta
-        s["u"] = s["u"] + g * g
-        theta -= self.lr * g / (xp.sqrt(s["u"]) + self.eps)
+        if self.weight_decay:
+            g = g + self.weight_decay * theta  # same shape as theta
+        u = s["u"]
+        u += g * g                            # u_k = u_{k-1} + g_k o g_k
+        denom = xp.sqrt(u)                    # same shape as theta
+        denom += self.eps
+        step = xp.divide(g, denom, out=denom)
+        step *= self.lr
+        theta -= step                         # lr g_k / (sqrt(u_k) + delta)
 
     def extra_repr(self):
         return f"lr={self.lr:g}, eps={self.eps:g}, weight_decay={self.weight_decay:g}"

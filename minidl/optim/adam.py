@@ -29,6 +29,8 @@ Both match PyTorch's ``torch.optim.Adam`` and ``torch.optim.AdamW`` (amsgrad=Fal
 References: D. P. Kingma, J. Ba, "Adam: a method for stochastic optimization", ICLR 2015;
 I. Loshchilov, F. Hutter, "Decoupled weight decay regularization", ICLR 2019.
 """
+import math
+
 from .. import backend
 from .base import Optimizer, check_number
 
@@ -70,19 +72,31 @@ class Adam(Optimizer):
                 "v": xp.zeros_like(theta)}  # same shape as theta
 
     def update(self, theta, g, s):
-        g = g + self.weight_decay * theta  # same shape as theta
+        if self.weight_decay:
+            g = g + self.weight_decay * theta  # same shape as theta
         self.adam_step(theta, g, s)
 
     def adam_step(self, theta, g, s):
-        """The moment updates and the bias-corrected step, shared with AdamW."""
+        """m, v and theta of step k = s["step"] from the gradient g, all in place.
+
+        The step lr mhat / (sqrt(vhat) + delta) is computed as PyTorch arranges it,
+        (lr / (1 - beta1^k)) m / (sqrt(v) / sqrt(1 - beta2^k) + delta): the same value,
+        with the two bias corrections applied to numbers instead of whole arrays.
+        """
         xp = backend.array_module(theta)
         beta1, beta2 = self.betas
         k = s["step"]
-        s["m"] = beta1 * s["m"] + (1 - beta1) * g
-        s["v"] = beta2 * s["v"] + (1 - beta2) * g * g
-        mhat = s["m"] / (1 - beta1 ** k)  # same shape as theta
-        vhat = s["v"] / (1 - beta2 ** k)  # same shape as theta
-        theta -= self.lr * mhat / (xp.sqrt(vhat) + self.eps)
+        m, v = s["m"], s["v"]
+        m *= beta1
+        m += (1 - beta1) * g                 # m_k = beta1 m_{k-1} + (1 - beta1) g_k
+        v *= beta2
+        v += (1 - beta2) * (g * g)           # v_k = beta2 v_{k-1} + (1 - beta2) g_k o g_k
+        denom = xp.sqrt(v)                   # same shape as theta
+        denom /= math.sqrt(1 - beta2 ** k)   # sqrt(vhat_k)
+        denom += self.eps                    # sqrt(vhat_k) + delta
+        step = xp.divide(m, denom, out=denom)
+        step *= self.lr / (1 - beta1 ** k)   # lr mhat_k / (sqrt(vhat_k) + delta)
+        theta -= step
 
     def extra_repr(self):
         return (f"lr={self.lr:g}, betas=({self.betas[0]:g}, {self.betas[1]:g}), "

@@ -50,10 +50,16 @@ class RMSProp(Optimizer):
 
     def update(self, theta, g, s):
         xp = backend.array_module(theta)
-        g = g + self.weight_decay * theta  # same shape as theta
-        s["v"] = self.alpha * s["v"] + (1 - self.alpha) * g * g
-        s["m"] = self.momentum * s["m"] + g / (xp.sqrt(s["v"]) + self.eps)
-        theta -= self.lr * s["m"]
+        if self.weight_decay:
+            g = g + self.weight_decay * theta  # same shape as theta
+        m, v = s["m"], s["v"]
+        v *= self.alpha
+        v += (1 - self.alpha) * (g * g)   # v_k = alpha v_{k-1} + (1 - alpha) g_k o g_k
+        denom = xp.sqrt(v)                # same shape as theta
+        denom += self.eps
+        m *= self.momentum
+        m += xp.divide(g, denom, out=denom)  # m_k = mu m_{k-1} + g_k / (sqrt(v_k) + delta)
+        theta -= self.lr * m
 
     def extra_repr(self):
         return (f"lr={self.lr:g}, alpha={self.alpha:g}, eps={self.eps:g}, "
