@@ -406,3 +406,22 @@ def test_assign_with_a_missing_dependency_says_which(monkeypatch, capsys):
     assert cli.main(["assign", "grade", "x.zip", "y.ipynb"]) == 2
     err = capsys.readouterr().err
     assert len(err.strip().splitlines()) == 1 and "'otter'" in err and "[assign]" in err
+
+
+def test_a_run_whose_loss_ended_above_its_start_is_not_ok():
+    """BNP at its default rate on the 5-layer CNN took the loss from 2.31 to 110 (test loss
+    2023) without a NaN, and the table said "ok". A finite loss that ends above the first
+    step's is now named in the status."""
+    from minidl.cli.output import row
+
+    def history(step_losses, epoch_losses):
+        h = History()
+        for i, value in enumerate(step_losses, start=1):
+            h.record_step(value, seconds=0.1 * i, epoch=1)
+        h.epochs = [{"epoch": e, "train_loss": value, "time": 1.0 * e}
+                    for e, value in enumerate(epoch_losses, start=1)]
+        return h
+
+    rose = row("bnp", 2e-3, history([2.31, 0.5, 4.45, 2.2e3], [1.2, 109.9]))
+    assert rose["status"] == "loss rose: 2.31 at the first step, 110 in the last epoch"
+    assert row("adam", 1e-3, history([2.31, 1.0], [1.5, 0.82]))["status"] == "ok"

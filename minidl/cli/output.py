@@ -2,7 +2,10 @@
 
 A run that diverged keeps its row: the status column says at which epoch and step and why
 (``diverged at epoch 2, step 37: NaN loss``), and ``curves.png`` shows its curve up to the
-divergence with a marker (``minidl.plots``).
+divergence with a marker (``minidl.plots``). A run whose loss stayed finite but ended
+above where it started (a step size at the edge of stability, the loss growing to 1e3
+and beyond) says so too, rather than "ok": ``loss rose: 2.31 at the first step, 110 in
+the last epoch``.
 """
 import json
 import os
@@ -21,6 +24,10 @@ def _status(history, error):
         return f"diverged at epoch {d['epoch']}, step {d['step']}: {d['cause']}"
     if history.stop_reason:
         return history.stop_reason.split(":")[0]
+    first = history.steps["loss"][0] if history.steps["loss"] else None
+    last = history.last.get("train_loss")
+    if first is not None and last is not None and last > first:
+        return f"loss rose: {first:.3g} at the first step, {last:.3g} in the last epoch"
     return "ok"
 
 
