@@ -71,6 +71,9 @@ def test_train_help_lists_its_options(capsys):
     (["compare", "--methods", "sgd", "--seed", "-1", "--limit", "10"],
      "--seed must be an integer >= 0, got -1"),
     (["train", "--seed", "-3", "--limit", "10"], "--seed must be an integer >= 0, got -3"),
+    # --hidden shapes the MLP only; for another model it used to be ignored without a word
+    (["train", "--model", "cnn5", "--hidden", "10", "--limit", "10"],
+     "--hidden sets the hidden widths of --model mlp only; --model cnn5 has its own"),
 ])
 def test_bad_arguments_give_one_line_and_status_2(capsys, argv, expected):
     assert cli.main(argv) == 2

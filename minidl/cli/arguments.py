@@ -64,7 +64,7 @@ def _add_common(p):
     model = p.add_argument_group("model")
     model.add_argument("--model", default="mlp", metavar="NAME",
                        help=f"network: {', '.join(MODELS)}")
-    model.add_argument("--hidden", type=int, nargs="+", default=[100, 100], metavar="N",
+    model.add_argument("--hidden", type=int, nargs="+", default=None, metavar="N",
                        help="hidden widths of --model mlp (default: 100 100)")
     model.add_argument("--batchnorm", action="store_true",
                        help="add BatchNorm after the hidden layers / convolutions")
@@ -208,6 +208,11 @@ def check_common(args):
             raise UsageError(f"{name} must be an integer >= 1, got {value}")
     if args.seed < 0:  # numpy's generators take seeds >= 0 only
         raise UsageError(f"--seed must be an integer >= 0, got {args.seed}")
+    if args.hidden is None:
+        args.hidden = [100, 100]
+    elif args.model != "mlp":  # it used to be ignored without a word
+        raise UsageError(f"--hidden sets the hidden widths of --model mlp only; --model "
+                         f"{args.model} has its own, so leave --hidden out")
     if any(h < 1 for h in args.hidden):
         raise UsageError(f"--hidden widths must be >= 1, got {args.hidden}")
     if args.data_dir is not None and not os.path.isdir(args.data_dir):
