@@ -10,7 +10,8 @@ by cell in a notebook. Two environment variables steer it:
   two threads, 113 s with one);
 * ``MINIDL_FIGURES``: the folder its PNG figures are written to (default
   ``lessons/figures`` when run from the repository root, ``figures`` when run from inside
-  ``lessons/``, as a notebook is).
+  ``lessons/``, as a notebook is; in fast mode the subfolder ``fast/`` of that, so that a
+  quick check never overwrites the full-mode figures the lessons' README shows).
 
 ::
 
@@ -63,6 +64,8 @@ def figures_dir():
             path = "figures"
         else:
             path = os.path.join("lessons", "figures")
+        if is_fast():  # less data, other curves: not the committed full-mode figures
+            path = os.path.join(path, "fast")
     os.makedirs(path, exist_ok=True)
     return path
 

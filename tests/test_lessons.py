@@ -162,6 +162,11 @@ def test_fast_mode_and_figures(tmp_path, monkeypatch):
     (tmp_path / "lessons").mkdir(exist_ok=True)
     monkeypatch.chdir(tmp_path / "lessons")
     assert lesson.figures_dir() == "figures"               # a notebook runs in lessons/
+    # fast mode never overwrites the committed full-mode figures
+    monkeypatch.setenv("MINIDL_FAST", "1")
+    assert lesson.figures_dir() == os.path.join("figures", "fast")
+    monkeypatch.chdir(tmp_path)
+    assert lesson.figures_dir() == os.path.join("lessons", "figures", "fast")
 
 
 @pytest.mark.parametrize("fast, expected", [("1", "1"), ("0", "unchanged")])
