@@ -122,8 +122,9 @@ def build_parser():
     """The argument parser of ``minidl`` with its ``train``, ``compare`` and ``assign``
     subcommands."""
     parser = _Parser(prog="minidl", formatter_class=_HelpFormatter,
-                     description=_wrap("minidl: train a network, or compare training methods "
-                                       "on one network. 'minidl compare' with no arguments "
+                     description=_wrap("minidl: train a network, compare training methods "
+                                       "on one network, or release and grade the course's "
+                                       "assignments. 'minidl compare' with no arguments "
                                        "compares five methods on the bundled MNIST digits "
                                        "(11 s on an idle 2-core CPU; 50-57 s on one shared "
                                        "with other jobs)."))
