@@ -52,8 +52,8 @@ import dataclasses
 import difflib
 import inspect
 
-__all__ = ["Method", "METHODS", "DEFAULT_COMPARE", "get_method", "available_methods",
-           "build", "precond_options"]
+__all__ = ["Method", "METHODS", "DEFAULT_COMPARE", "get_method", "did_you_mean",
+           "available_methods", "build", "precond_options"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -129,13 +129,22 @@ def available_methods():
     return [name for name in METHODS if is_available(name)]
 
 
+def did_you_mean(name, names):
+    """`` (did you mean 'kfac'?)`` for the closest of ``names``, or ``""`` when none is
+    close. Names equally close are all given: 'kfca' is one swap from 'kfac' and one
+    letter from 'kfra', and the hint should not pick one at random."""
+    name = str(name).lower()
+    ratio = {n: difflib.SequenceMatcher(None, name, n).ratio() for n in names}
+    close = difflib.get_close_matches(name, list(names), n=3)
+    close = [n for n in close if ratio[n] == ratio[close[0]]]
+    return f" (did you mean {' or '.join(repr(n) for n in close)}?)" if close else ""
+
+
 def get_method(name):
     """The ``Method`` called ``name``; a ValueError naming the valid ones otherwise."""
     key = str(name).strip().lower()
     if key not in METHODS:
-        close = difflib.get_close_matches(key, list(METHODS), n=1)
-        hint = f" (did you mean {close[0]!r}?)" if close else ""
-        raise ValueError(f"unknown method {name!r}{hint}; choose from "
+        raise ValueError(f"unknown method {name!r}{did_you_mean(key, METHODS)}; choose from "
                          f"{', '.join(available_methods())}")
     if not is_available(key):
         raise ValueError(f"method {key!r} needs minidl.precond.{METHODS[key].precond}, which "

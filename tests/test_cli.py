@@ -42,6 +42,8 @@ def test_train_help_lists_its_options(capsys):
 
 @pytest.mark.parametrize("argv, expected", [
     (["compare", "--methods", "adamx"], "unknown method 'adamx' (did you mean 'adam'?)"),
+    # a swap of two letters is as close to kfac as one changed letter is to kfra: both named
+    (["compare", "--methods", "kfca"], "(did you mean 'kfra' or 'kfac'?)"),
     (["compare", "--lr", "-0.1"], "--lr must be a positive number"),
     (["compare", "--lr", "fast"], "--lr expects a number"),
     (["compare", "--methods", "sgd", "--lr", "adam=0.1"], "not among --methods"),

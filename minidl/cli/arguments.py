@@ -5,7 +5,6 @@ Every check here runs before any data is read or any model trained. A bad value 
 it and exits with status 2, as argparse does for its own errors.
 """
 import argparse
-import difflib
 import os
 import textwrap
 
@@ -186,8 +185,8 @@ def build_parser():
 
 # -- checking values -------------------------------------------------------------------------
 def _suggest(name, names):
-    close = difflib.get_close_matches(str(name).lower(), list(names), n=1)
-    return f" (did you mean {close[0]!r}?)" if close else ""
+    from ..methods import did_you_mean
+    return did_you_mean(name, names)
 
 
 def check_common(args):
