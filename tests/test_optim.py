@@ -603,6 +603,7 @@ def test_updates_in_threads_equal_the_loop_to_the_last_bit(case, monkeypatch):
     (``Optimizer._updates_in_threads``): the same bits as one parameter after the other."""
     import threadpoolctl
     from minidl import parallel
+    from minidl.optim import base as optim_base
     _, cls, kw, _, _ = case
     crit = MSELoss()
     results, pieces_seen = [], []
@@ -613,6 +614,7 @@ def test_updates_in_threads_equal_the_loop_to_the_last_bit(case, monkeypatch):
         return real_map(work, pieces, like=like)
 
     monkeypatch.setattr(parallel, "map_pieces", spy)
+    monkeypatch.setattr(optim_base, "THREADED_UPDATE_VALUES", 0)  # the tiny MLP too
     for threads in (1, 2):
         model = make_mlp()
         opt = cls(model, **kw)
@@ -643,13 +645,37 @@ def test_an_optimizer_of_your_own_updates_one_parameter_after_the_other():
             self.order.append(theta.shape)  # shared between parameters: not thread-safe
             super().update(theta, g, s)
 
+    from minidl.optim import base as optim_base
+    optim_base.THREADED_UPDATE_VALUES, saved = 0, optim_base.THREADED_UPDATE_VALUES
     model = make_mlp()
     opt = Counting(model, lr=0.1)
     opt.order = []
     assert not opt._updates_in_threads() and SGD(model, lr=0.1)._updates_in_threads()
-    with threadpoolctl.threadpool_limits(2):
-        minidl_step(model, MSELoss(), opt, *make_batches(steps=1)[0])
+    try:
+        with threadpoolctl.threadpool_limits(2):
+            minidl_step(model, MSELoss(), opt, *make_batches(steps=1)[0])
+    finally:
+        optim_base.THREADED_UPDATE_VALUES = saved
     assert opt.order == [tuple(layer.params[key].shape) for _, layer, key in model.parameters()]
+
+
+def test_small_models_update_in_the_plain_loop(monkeypatch):
+    """Below ``THREADED_UPDATE_VALUES`` values (the tiny MLP here) the threads would cost
+    more than they save: the plain loop runs even with two threads allowed."""
+    import threadpoolctl
+    from minidl import parallel
+    model = make_mlp()
+    opt = SGD(model, lr=0.1)
+    x, y = make_batches(steps=1)[0]
+    out = model.forward(backend.asarray(x))
+    crit = MSELoss()
+    crit.forward(out, backend.asarray(y, dtype=out.dtype))
+    model.backward(crit.backward())
+    calls = []
+    monkeypatch.setattr(parallel, "map_pieces", lambda *a, **k: calls.append(a))
+    with threadpoolctl.threadpool_limits(2):
+        opt.step()
+    assert calls == [] and opt.t == 1
 
 
 def test_a_bad_gradient_changes_nothing_not_even_earlier_parameters():

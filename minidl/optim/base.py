@@ -28,7 +28,13 @@ import numbers
 
 from .. import backend, parallel
 
-__all__ = ["Optimizer", "check_number"]
+__all__ = ["Optimizer", "check_number", "THREADED_UPDATE_VALUES"]
+
+# the fewest parameter values for which ``step`` hands the parameters to threads (where
+# more than one is allowed). Measured at two threads with SGD momentum: the MNIST
+# autoencoder's 2.8M values 6.2 -> 3.9 ms per step, while the 5-layer CNN's 105K took
+# 0.31 -> 0.63 ms (handing out pieces costs more than the pieces save).
+THREADED_UPDATE_VALUES = 2**20
 
 
 def check_number(owner, name, value, low=None, high=None, low_open=False, high_open=False,
@@ -150,7 +156,8 @@ class Optimizer:
             name, theta, g = item
             self.update(theta, g, self.state[name])
 
-        if self._updates_in_threads():
+        values = sum(int(theta.size) for _, theta, _ in todo)
+        if values >= THREADED_UPDATE_VALUES and self._updates_in_threads():
             # each parameter's update touches only its own theta and state, so the
             # parameters can go to threads (largest first, to share the work evenly); the
             # numbers are the same as in the loop, to the last bit
