@@ -358,3 +358,19 @@ def test_fit_skips_the_data_gradient_and_frees_caches_only_without_a_preconditio
     model.forward(minidl.asarray(x[:4]))
     model.backward(minidl.xp().ones((4, 3), dtype=x.dtype))
     assert seen["dx"][-1] is not None  # outside fit the input gradient is there again
+
+
+def test_train_loss_with_sum_reduction_is_the_mean_over_examples_like_val_loss():
+    """With reduction="sum" a batch's loss is already a sum over its examples; the epoch's
+    train_loss is the mean over examples (as evaluate's val_loss is), not B times it."""
+    x, y = blobs(n=60)
+    model = models.mlp((6, 8, 3), rng=minidl.default_rng(0))
+    logits = model.forward(x).astype(np.float64)  # (60, 3)
+    shifted = logits - logits.max(axis=1, keepdims=True)  # (60, 3)
+    log_p = shifted - np.log(np.exp(shifted).sum(axis=1, keepdims=True))  # (60, 3)
+    expected = float(-log_p[np.arange(60), y].mean())
+    h = train.fit(model, SoftmaxCrossEntropy(reduction="sum"), optim.SGD(model, lr=0.0),
+                  DataLoader(x, y, 20, shuffle=False), epochs=1,
+                  val_loader=DataLoader(x, y, 20, shuffle=False), log_every=0)
+    assert h["train_loss"][0] == pytest.approx(expected, rel=1e-5)
+    assert h["val_loss"][0] == pytest.approx(expected, rel=1e-5)

@@ -74,6 +74,8 @@ class Trainer:
         bar = ProgressBar(total=_length(loader), desc=f"epoch {epoch}/{epochs}",
                           enabled=self.progress)
         loss_sum, correct, seen, seconds = 0.0, 0, 0, 0.0
+        # a "mean" batch loss is weighted by its size, a "sum" one already sums its examples
+        mean = getattr(self.loss, "reduction", "mean") == "mean"
         time_before = history.last.get("time", 0.0)
         with training_mode(self.model), \
                 lean_backward(self.model, keep_caches=self.precond is not None):
@@ -87,7 +89,8 @@ class Trainer:
                 correct += batch_accuracy(out, y) if self.with_acc else 0
                 seconds += time.perf_counter() - tick
                 history.record_step(loss_value, time_before + seconds, epoch)
-                loss_sum, seen = loss_sum + loss_value * n, seen + n
+                loss_sum += loss_value * n if mean else loss_value
+                seen += n
                 bar.update(n, loss=loss_value)
                 if diverged is not None:
                     history.divergence = {"epoch": epoch, "step": history.steps["step"][-1],
