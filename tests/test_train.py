@@ -374,3 +374,25 @@ def test_train_loss_with_sum_reduction_is_the_mean_over_examples_like_val_loss()
                   val_loader=DataLoader(x, y, 20, shuffle=False), log_every=0)
     assert h["train_loss"][0] == pytest.approx(expected, rel=1e-5)
     assert h["val_loss"][0] == pytest.approx(expected, rel=1e-5)
+
+
+def test_a_monitor_the_run_never_records_is_refused_before_training():
+    """A misspelt monitor, or a validation metric without a validation loader, would make
+    early stopping and restore_best silently do nothing."""
+    model, loss, opt, loader, val = setup()
+    before = {k: v.copy() for k, v in model.state_dict().items()}
+    with pytest.raises(ValueError, match=r"monitor 'val_los'.*'val_loss'"):
+        train.fit(model, loss, opt, loader, val_loader=val, monitor="val_los",
+                  restore_best=True, log_every=0)
+    with pytest.raises(ValueError, match=r"monitor 'val_loss'.*val_loader"):
+        train.fit(model, loss, opt, loader, monitor="val_loss", early_stopping=2,
+                  log_every=0)
+    with pytest.raises(ValueError, match=r"monitor 'train_accuracy'"):
+        train.fit(model, loss, opt, loader, monitor="train_accuracy", metrics=(),
+                  log_every=0)
+    after = model.state_dict()
+    assert all(np.array_equal(before[k], after[k]) for k in before)
+    # the metrics a run records are accepted
+    h = train.fit(model, loss, opt, loader, val_loader=val, monitor="val_accuracy",
+                  epochs=1, log_every=0)
+    assert len(h) == 1

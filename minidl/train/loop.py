@@ -142,7 +142,8 @@ def fit(model, loss, optimizer, train_loader, epochs=1, precond=None, val_loader
         early_stopping: patience P: stop when the monitored metric has not improved for P
             epochs in a row. None never stops early.
         monitor: the metric watched for the best epoch (``"val_loss"`` with a validation
-            loader, else ``"train_loss"``); smaller is better except for accuracies.
+            loader, else ``"train_loss"``); smaller is better except for accuracies. It
+            must be a metric the run records (``train_``/``val_`` ``loss``/``accuracy``).
         restore_best: put back the weights of the best epoch at the end, whatever ended
             the run (last epoch, early stopping, divergence), also after a resume.
         metrics: None (accuracy when the loss is cross-entropy), ``()`` or ``("accuracy",)``.
@@ -170,8 +171,8 @@ def fit(model, loss, optimizer, train_loader, epochs=1, precond=None, val_loader
     trainer = Trainer(model, loss, optimizer, precond, schedule, with_acc, progress,
                       log_every, log)
     rngs = generators(train_loader, val_loader, model, precond)
-    best = BestEpoch(monitor or ("val_loss" if val_loader is not None else "train_loss"),
-                     patience=early_stopping, keep_weights=restore_best or bool(checkpoint))
+    best = BestEpoch(_monitor(monitor, val_loader, with_acc), patience=early_stopping,
+                     keep_weights=restore_best or bool(checkpoint))
     history, done = History(meta), 0
     if resume is not None:
         history, done = resume_run(resume, model, optimizer, precond, rngs, best)
@@ -225,6 +226,22 @@ def _check_arguments(epochs, early_stopping, log_every, checkpoint):
     if checkpoint is not None:
         from ..checkpoint import check_writable
         check_writable(checkpoint)  # fail now, not after the first epoch
+
+
+def _monitor(monitor, val_loader, with_acc):
+    """The metric watched for the best epoch; one the run never records is refused, since
+    early stopping and ``restore_best`` would then silently do nothing."""
+    if monitor is None:
+        return "val_loss" if val_loader is not None else "train_loss"
+    recorded = ["train_loss"] + (["train_accuracy"] if with_acc else [])
+    if val_loader is not None:
+        recorded += ["val_loss"] + (["val_accuracy"] if with_acc else [])
+    if monitor not in recorded:
+        why = ("; validation metrics need a val_loader" if str(monitor).startswith("val_")
+               and val_loader is None else "")
+        raise ValueError(f"fit: monitor {monitor!r} is not a metric this run records; it "
+                         f"records {recorded}{why}")
+    return monitor
 
 
 def _check_reiterable(train_loader, val_loader, epochs_to_run):
