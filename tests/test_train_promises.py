@@ -304,3 +304,27 @@ def test_numpy_warnings_of_the_forward_pass_that_diverges_go_into_the_report():
                       DataLoader(x, y, 32, shuffle=False), epochs=2, log_every=0)
     assert h.divergence is not None and h.divergence["epoch"] == 1
     assert "overflow" in h.divergence["detail"], h.divergence
+
+
+# -- resuming --------------------------------------------------------------------------------
+def test_resuming_a_run_that_stopped_early_trains_no_further(tmp_path):
+    """An uninterrupted run stops once the patience runs out; resuming its checkpoint with
+    the same patience must not train another epoch (a larger patience may)."""
+    ck = tmp_path / "run.npz"
+    model, loss, opt, loader, val = overfitting_problem()
+    first = train.fit(model, loss, opt, loader, epochs=30, val_loader=val, early_stopping=2,
+                      checkpoint=ck, log_every=0)
+    assert first.stop_reason is not None and len(first) < 30
+    weights = model.state_dict()
+    m2, l2, o2, tl2, v2 = overfitting_problem()
+    again = train.fit(m2, l2, o2, tl2, epochs=30, val_loader=v2, early_stopping=2,
+                      resume=ck, log_every=0)
+    assert len(again) == len(first)
+    assert again.stop_reason == first.stop_reason
+    for name, a in m2.state_dict().items():
+        assert np.array_equal(a, weights[name]), name
+    m3, l3, o3, tl3, v3 = overfitting_problem()
+    longer = train.fit(m3, l3, o3, tl3, epochs=len(first) + 1, val_loader=v3,
+                       early_stopping=30, resume=ck, log_every=0)
+    assert len(longer) == len(first) + 1
+

@@ -38,7 +38,9 @@ def resume_run(path, model, optimizer, precond, rngs, best):
     """Load a run's checkpoint into the given objects.
 
     Returns:
-        ``(history, epochs_done)``; ``best`` knows the best epoch (and its weights).
+        ``(history, epochs_done)``; ``best`` knows the best epoch (and its weights), and
+        ``history.stop_reason`` is set when its patience had already run out (an
+        uninterrupted run would have stopped there).
 
     Raises:
         CheckpointError: the file is damaged or belongs to other objects (nothing changed),
@@ -54,4 +56,6 @@ def resume_run(path, model, optimizer, precond, rngs, best):
         best.from_checkpoint(history, model, extra.get("best"), ck.best, ck.epoch)
     except ValueError as err:
         raise ckpt.CheckpointError(f"checkpoint {ck.path!r}: {err}") from None
+    if best.patience_ran_out(ck.epoch):
+        history.stop_reason = best.stop_reason()
     return history, ck.epoch

@@ -179,7 +179,8 @@ def fit(model, loss, optimizer, train_loader, epochs=1, precond=None, val_loader
     _check_reiterable(train_loader, val_loader, int(epochs) - done)
     _describe(history, model, optimizer, precond)
     wall_start = time.perf_counter() - history.last.get("wall", 0.0)
-    for epoch in range(done + 1, int(epochs) + 1):
+    last = int(epochs) if history.stop_reason is None else done  # early-stopped: no more
+    for epoch in range(done + 1, last + 1):
         record = trainer.epoch(train_loader, epoch, epochs, history)
         if history.divergence is None:
             if val_loader is not None:
