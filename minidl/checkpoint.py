@@ -455,7 +455,7 @@ def load(path, model, optimizer=None, precond=None, rng=None, strict=True):
     way a failed load raises ``CheckpointError`` and leaves every object as it was.
 
     Args:
-        path: the checkpoint file.
+        path: the checkpoint file, or a ``Checkpoint`` already returned by ``read``.
         model: the network to fill (same architecture; any backend).
         optimizer: the optimizer to fill, or None to skip its state.
         precond: the preconditioner to fill, or None.
@@ -470,7 +470,7 @@ def load(path, model, optimizer=None, precond=None, rng=None, strict=True):
     Raises:
         CheckpointError: what is wrong, naming the file; nothing was changed.
     """
-    ck = read(path)
+    ck = path if isinstance(path, Checkpoint) else read(path)
     snapshot = {"model": _check_model(ck, model)}
     targets = [("model", model, ck.model)]
     for section, obj, state in (("optimizer", optimizer, ck.optimizer),

@@ -328,3 +328,18 @@ def test_resuming_a_run_that_stopped_early_trains_no_further(tmp_path):
                        early_stopping=30, resume=ck, log_every=0)
     assert len(longer) == len(first) + 1
 
+
+def test_resuming_a_preconditioned_run_without_its_preconditioner_is_refused(tmp_path):
+    """The checkpoint holds the preconditioner's state; continuing without it would be a
+    different run, so the resume is refused before anything is loaded."""
+    ck = tmp_path / "run.npz"
+    model, loss, opt, loader, val = overfitting_problem()
+    opt, pre = methods.build("kfac", model, loss)
+    train.fit(model, loss, opt, loader, epochs=1, precond=pre, checkpoint=ck, log_every=0)
+    m2, l2, o2, tl2, _ = overfitting_problem()
+    o2, _ = methods.build("kfac", m2, l2)
+    before = m2.state_dict()
+    with pytest.raises(checkpoint.CheckpointError, match="KFAC.*precond"):
+        train.fit(m2, l2, o2, tl2, epochs=2, resume=ck, log_every=0)
+    for name, a in m2.state_dict().items():
+        assert np.array_equal(a, before[name]), name

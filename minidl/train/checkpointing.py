@@ -44,9 +44,17 @@ def resume_run(path, model, optimizer, precond, rngs, best):
 
     Raises:
         CheckpointError: the file is damaged or belongs to other objects (nothing changed),
-            or the best epoch's weights are wanted but not in the file.
+            holds a preconditioner's state but none is given, or the best epoch's weights
+            are wanted but not in the file.
     """
-    ck = ckpt.load(path, model, optimizer, precond, rng=rngs)
+    ck = ckpt.read(path)
+    saved_precond = ck.meta["classes"].get("precond")
+    if saved_precond is not None and precond is None:
+        raise ckpt.CheckpointError(
+            f"checkpoint {ck.path!r}: it holds the state of a {saved_precond} "
+            "preconditioner, but no precond was given; pass the same preconditioner to "
+            "continue the run")
+    ck = ckpt.load(ck, model, optimizer, precond, rng=rngs)
     extra = ck.extra if isinstance(ck.extra, dict) else {}
     history = History()
     if isinstance(extra.get("history"), dict):
