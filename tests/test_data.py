@@ -669,3 +669,19 @@ def test_loader_transform_gets_the_batch_and_the_rng():
     batches = list(loader)
     assert batches[0][0].dtype == np.float32 and (batches[0][0] == 1).all()
     assert all(r is loader.rng for r in seen) and len(seen) == 2
+
+
+def test_dataloader_takes_a_numpy_integer_batch_size():
+    """A batch size from a NumPy grid (np.int64) is an int >= 1 like any other; floats and
+    bools are still refused."""
+    import numpy as np
+    from minidl.data import DataLoader
+    x, y = np.arange(10).reshape(10, 1), np.arange(10)
+    for batch_size in np.array([4, 3]):
+        loader = DataLoader(x, y, batch_size, shuffle=False)
+        assert len(loader) == -(-10 // int(batch_size))
+        assert type(loader.batch_size) is int
+        assert [len(yb) for _, yb in loader][0] == int(batch_size)
+    for bad in (4.0, True, np.float64(4)):
+        with pytest.raises(ValueError, match="batch_size must be an int"):
+            DataLoader(x, y, bad)

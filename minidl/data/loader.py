@@ -16,6 +16,8 @@ the explicit generator, so a seed gives the same batches on NumPy and CuPy. Data
 dtype (uint8 images stay uint8, four times smaller than float32): convert per batch with
 ``transform``, e.g. ``transform=lambda xb, rng: normalise(xb)``.
 """
+import operator
+
 from .. import backend
 
 __all__ = ["DataLoader"]
@@ -39,8 +41,13 @@ class DataLoader:
 
     def __init__(self, x, y, batch_size, shuffle=True, rng=None, drop_last=False,
                  transform=None):
-        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        try:  # Python and NumPy integers (a batch size from a NumPy grid), not floats
+            size = None if isinstance(batch_size, bool) else operator.index(batch_size)
+        except TypeError:
+            size = None
+        if size is None or size < 1:
             raise ValueError(f"DataLoader: batch_size must be an int >= 1, got {batch_size!r}")
+        batch_size = size
         x = x if backend.is_array(x) else backend.host().asarray(x)
         y = y if backend.is_array(y) else backend.host().asarray(y)
         if x.ndim == 0 or y.ndim == 0:
