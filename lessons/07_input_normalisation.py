@@ -150,7 +150,8 @@ axes[0].set_ylabel("Hessian eigenvalue")
 axes[0].set_title("spectrum of the Hessian")
 axes[0].legend(fontsize=7)
 for name, gaps in curves.items():
-    axes[1].semilogy([max(g, 1e-12) for g in gaps], label=f"{name}: {steps[name]} steps")
+    shown = f"{steps[name]}" if steps[name] < cap else f"not in {cap}"
+    axes[1].semilogy([max(g, 1e-12) for g in gaps], label=f"{name}: {shown} steps")
 axes[1].axhline(1e-3, color="k", ls=":", lw=1)
 axes[1].set_xscale("symlog", linthresh=10)
 axes[1].set_xlim(0, cap)
