@@ -104,9 +104,10 @@ assert float(dist_ema.mean()) < 0.7 * float(dist.mean()), "and sit closer to w*"
 # %% [markdown]
 # ## 3. An MLP on MNIST: constant LR, EMA, and annealing
 # A 784-100-10 ReLU MLP, SGD with momentum 0.9 and batch 32, a rather large constant
-# learning rate 0.05. Every few updates we evaluate on 2,000 held-out *training* digits
-# (the quantity SGD minimises, so noise is not confused with overfitting) both the last
-# iterate and the EMA (gamma = 0.99, `with ema.averaged(): evaluate(...)`). A third run
+# learning rate 0.05. Every few updates we evaluate on the same 2,000 held-out digits
+# (from MNIST's training split but never trained on, so this is the loss on new data, not
+# the training loss SGD minimises) both the last iterate and the EMA (gamma = 0.99,
+# `with ema.averaged(): evaluate(...)`). A third run
 # uses the same peak rate with a cosine schedule through `LRScheduler`.
 #
 # Our measure of noise: the standard deviation of the evaluated loss around its own
@@ -120,7 +121,7 @@ minidl.set_default_dtype("float32")
 n_train = 4000 if FAST else 50000
 X_all, Y_all, _, _ = lesson_mnist(n_train + 2000, 1, flatten=False)   # (n + 2000, 1, 28, 28)
 X, Y = X_all[:n_train], Y_all[:n_train]               # (n_train, 1, 28, 28) for training
-Xe, Ye = X_all[n_train:], Y_all[n_train:]             # (2000, 1, 28, 28) for evaluation
+Xe, Ye = X_all[n_train:], Y_all[n_train:]             # (2000, 1, 28, 28) held out
 ce = SoftmaxCrossEntropy()
 eval_loader = data.DataLoader(Xe, Ye, 1000, shuffle=False)
 steps = 1200 if FAST else 6000
@@ -201,7 +202,7 @@ axes[1].legend(fontsize=8)
 axes[2].plot(at, minidl.to_numpy(loss_const), lw=1, label="constant lr, last iterate")
 axes[2].plot(at, minidl.to_numpy(loss_ema), lw=2, label="constant lr, EMA 0.99")
 axes[2].plot(at, minidl.to_numpy(loss_cos), lw=1, label="cosine lr, last iterate")
-axes[2].set(xlabel="update", ylabel="training loss (2,000 digits)", yscale="log",
+axes[2].set(xlabel="update", ylabel="loss on 2,000 held-out digits", yscale="log",
             title="MLP on MNIST, SGD-m 0.05, batch 32")
 axes[2].legend(fontsize=8)
 fig.tight_layout()
