@@ -186,7 +186,8 @@ print(lesson.savefig(fig, "04_initialisation"))
 # ## Exercises
 # 1. Repeat section 2 with widths alternating 128 and 512. Xavier's per-layer forward
 #    factor is then 2 N_x / (N_x + N_y), 0.4 and 1.6 in turn: predict the variance after
-#    20 layers and measure it. Which initialiser keeps the forward variance exactly?
+#    20 layers and measure it. None of the five initialisers keeps the forward variance
+#    exactly here: which var(w) would, and what would it do to the backward variance?
 # 2. Put `Tanh` between the layers of section 2 and compare Xavier with orthogonal and
 #    sparse initialisation over 50 layers. Why is the sparse init's large weight variance
 #    less harmful with tanh than in a linear net?
