@@ -41,7 +41,7 @@ crit = MSELoss()
 # %% [markdown]
 # ## 1. Weight decay acts per Hessian eigen-direction
 # Linear least squares f(w) = mean((X w - y)^2) on d = 20 features whose scales span two
-# decades, in a random rotation, so H = 2/N X^T X has eigenvalues from about 1e-3 to 10.
+# decades, in a random rotation, so H = 2/N X^T X has eigenvalues from about 2e-3 to 20.
 # We take the exact unregularised solution w* from `lstsq`, and train w~ with minidl's
 # `SGD(model, lr, weight_decay=lam)` by full-batch gradient descent until it has
 # converged. Then we compare q_i^T w~ / q_i^T w* with lambda_i / (lambda_i + lambda).
