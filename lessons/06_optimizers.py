@@ -44,9 +44,10 @@ xp = minidl.xp()
 # optimum of Goh (2017), Nesterov at the best (eta, mu) of its own 2x2 iteration matrix
 # (Goh's momentum setting makes it diverge: try it), the others tuned by hand. The plot
 # should show: SGD zig-zags across and crawls along the valley; momentum and Nesterov
-# build up speed along it; the adaptive methods divide each coordinate by its own
-# gradient scale, so they head for the minimum almost diagonally (but Adam, at a fixed
-# step, keeps circling it); Rprop moves in sign steps.
+# build up speed along it (momentum, at Goh's setting, also overshoots far across the
+# valley in its first steps: its panel is taller); the adaptive methods divide each
+# coordinate by its own gradient scale, so they head for the minimum almost diagonally
+# (but Adam, at a fixed step, keeps circling it); Rprop moves in sign steps.
 
 # %%
 A = xp.diag(xp.asarray([0.5, 25.0]))                   # (2, 2)
@@ -90,18 +91,20 @@ assert gaps["Nesterov"] < 1e-2 * gaps["SGD"]
 assert gaps["RMSProp"] < 1e-3 * gaps["SGD"], "so does a per-coordinate scaling here"
 
 # %%
-g1, g2 = xp.meshgrid(xp.linspace(-5, 3, 200), xp.linspace(-1.5, 2.5, 200))
-E = xp.stack([g1.ravel(), g2.ravel()], axis=1) - w_star   # (40000, 2)
+g1, g2 = xp.meshgrid(xp.linspace(-5, 3, 200), xp.linspace(-4.5, 5.5, 400))
+E = xp.stack([g1.ravel(), g2.ravel()], axis=1) - w_star   # (80000, 2)
 excess = xp.sqrt(0.5 * ((E @ A) * E).sum(axis=1)).reshape(g1.shape)
+levels = [0.5 * i for i in range(1, 40)]                   # same spacing in every panel
 fig, axes = plt.subplots(2, 4, figsize=(13, 5.6))
 for ax, (name, (path, _)) in zip(axes.ravel(), paths.items()):
-    ax.contour(minidl.to_numpy(g1), minidl.to_numpy(g2), minidl.to_numpy(excess), levels=15,
+    ax.contour(minidl.to_numpy(g1), minidl.to_numpy(g2), minidl.to_numpy(excess), levels=levels,
                colors="grey", linewidths=0.5)
     p = xp.asarray(path)
     ax.plot(minidl.to_numpy(p[:, 0]), minidl.to_numpy(p[:, 1]), "o-", ms=2, lw=1, color="C3")
     ax.plot(float(w_star[0]), float(w_star[1]), "k*", ms=9)
     ax.set_xlim(-5, 3)
-    ax.set_ylim(-1.5, 2.5)
+    # momentum's first steps overshoot across the valley: widen its panel to show them
+    ax.set_ylim(min(-1.5, float(p[:, 1].min()) - 0.3), max(2.5, float(p[:, 1].max()) + 0.3))
     ax.set(xlabel="w1", ylabel="w2")
     ax.set_title(f"{name}: L - L* = {gaps[name]:.1e}", fontsize=10)
 ax = axes.ravel()[-1]
