@@ -229,6 +229,9 @@ def kfac_checkpoint(tmp_path_factory):
     (["--method", "kfac", "--lr", "0.5"], "lr 0.01 (now 0.5)"),
     (["--method", "kfac", "--weight-decay", "0.1"], "optimizer_kw {} (now {'weight_decay': 0.1})"),
     (["--method", "kfac", "--precond-opt", "damping=0.1"], "precond_kw {} (now {'damping': 0.1})"),
+    # the batches and the schedule: another batch order, or the last scheduled lr kept
+    (["--method", "kfac", "--batch-size", "16"], "batch_size 128 (now 16)"),
+    (["--method", "kfac", "--schedule", "cosine"], "schedule 'constant' (now 'cosine')"),
 ])
 def test_resume_with_another_method_or_model_is_refused(kfac_checkpoint, tmp_path, capsys,
                                                         change, expected):

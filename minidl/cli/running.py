@@ -106,7 +106,9 @@ def check_resume(path, run, epochs):
     if not isinstance(saved, dict):
         raise UsageError(f"--resume {path!r}: the checkpoint does not say which method and "
                          "model wrote it (not written by 'minidl train --checkpoint')")
-    differ = [f"{k} {saved.get(k)!r} (now {v!r})" for k, v in run.items() if saved.get(k) != v]
+    # (a key a checkpoint of an older minidl did not record is not compared)
+    differ = [f"{k} {saved.get(k)!r} (now {v!r})" for k, v in run.items()
+              if saved.get(k, v) != v]
     if differ:
         raise UsageError(f"--resume {path!r} was written with other settings: "
                          f"{'; '.join(differ)}; resume with the same options")

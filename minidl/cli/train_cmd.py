@@ -24,9 +24,12 @@ def _check(args):
     if args.weight_decay is not None:
         optim_kw["weight_decay"] = args.weight_decay
     # what a resumed run must share with the checkpoint: the model, the data (--limit draws
-    # its subset with --seed) and the method's settings (the optimizer's saved state, lr
-    # included, would otherwise silently win over new ones)
+    # its subset with --seed), the batches (another batch size is another batch order) and
+    # the method's settings (the optimizer's saved state, lr included, would otherwise
+    # silently win over new ones; a dropped --schedule kept the last scheduled lr, ~0 at
+    # the end of a cosine)
     run = dict(model_options(args), method=name, limit=args.limit, seed=args.seed,
+               batch_size=args.batch_size, schedule=args.schedule,
                lr=args.lr if args.lr is not None else METHODS[name].lr,
                optimizer_kw=optim_kw, precond_kw=precond_kw)
     if args.resume is not None:
