@@ -133,7 +133,7 @@ def sparse(shape, rng, k=15, sigma=1.0, dtype=None):
     for s in shape[1:]:
         cols *= s
     k = min(k, cols)
-    W = rng.standard_normal((rows, cols)) * 0.0  # (rows, cols) zeros on the host
+    W = backend.host().zeros((rows, cols))  # (rows, cols), on the host like rng's draws
     for r in range(rows):
         idx = rng.choice(cols, size=k, replace=False)
         W[r, idx] = sigma * rng.standard_normal(k)
