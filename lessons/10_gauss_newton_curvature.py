@@ -289,4 +289,5 @@ print("saved", savefig(fig, "10_loss_slices", dpi=80))
 # 2. In part 3 use `KFAC(fisher="true", n_samples=...)` and compare with the GGN block.
 #    How many samples does it take to beat KFRA at batch size 32?
 # 3. Take a Newton step -H^{-1} g and a GN step -G^{-1} g (with a little damping) on the
-#    ReLU net of part 2 from a random point. Which one increases the loss, and why?
+#    ReLU net of part 2 from a random point. Can either of them increase the loss?
+#    Which one, and why?
