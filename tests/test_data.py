@@ -188,6 +188,19 @@ def test_offline_error_names_the_file_and_the_folder(monkeypatch, tmp_path):
     assert isinstance(err.value, FileNotFoundError)
 
 
+def test_a_minidl_data_that_does_not_exist_is_named_and_never_created(monkeypatch, tmp_path):
+    """MINIDL_DATA with a typo used to be created (with <it>/toy/ inside) to download into,
+    and the error did not say the folder had not existed."""
+    typo = tmp_path / "minidl-dtaa"
+    monkeypatch.setenv("MINIDL_DATA", str(typo))
+    with pytest.raises(data.DataNotFoundError, match=f"MINIDL_DATA {typo} does not exist"):
+        download.fetch(REMOTE)
+    assert not typo.exists()
+    _serve(monkeypatch, {REMOTE.urls[0]: PAYLOAD})  # a download goes to the cache instead
+    assert download.fetch(REMOTE) == str(tmp_path / "xdg-cache" / "minidl" / "toy" / "blob.bin")
+    assert not typo.exists()
+
+
 def test_download_false_never_opens_a_url(monkeypatch, data_dir):
     calls = _serve(monkeypatch, {})
     with pytest.raises(data.DataNotFoundError, match="not attempted"):

@@ -130,9 +130,20 @@ def find(remote, rejected=None, data_dir=None):
     return None
 
 
+def _missing_root(data_dir=None):
+    """The data folder given (``data_dir``, else ``MINIDL_DATA``) when it does not exist
+    (a typo, most likely), else None. It is never created: downloads then go to the cache."""
+    root = os.path.expanduser(os.fspath(data_dir)) if data_dir is not None else data_home()
+    return root if root is not None and not os.path.isdir(root) else None
+
+
 def _download_folder(remote, data_dir=None):
-    """The first folder (MINIDL_DATA's, then the cache) that exists or can be made, writable."""
+    """The first folder (MINIDL_DATA's, then the cache) that exists or can be made, writable;
+    a MINIDL_DATA (or ``data_dir``) that does not exist is skipped, not created."""
+    missing = _missing_root(data_dir)
     for folder, _ in search_folders(remote.folder, data_dir):
+        if missing is not None and os.path.dirname(folder) == missing:
+            continue
         try:
             os.makedirs(folder, exist_ok=True)
         except OSError:
@@ -222,6 +233,10 @@ def fetch(remote, download_if_missing=True, data_dir=None):
     looked = ", ".join(f"{p} ({label})" for p, label in search_folders(remote.folder, data_dir))
     if data_dir is None and data_home() is None:
         looked += "; MINIDL_DATA is not set"
+    missing = _missing_root(data_dir)
+    if missing is not None:
+        which = "the data folder given" if data_dir is not None else "MINIDL_DATA"
+        looked += f"; {which} {missing} does not exist (a typo?)"
     lines = [f"{remote.dataset or remote.folder}: cannot find or download {remote.name!r}.",
              f"  looked in: {looked}"]
     if rejected:
