@@ -177,6 +177,23 @@ def test_random_hflip():
     np.testing.assert_array_equal(out, data.random_hflip(x, minidl.default_rng(1)))
 
 
+@pytest.mark.parametrize("call, error, match", [
+    (lambda x: data.random_crop(x, 3, None), TypeError, "random_crop needs an explicit gen"),
+    (lambda x: data.random_hflip(x, None), TypeError, "random_hflip needs an explicit gen"),
+    (lambda x: data.random_crop(x, 3, minidl.default_rng(0), padding=2.5), ValueError,
+     r"padding must be an integer >= 0 \(pixels of zeros on each side\), got 2.5"),
+    (lambda x: data.random_crop(x, 2.5, minidl.default_rng(0)), ValueError,
+     r"size must be an integer >= 1 \(pixels\), got 2.5"),
+    (lambda x: data.random_crop(x, (3, 0), minidl.default_rng(0)), ValueError,
+     r"size must be an integer >= 1 \(pixels\), got 0"),
+])
+def test_augmentation_refuses_what_it_cannot_use_by_name(call, error, match):
+    """rng=None used to end in AttributeError ('NoneType' object has no attribute
+    'integers') and padding=2.5 in NumPy's TypeError from inside np.pad."""
+    with pytest.raises(error, match=match):
+        call(_images())
+
+
 def test_crop_and_flip_same_on_each_backend(on_backend):
     x = _images(8, 3, 6, 6, seed=2)
     dev = minidl.asarray(x)

@@ -232,6 +232,19 @@ def _check_images(x, name):
         raise ValueError(f"{name} expects an NCHW batch (N, C, H, W), got {shape}")
 
 
+def _check_rng(rng, name):
+    if rng is None or not hasattr(rng, "integers"):
+        raise TypeError(f"{name} needs an explicit generator, e.g. minidl.default_rng(0); "
+                        f"got {rng!r}")
+
+
+def _check_size(value, name, what, low):
+    if isinstance(value, bool) or not hasattr(value, "__index__") or value < low:
+        raise ValueError(f"random_crop: {name} must be an integer >= {low} ({what}), got "
+                         f"{value!r}")
+    return int(value)
+
+
 def random_crop(x, size, rng, padding=0):
     """Pad each image with zeros, then cut a random window of ``size`` (one per image).
 
@@ -243,11 +256,20 @@ def random_crop(x, size, rng, padding=0):
 
     Returns:
         (N, C, h, w) array on x's device, same dtype.
+
+    Raises:
+        TypeError: ``rng`` is not a generator.
+        ValueError: x is not (N, C, H, W); size or padding is not a whole number of
+            pixels; the window does not fit the padded images.
     """
     _check_images(x, "random_crop")
-    h, w = (size, size) if isinstance(size, int) else tuple(size)
-    if padding < 0:
-        raise ValueError(f"random_crop: padding must be >= 0, got {padding}")
+    _check_rng(rng, "random_crop")
+    if isinstance(size, (tuple, list)) and len(size) != 2:
+        raise ValueError(f"random_crop: size must be (h, w) or one int, got {size!r}")
+    h, w = tuple(size) if isinstance(size, (tuple, list)) else (size, size)
+    h = _check_size(h, "size", "pixels", 1)
+    w = _check_size(w, "size", "pixels", 1)
+    padding = _check_size(padding, "padding", "pixels of zeros on each side", 0)
     N, C, H, W = x.shape
     Hp, Wp = H + 2 * padding, W + 2 * padding
     if not (0 < h <= Hp and 0 < w <= Wp):
@@ -276,8 +298,13 @@ def random_hflip(x, rng, p=0.5):
 
     Returns:
         (N, C, H, W) array on x's device, same dtype.
+
+    Raises:
+        TypeError: ``rng`` is not a generator.
+        ValueError: x is not (N, C, H, W), or p is not in [0, 1].
     """
     _check_images(x, "random_hflip")
+    _check_rng(rng, "random_hflip")
     if not 0.0 <= p <= 1.0:
         raise ValueError(f"random_hflip: p must be in [0, 1], got {p}")
     xp = backend.array_module(x)
