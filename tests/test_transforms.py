@@ -177,6 +177,23 @@ def test_random_hflip():
     np.testing.assert_array_equal(out, data.random_hflip(x, minidl.default_rng(1)))
 
 
+def test_pixels_that_are_not_integers_or_a_zero_std_are_refused():
+    """normalise(normalise(x)) divided by 255 twice (values up to 0.004, no warning), and a
+    std of 0 gave inf with only NumPy's warning."""
+    x = _images()  # uint8
+    once = data.normalise(x)
+    with pytest.raises(TypeError, match=r"integer pixels 0\.\.255 \(uint8\), got float.*"
+                                        "scaled already"):
+        data.normalise(once)
+    with pytest.raises(TypeError, match="got bool"):
+        data.to_float(x > 100)
+    with pytest.raises(ValueError, match="std must be > 0"):
+        data.normalise(x, mean=0.1, std=0.0)
+    with pytest.raises(ValueError, match="std must be > 0"):
+        data.normalise(x, mean=0.1, std=float("nan"))
+    assert data.to_float(x.astype(np.int64)).max() <= 1.0  # integer pixels of another width
+
+
 @pytest.mark.parametrize("call, error, match", [
     (lambda x: data.random_crop(x, 3, None), TypeError, "random_crop needs an explicit gen"),
     (lambda x: data.random_hflip(x, None), TypeError, "random_hflip needs an explicit gen"),

@@ -48,8 +48,20 @@ def to_float(x, dtype=None):
 
     Returns:
         array of the same shape with values in [0, 1].
+
+    Raises:
+        TypeError: x is not an array of integers (floats are taken to be scaled already:
+            dividing them by 255 again, as ``normalise(normalise(x))`` did, left values
+            up to 0.004 without a word).
     """
     xp = backend.array_module(x)
+    kind = getattr(getattr(x, "dtype", None), "kind", None)
+    if kind not in ("u", "i"):
+        got = x.dtype if kind is not None else type(x).__name__
+        hint = (" (already floating point: scaled already? then use it as it is; if it "
+                "runs 0..255, divide by 255 yourself)" if kind == "f" else "")
+        raise TypeError(f"to_float expects an array of integer pixels 0..255 (uint8), got "
+                        f"{got}{hint}")
     dtype = backend.get_default_dtype() if dtype is None else backend.host().dtype(dtype)
     return xp.asarray(x, dtype=dtype) * dtype.type(1.0 / 255.0)  # same shape as x
 
@@ -66,6 +78,10 @@ def normalise(x, mean=None, std=None, dtype=None):
 
     Returns:
         float array of x's shape: x / 255, or (x / 255 - mean) / std.
+
+    Raises:
+        TypeError: x is not integer pixels (see ``to_float``).
+        ValueError: only one of mean and std is given, or std is not > 0.
     """
     if (mean is None) != (std is None):
         raise ValueError("normalise: give both mean and std, or neither")
@@ -75,6 +91,9 @@ def normalise(x, mean=None, std=None, dtype=None):
     xp = backend.array_module(out)
     mean = xp.asarray(mean, dtype=out.dtype)
     std = xp.asarray(std, dtype=out.dtype)
+    if not bool(xp.all(std > 0)):  # also catches NaN
+        raise ValueError(f"normalise: std must be > 0 everywhere, got {std}; a constant "
+                         "channel has std 0: leave it out or add a small epsilon")
     return (out - mean) / std  # same shape as x
 
 
