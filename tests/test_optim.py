@@ -72,6 +72,14 @@ def minidl_step(model, crit, opt, x, y):
     opt.step()
 
 
+def backward_only(model, x, y):
+    """Forward, MSE loss and backward on one batch: the gradients, no step."""
+    out = model.forward(backend.asarray(x))
+    crit = MSELoss()
+    crit.forward(out, backend.asarray(y, dtype=out.dtype))
+    model.backward(crit.backward())
+
+
 def host_params(model):
     """{qualified name: host copy} of every parameter."""
     return {name: backend.to_numpy(layer.params[key]).copy()
@@ -620,9 +628,7 @@ def test_updates_in_threads_equal_the_loop_to_the_last_bit(case, monkeypatch):
         opt = cls(model, **kw)
         for x, y in make_batches(steps=5):
             with threadpoolctl.threadpool_limits(1):  # the same gradients on both runs
-                out = model.forward(backend.asarray(x))
-                crit.forward(out, backend.asarray(y, dtype=out.dtype))
-                model.backward(crit.backward())
+                backward_only(model, x, y)
             with threadpoolctl.threadpool_limits(threads):
                 opt.step()
         results.append((host_params(model), opt.state_dict()))
@@ -666,11 +672,7 @@ def test_small_models_update_in_the_plain_loop(monkeypatch):
     from minidl import parallel
     model = make_mlp()
     opt = SGD(model, lr=0.1)
-    x, y = make_batches(steps=1)[0]
-    out = model.forward(backend.asarray(x))
-    crit = MSELoss()
-    crit.forward(out, backend.asarray(y, dtype=out.dtype))
-    model.backward(crit.backward())
+    backward_only(model, *make_batches(steps=1)[0])
     calls = []
     monkeypatch.setattr(parallel, "map_pieces", lambda *a, **k: calls.append(a))
     with threadpoolctl.threadpool_limits(2):
@@ -682,11 +684,7 @@ def test_a_bad_gradient_changes_nothing_not_even_earlier_parameters():
     """The shape and device checks run over every parameter before any is updated."""
     model = make_mlp()
     opt = Adam(model, lr=0.1)
-    x, y = make_batches(steps=1)[0]
-    out = model.forward(backend.asarray(x))
-    crit = MSELoss()
-    crit.forward(out, backend.asarray(y, dtype=out.dtype))
-    model.backward(crit.backward())
+    backward_only(model, *make_batches(steps=1)[0])
     before = host_params(model)
     model[2].grads["b"] = np.zeros(7)  # the last parameter's gradient has the wrong shape
     with pytest.raises(ValueError, match="2.b"):
