@@ -613,7 +613,6 @@ def test_updates_in_threads_equal_the_loop_to_the_last_bit(case, monkeypatch):
     from minidl import parallel
     from minidl.optim import base as optim_base
     _, cls, kw, _, _ = case
-    crit = MSELoss()
     results, pieces_seen = [], []
     real_map = parallel.map_pieces
 
