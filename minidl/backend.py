@@ -22,7 +22,7 @@ __all__ = [
     "set_backend", "get_backend", "xp", "array_module", "asarray", "to_numpy",
     "set_default_dtype", "get_default_dtype", "default_rng", "cupy_available",
     "is_array", "on_device", "BackendError", "host", "check_same_device", "linalg_errors",
-    "blas_threads", "blas_single_thread",
+    "blas_threads", "blas_single_thread", "check_rng",
 ]
 
 _state = {"name": "numpy", "module": numpy, "dtype": numpy.dtype("float32")}
@@ -220,6 +220,19 @@ def default_rng(seed=None):
     then moved to the device, so a seed gives the same model on either backend.
     """
     return numpy.random.default_rng(seed)
+
+
+def check_rng(rng, owner):
+    """Raise ``TypeError`` unless ``rng`` is a generator (``default_rng(seed)``): minidl
+    draws from an explicit generator the caller passes, never from a hidden global one.
+
+    Args:
+        rng: what the caller passed.
+        owner: who needs it, for the message (``"init.orthogonal"``, ``"random_crop"``).
+    """
+    if not all(hasattr(rng, name) for name in ("random", "integers", "standard_normal")):
+        raise TypeError(f"{owner} needs an explicit generator, e.g. minidl.default_rng(0); "
+                        f"got {rng!r}")
 
 
 _env = os.environ.get("MINIDL_BACKEND")

@@ -37,9 +37,7 @@ def fans(shape):
 
 
 def _check_rng(rng, name):
-    if rng is None or not hasattr(rng, "standard_normal"):
-        raise TypeError(f"init.{name} needs an explicit generator, e.g. "
-                        f"minidl.default_rng(0); got {rng!r}")
+    backend.check_rng(rng, f"init.{name}")
 
 
 def _out(a, dtype):

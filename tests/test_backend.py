@@ -69,3 +69,25 @@ def test_model_moves_and_state_dict_is_host(on_backend):
     assert minidl.array_module(layer.params["W"]) is minidl.xp()
     sd = layer.state_dict()
     assert all(isinstance(v, np.ndarray) for v in sd.values())
+
+
+def test_every_random_draw_needs_an_explicit_generator_and_says_who_asked():
+    """One check (backend.check_rng) for every function that draws: None, a seed or
+    NumPy's global np.random module is a TypeError naming the function."""
+    import minidl
+    from minidl import curvature, data, init
+    from minidl.layers import Linear
+    from minidl.losses import MSELoss
+    net, x = Linear(2, 1, rng=minidl.default_rng(0)).astype("float64"), np.ones((3, 2))
+    images = np.zeros((2, 1, 4, 4), dtype=np.uint8)
+    calls = {"init.orthogonal": lambda rng: init.orthogonal((3, 2), rng),
+             "random_crop": lambda rng: data.random_crop(images, 2, rng),
+             "random_hflip": lambda rng: data.random_hflip(images, rng),
+             "lanczos": lambda rng: curvature.lanczos(net, MSELoss(), x, np.ones((3, 1)), rng),
+             "true_fisher": lambda rng: curvature.true_fisher(net, MSELoss(), x,
+                                                              np.ones((3, 1)), rng)}
+    for owner, call in calls.items():
+        for bad in (None, 0, np.random):
+            with pytest.raises(TypeError, match=f"{owner} needs an explicit generator"):
+                call(bad)
+        call(minidl.default_rng(0))  # a generator is fine

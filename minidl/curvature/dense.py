@@ -29,6 +29,7 @@ Models must be in an eval-consistent state: Dropout in eval mode, and for EF and
 BatchNorm in train mode (it couples the examples, so per-example gradients do not exist;
 a ``ValueError`` says so). H and G of a train-mode BatchNorm model are the batch loss's.
 """
+from .. import backend
 from . import flat
 from .per_example import check_per_example_ok, per_example_grads
 from .products import ggn_vp_fn, hvp_fn, preserved_state
@@ -142,9 +143,7 @@ def true_fisher(model, loss, x, target, rng, samples=100, method="auto"):
         ValueError: ``samples`` is not a positive integer, or a layer couples the
             examples (train-mode BatchNorm).
     """
-    if rng is None or not hasattr(rng, "random"):
-        raise TypeError(f"true_fisher needs an explicit generator, e.g. "
-                        f"minidl.default_rng(0); got {rng!r}")
+    backend.check_rng(rng, "true_fisher")
     if isinstance(samples, bool) or not hasattr(samples, "__index__") or int(samples) < 1:
         # int() would have turned 2.5 into 2 and "3" into 3 without a word
         raise ValueError(f"true_fisher: samples must be a positive integer, got {samples!r}")

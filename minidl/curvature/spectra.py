@@ -126,12 +126,6 @@ def _operator(model, loss, x, target, curvature):
     return _OPERATORS[curvature](model, loss, x, target)
 
 
-def _check_rng(rng, fn):
-    if rng is None or not hasattr(rng, "standard_normal"):
-        raise TypeError(f"{fn} needs an explicit generator, e.g. minidl.default_rng(0); "
-                        f"got {rng!r}")
-
-
 def _dtype(model):
     return next(layer.params[key].dtype for _, layer, key in model.parameters())
 
@@ -210,7 +204,7 @@ def _default_steps(P, k):
 
 def _lanczos(model, loss, x, target, rng, steps, curvature):
     """(Ritz values, residuals, dtype) after ``steps`` steps (host arrays)."""
-    _check_rng(rng, "lanczos")
+    backend.check_rng(rng, "lanczos")
     P = flat.num_params(model)
     xp = flat.param_module(model)
     with preserved_state(model, loss):
@@ -347,7 +341,7 @@ def power_iteration(model, loss, x, target, rng, iters=500, tol=None, curvature=
         ``.iterations`` and ``.note``. When it did not converge a ``NotConvergedWarning``
         says so as well.
     """
-    _check_rng(rng, "power_iteration")
+    backend.check_rng(rng, "power_iteration")
     P = flat.num_params(model)
     xp = flat.param_module(model)
     dtype = _dtype(model)

@@ -251,12 +251,6 @@ def _check_images(x, name):
         raise ValueError(f"{name} expects an NCHW batch (N, C, H, W), got {shape}")
 
 
-def _check_rng(rng, name):
-    if rng is None or not hasattr(rng, "integers"):
-        raise TypeError(f"{name} needs an explicit generator, e.g. minidl.default_rng(0); "
-                        f"got {rng!r}")
-
-
 def _check_size(value, name, what, low):
     if isinstance(value, bool) or not hasattr(value, "__index__") or value < low:
         raise ValueError(f"random_crop: {name} must be an integer >= {low} ({what}), got "
@@ -282,7 +276,7 @@ def random_crop(x, size, rng, padding=0):
             pixels; the window does not fit the padded images.
     """
     _check_images(x, "random_crop")
-    _check_rng(rng, "random_crop")
+    backend.check_rng(rng, "random_crop")
     if isinstance(size, (tuple, list)) and len(size) != 2:
         raise ValueError(f"random_crop: size must be (h, w) or one int, got {size!r}")
     h, w = tuple(size) if isinstance(size, (tuple, list)) else (size, size)
@@ -323,7 +317,7 @@ def random_hflip(x, rng, p=0.5):
         ValueError: x is not (N, C, H, W), or p is not in [0, 1].
     """
     _check_images(x, "random_hflip")
-    _check_rng(rng, "random_hflip")
+    backend.check_rng(rng, "random_hflip")
     if not 0.0 <= p <= 1.0:
         raise ValueError(f"random_hflip: p must be in [0, 1], got {p}")
     xp = backend.array_module(x)
