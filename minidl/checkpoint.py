@@ -285,6 +285,8 @@ def _fail(path, what):
 def _read_arrays(path):
     """Every array in the archive, read with ``allow_pickle=False``; clear errors."""
     np = backend.host()
+    if os.path.isdir(path):
+        raise _fail(path, "is a folder; give the checkpoint file inside it (a .npz)")
     if not os.path.isfile(path):
         raise _fail(path, "no such file")
     with open(path, "rb") as f:

@@ -168,6 +168,8 @@ def test_missing_file(tmp_path):
     model, opt, _ = objects()
     with pytest.raises(CheckpointError, match="no such file"):
         checkpoint.load(tmp_path / "nope.npz", model, opt)
+    with pytest.raises(CheckpointError, match="is a folder; give the checkpoint file"):
+        checkpoint.load(tmp_path, model, opt)  # said "no such file" for a folder
 
 
 def test_object_arrays_are_refused_without_unpickling(tmp_path):
