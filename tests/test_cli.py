@@ -433,3 +433,21 @@ def test_a_run_whose_loss_ended_above_its_start_is_not_ok():
     rose = row("bnp", 2e-3, history([2.31, 0.5, 4.45, 2.2e3], [1.2, 109.9]))
     assert rose["status"] == "loss rose: 2.31 at the first step, 110 in the last epoch"
     assert row("adam", 1e-3, history([2.31, 1.0], [1.5, 0.82]))["status"] == "ok"
+
+
+def test_an_interrupted_train_says_how_to_resume(tmp_path, capsys, monkeypatch):
+    """Ctrl-C used to print only 'interrupted'; with a checkpoint on disk it now says that
+    the checkpoint holds the last finished epoch and how to continue."""
+    ck = tmp_path / "run.npz"
+    ck.write_bytes(b"stand-in: only its existence is read")
+
+    def interrupted(args):
+        raise KeyboardInterrupt
+
+    monkeypatch.setitem(cli._COMMANDS, "train", interrupted)
+    assert cli.main(["train", "--checkpoint", str(ck)]) == 130
+    err = capsys.readouterr().err
+    assert f"interrupted; {ck} holds the last finished epoch" in err
+    assert f"--resume {ck}" in err
+    assert cli.main(["train"]) == 130  # no checkpoint: just the word
+    assert capsys.readouterr().err.strip() == "minidl train: interrupted"

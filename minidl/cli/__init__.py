@@ -21,6 +21,7 @@ files, curves), and one per command (``train_cmd``, ``compare_cmd``, ``assign_cm
 arguments print one line saying what is wrong and what would be right, and exit with
 status 2 before any training, as argparse does for its own errors.
 """
+import os
 import sys
 
 from .arguments import EXIT_USAGE, UsageError, build_parser
@@ -53,5 +54,14 @@ def main(argv=None):
         print(f"minidl {args.command}: error: {err}", file=sys.stderr)
         return EXIT_USAGE
     except KeyboardInterrupt:
-        print(f"minidl {args.command}: interrupted", file=sys.stderr)
+        print(f"minidl {args.command}: interrupted{_how_to_resume(args)}", file=sys.stderr)
         return 130
+
+
+def _how_to_resume(args):
+    """What an interrupted ``minidl train`` can be continued from, or ``""``."""
+    path = getattr(args, "checkpoint", None)
+    if not path or not os.path.isfile(path):
+        return ""
+    return (f"; {path} holds the last finished epoch: continue with the same options and "
+            f"--resume {path}")
