@@ -305,6 +305,16 @@ _net = [_L.Linear(784, 16, rng=_r).astype("float64"), _L.ReLU(),
 _first = train_epoch(_net, _losses.SoftmaxCrossEntropy(), _x, _yall[:500], 0.2, 50, _r)
 _second = train_epoch(_net, _losses.SoftmaxCrossEntropy(), _x, _yall[:500], 0.2, 50, _r)
 assert isinstance(_first, float) and _second < _first, f"mean loss went {_first} -> {_second}"
+# with lr = 0 nothing moves, so the mean of the 10 batch losses is the loss of all 500
+_state = str(_r.bit_generator.state)
+_crit = _losses.SoftmaxCrossEntropy()
+_out = _x
+for _layer in _net:
+    _out = _layer.forward(_out)
+_full = _crit.forward(_out, _yall[:500])
+_got = train_epoch(_net, _crit, _x, _yall[:500], 0.0, 50, _r)
+assert str(_r.bit_generator.state) != _state, "train_epoch did not draw from rng: shuffle the examples with rng.permutation"
+assert abs(_got - _full) <= 1e-9 * abs(_full), f"with lr=0 and 10 batches of 50, train_epoch returned {_got}, but the mean of the batch losses is the loss of all 500 examples, {_full} (every batch once? the mean, not the sum or the last one?)"
 
 # %%
 """ # BEGIN TEST CONFIG
@@ -323,6 +333,12 @@ for _layer in _net:
     _out = _layer.forward(_out)
 _acc = float((_out.argmax(axis=1) == _y[2000:]).mean())
 assert _acc >= 0.8, f"after 3 epochs on 2000 digits the held-out accuracy is {_acc:.3f}, expected >= 0.8"
+_state = str(_r.bit_generator.state)
+_crit = _losses.SoftmaxCrossEntropy()
+_full = _crit.forward(_out, _y[2000:])
+_got = train_epoch(_net, _crit, _x[2000:], _y[2000:], 0.0, 25, _r)
+assert str(_r.bit_generator.state) != _state, "train_epoch did not draw from rng: shuffle the examples with rng.permutation"
+assert abs(_got - _full) <= 1e-9 * abs(_full), f"with lr=0 and 20 batches of 25, train_epoch returned {_got}, expected the mean batch loss {_full}"
 
 # %% [raw]
 # # END TESTS
