@@ -18,7 +18,9 @@
 # loss is the **mean** over the batch, so its gradient carries a factor `1/N`.
 #
 # `backward(dout)` receives `dL/dout`, fills `self.grads[k]` for every `k` in
-# `self.params` (same shape as the parameter), and returns `dL/dx`.
+# `self.params` (same shape as the parameter), and returns `dL/dx`. Neither pass may
+# change the arrays it is given (`x`, `dout`, the logits): the caller may still need them,
+# so return new arrays (no `x[x < 0] = 0`, no `-=` on an input).
 #
 # Run `grader.check("q1")` (etc.) after each question: the public tests print what is
 # wrong, including minidl's gradient-check report (which array, which element, how far
@@ -158,7 +160,12 @@ class ReLU(Layer):
 # %%
 from minidl.assign.feedback import assert_close, assert_gradcheck
 _x = np.array([[-2.0, -0.5, 0.5, 3.0]])
-assert_close("ReLU forward", ReLU().forward(_x), [[0.0, 0.0, 0.5, 3.0]])
+_relu = ReLU()
+assert_close("ReLU forward", _relu.forward(_x), [[0.0, 0.0, 0.5, 3.0]])
+assert np.array_equal(_x, [[-2.0, -0.5, 0.5, 3.0]]), "ReLU.forward changed its input x in place; return a new array and leave x as it was"
+_dout = np.array([[1.0, -2.0, 3.0, -4.0]])
+assert_close("ReLU dx", _relu.backward(_dout), [[0.0, 0.0, 3.0, -4.0]])
+assert np.array_equal(_dout, [[1.0, -2.0, 3.0, -4.0]]), "ReLU.backward changed its input dout in place; return a new array and leave dout as it was"
 assert_gradcheck(ReLU(), minidl.default_rng(4).standard_normal((3, 5)))
 
 # %%
@@ -168,9 +175,12 @@ hidden: true
 from minidl.assign.feedback import assert_close, assert_gradcheck
 _r = minidl.default_rng(12)
 _x, _dout = _r.standard_normal((6, 4)), _r.standard_normal((6, 4))
+_x0, _dout0 = _x.copy(), _dout.copy()
 _relu = ReLU()
-assert_close("ReLU forward", _relu.forward(_x), np.maximum(_x, 0))
-assert_close("ReLU dx", _relu.backward(_dout), _dout * (_x > 0))
+assert_close("ReLU forward", _relu.forward(_x), np.maximum(_x0, 0))
+assert np.array_equal(_x, _x0), "ReLU.forward changed its input x in place; return a new array and leave x as it was"
+assert_close("ReLU dx", _relu.backward(_dout), _dout0 * (_x0 > 0))
+assert np.array_equal(_dout, _dout0), "ReLU.backward changed its input dout in place; return a new array and leave dout as it was"
 assert_gradcheck(ReLU(), _r.standard_normal((2, 3, 4)))
 
 # %% [raw]
@@ -231,6 +241,7 @@ from minidl.assign.feedback import assert_close, assert_loss_gradcheck
 _logits = np.array([[1.0, 2.0, 3.0], [1000.0, 0.0, -1000.0]])
 _y = np.array([2, 0])
 assert_close("loss", SoftmaxCrossEntropy().forward(_logits, _y), 0.5 * 0.40760596444438)
+assert np.array_equal(_logits, [[1.0, 2.0, 3.0], [1000.0, 0.0, -1000.0]]), "forward changed its input logits in place; compute new arrays and leave logits as they were"
 assert_loss_gradcheck(SoftmaxCrossEntropy(), minidl.default_rng(5).standard_normal((4, 3)), np.array([0, 2, 1, 1]))
 
 # %%
@@ -241,8 +252,10 @@ import minidl.losses as _losses
 from minidl.assign.feedback import assert_close, assert_loss_gradcheck
 _r = minidl.default_rng(13)
 _h, _y = 3 * _r.standard_normal((8, 5)), _r.integers(0, 5, 8)
+_h0 = _h.copy()
 _mine, _ref = SoftmaxCrossEntropy(), _losses.SoftmaxCrossEntropy()
-assert_close("loss", _mine.forward(_h, _y), _ref.forward(_h, _y))
+assert_close("loss", _mine.forward(_h, _y), _ref.forward(_h0, _y))
+assert np.array_equal(_h, _h0), "forward changed its input logits in place; compute new arrays and leave logits as they were"
 assert_close("dL/dlogits", _mine.backward(), _ref.backward())
 assert_loss_gradcheck(SoftmaxCrossEntropy(), _r.standard_normal((3, 7)), np.array([6, 0, 3]))
 
