@@ -76,6 +76,9 @@ _r = minidl.default_rng(1)
 _ref = _L.Conv2d(2, 3, 3, stride=1, padding=1, rng=_r).astype("float64")
 _x = _r.standard_normal((2, 2, 5, 5))
 assert_close("conv2d_naive", conv2d_naive(_x, _ref.params["W"], _ref.params["b"], 1, 1), _ref.forward(_x))
+_ref = _L.Conv2d(2, 2, (3, 2), stride=2, padding=0, rng=_r).astype("float64")
+_x = _r.standard_normal((1, 2, 7, 5))
+assert_close("conv2d_naive (stride 2, 3x2 kernel)", conv2d_naive(_x, _ref.params["W"], _ref.params["b"], 2, 0), _ref.forward(_x))
 
 # %%
 """ # BEGIN TEST CONFIG
@@ -138,6 +141,10 @@ from minidl.assign.feedback import assert_close
 _x = np.arange(2 * 1 * 3 * 3, dtype=float).reshape(2, 1, 3, 3)
 _expected = np.array([[0, 1, 3, 4], [1, 2, 4, 5], [3, 4, 6, 7], [4, 5, 7, 8]], dtype=float)
 assert_close("im2col", im2col(_x, 2, 2, 1, 0), np.concatenate([_expected, _expected + 9]))
+_x = minidl.default_rng(6).standard_normal((1, 2, 5, 4))
+_xp = np.pad(_x, ((0, 0), (0, 0), (1, 1), (1, 1)))
+_rows = [_xp[0, :, 2 * i:2 * i + 2, 2 * j:2 * j + 3].ravel() for i in range(3) for j in range(2)]
+assert_close("im2col (stride 2, padding 1, 2x3 kernel)", im2col(_x, 2, 3, 2, 1), np.array(_rows))
 
 # %%
 """ # BEGIN TEST CONFIG
@@ -238,6 +245,7 @@ class Conv2d(Layer):
 # %%
 from minidl.assign.feedback import assert_gradcheck
 assert_gradcheck(Conv2d(2, 3, 3, stride=1, padding=1, rng=minidl.default_rng(3)), minidl.default_rng(4).standard_normal((2, 2, 4, 4)))
+assert_gradcheck(Conv2d(2, 2, 3, stride=2, padding=1, rng=minidl.default_rng(7)), minidl.default_rng(8).standard_normal((1, 2, 5, 6)))
 
 # %%
 """ # BEGIN TEST CONFIG
