@@ -234,7 +234,9 @@ class LayerNorm(Layer):
 from minidl.assign.feedback import assert_close, assert_gradcheck
 _x = np.array([[1.0, 3.0], [0.0, -4.0]])
 assert_close("LayerNorm forward", LayerNorm(2).forward(_x), [[-1 / np.sqrt(1 + 1e-5), 1 / np.sqrt(1 + 1e-5)], [2 / np.sqrt(4 + 1e-5), -2 / np.sqrt(4 + 1e-5)]])
-assert_gradcheck(LayerNorm(4), minidl.default_rng(2).standard_normal((3, 4)))
+_ln = LayerNorm(4)
+_ln.params["gamma"] = np.array([1.0, -2.0, 0.5, 3.0])
+assert_gradcheck(_ln, minidl.default_rng(2).standard_normal((3, 4)))
 
 # %%
 """ # BEGIN TEST CONFIG
