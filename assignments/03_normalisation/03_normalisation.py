@@ -311,6 +311,14 @@ _GW, _Gb = bnp_direction(_h, np.array([[1.0, 1.0]]), np.array([0.5]))
 _s2t = np.array([1.0, 1.0]) * (1 + 1e-4) + 1e-5
 assert_close("G_W", _GW, [[(1 - 0.5 * 2) / _s2t[0], (1 - 0.5) / _s2t[1]]])
 assert_close("G_b", _Gb, 0.5 - _GW @ np.array([2.0, 1.0]))
+# more inputs than examples (m = 3 > N = 2: q = sqrt(3/2)), and variances that differ
+_h = np.array([[0.0, 1.0, 2.0], [2.0, 5.0, 3.0]])
+_mu, _s2 = np.array([1.0, 3.0, 2.5]), np.array([1.0, 4.0, 0.25])
+_GW, _Gb = bnp_direction(_h, np.array([[1.0, 2.0, -1.0], [0.0, 1.0, 3.0]]), np.array([0.5, -1.0]))
+_s2t, _q = _s2 + 1e-4 * 4.0 + 1e-5, np.sqrt(1.5)
+_expected = (np.array([[1.0, 2.0, -1.0], [0.0, 1.0, 3.0]]) - np.outer([0.5, -1.0], _mu)) / _s2t / _q
+assert_close("G_W (N=2, m=3)", _GW, _expected)
+assert_close("G_b (N=2, m=3)", _Gb, np.array([0.5, -1.0]) / _q - _expected @ _mu)
 
 # %%
 """ # BEGIN TEST CONFIG
