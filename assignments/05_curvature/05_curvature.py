@@ -152,6 +152,11 @@ _ = _model.backward(_loss.backward())
 _A, _G = kfac_factors(_x, _model.layers[0].cache["dout"])
 _EF = _C.empirical_fisher(_model, _losses.SoftmaxCrossEntropy(), _x, _y)
 assert_close("kron(G, A) for one example", np.kron(_G, _A), _EF)
+# a batch: the mean over examples, with delta_n = N dout_n
+_a, _d = np.array([[1.0, 0.0], [1.0, 2.0], [0.0, -1.0]]), np.array([[0.1], [0.0], [-0.2]])
+_A, _G = kfac_factors(_a, _d)
+assert_close("A (N = 3)", _A, np.array([[2.0, 2.0], [2.0, 5.0]]) / 3)
+assert_close("G (N = 3)", _G, np.array([[(0.3 ** 2 + 0.6 ** 2) / 3]]))
 
 # %%
 """ # BEGIN TEST CONFIG
