@@ -110,6 +110,13 @@ def _public_tests(name, question):
 @pytest.mark.parametrize("name, question, needle", [
     ("04_optimizers", "q1", "nesterov=True"),   # Nesterov was only in the hidden test
     ("03_normalisation", "q1", ".eval()"),      # so was BatchNorm's eval mode
+    ("02_cnn_layers", "q1", "stride=2"),        # and every stride > 1
+    ("02_cnn_layers", "q2", "im2col(_x, 2, 3, 2, 1)"),
+    ("02_cnn_layers", "q3", "stride=2"),
+    ("03_normalisation", "q4", "(N=2, m=3)"),   # q = sqrt(m / N) > 1
+    ("05_curvature", "q2", "(N = 3)"),          # K-FAC factors of more than one example
+    ("01_mlp_backprop", "q4", "0.0, 50, _r"),   # what train_epoch returns (lr = 0)
+    ("01_mlp_backprop", "q2", "changed its input"),  # ReLU leaves x and dout alone
 ])
 def test_public_tests_cover_what_hidden_tests_grade(name, question, needle):
     # README: hidden tests check the same things on other shapes, so every behaviour they
