@@ -15,8 +15,9 @@ product, and averages the diagonal Jacobians over the batch::
     Gbar_l   = (W_{l+1}^T Gbar_{l+1} W_{l+1}) ⊙ (1/N) sum_n f'(h_n) f'(h_n)^T
 
 with H_n = ``loss.hessian()[n]`` (summed by ``loss.hessian_sum()``), which carries the
-1/N of a "mean" reduction (so the sum is the paper's batch-averaged loss Hessian times N, the scale at which Gbar kron
-Qbar approximates the GGN of the reduced loss; see ``kflr.py``). ⊙ is the elementwise
+1/N of a "mean" reduction: for "mean" the sum is the paper's batch-averaged loss Hessian
+E_n[H_L(n)] itself, for "sum" N times it; either way it is the scale at which Gbar kron
+Qbar approximates the GGN of the reduced loss (see ``kflr.py``). ⊙ is the elementwise
 product. An activation after the last Linear layer multiplies Gbar_top the same way;
 several activations in a row multiply their derivatives f' first, per example. For one
 example (N = 1) every step is exact, so KFRA equals the exact GGN block and KFLR.
