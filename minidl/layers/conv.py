@@ -91,8 +91,8 @@ class Conv2d(Layer):
         rng: generator for the initial weights (``minidl.default_rng(seed)``); a fresh
             unseeded one when None.
         init: initialiser for W (name or function of (shape, rng)); the default is
-            U(-1/sqrt(fan_in), 1/sqrt(fan_in)) with fan_in = C kh kw, for W and b, as in
-            PyTorch.
+            U(-1/sqrt(fan_in), 1/sqrt(fan_in)) with fan_in = C kh kw, as in PyTorch. b is
+            drawn from that uniform whatever ``init`` is.
 
     Cache (read by the preconditioners): ``cache["x"]`` the input (N, C, H, W),
     ``cache["cols"]`` its im2col matrix (C kh kw, N Ho Wo), computed when read (not

@@ -35,7 +35,8 @@ class Linear(Layer):
         rng: generator for the initial weights (``minidl.default_rng(seed)``); a fresh
             unseeded one when None.
         init: initialiser for W (name or function of (shape, rng)); the default is
-            U(-1/sqrt(in), 1/sqrt(in)) for W and b, as in PyTorch.
+            U(-1/sqrt(in), 1/sqrt(in)), as in PyTorch. b is drawn from that uniform
+            whatever ``init`` is.
     """
 
     def __init__(self, in_features, out_features, bias=True, rng=None, init="uniform"):
