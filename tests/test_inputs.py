@@ -92,6 +92,16 @@ def test_every_loss_refuses_integer_logits(name):
         loss().forward(np.ones((4, 3), dtype="uint8"), target(4))
 
 
+@pytest.mark.parametrize("name", list(LOSSES))
+def test_every_loss_refuses_logits_that_are_not_an_array_with_a_type_error(name):
+    """A list of logits: SoftmaxCrossEntropy raised ValueError (it looked at the shape
+    first), MSE and BCE TypeError; now every loss says TypeError, as losses/base.py
+    documents."""
+    loss, target = LOSSES[name]
+    with pytest.raises(TypeError):
+        loss().forward([[1.0, 2.0, 3.0]] * 4, target(4))
+
+
 # -- mixed precision -----------------------------------------------------------------------
 @pytest.mark.parametrize("name", PARAMETRISED)
 @pytest.mark.parametrize("model_dtype,data_dtype", [("float32", "float64"),

@@ -16,6 +16,7 @@ s_n = sum_k y_nk, 1 for labels and one-hot targets)::
 H_n does not depend on the labels, so the GGN of cross-entropy equals its Fisher.
 """
 from .. import backend
+from ..layers.base import expect_input
 from .base import Loss
 
 __all__ = ["SoftmaxCrossEntropy", "log_softmax", "softmax"]
@@ -43,11 +44,12 @@ class SoftmaxCrossEntropy(Loss):
     def forward(self, logits, target):
         xp = backend.check_same_device("SoftmaxCrossEntropy.forward(logits, target)",
                                        logits, target)
-        if not backend.is_array(logits) or logits.ndim != 2:
-            shape = getattr(logits, "shape", type(logits).__name__)
-            raise ValueError(f"SoftmaxCrossEntropy expects logits of shape (N, K), got {shape}")
+        expect_input(self, logits)  # a floating array (TypeError otherwise), as every loss
+        if logits.ndim != 2:
+            raise ValueError(f"SoftmaxCrossEntropy expects logits of shape (N, K), got "
+                             f"{tuple(logits.shape)}")
         N, K = logits.shape
-        c = self._start(logits, N)  # 1/N or 1; refuses integer logits, an empty mean
+        c = self._start(logits, N)  # 1/N or 1; refuses an empty mean
         Y = self._target_matrix(xp, logits, target)  # (N, K)
         logp = log_softmax(logits)  # (N, K)
         self.cache = {"p": xp.exp(logp), "Y": Y, "c": c, "logits": logits}
