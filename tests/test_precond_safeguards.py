@@ -283,7 +283,9 @@ def test_mbf_averages_large_dense_layers_by_default(rng):
 def test_shampoo_blocks_equal_the_dense_rule_with_block_diagonal_statistics(rng):
     """Linear(5, 7), block_size 3: W (7, 5) in blocks of rows {0:3, 3:6, 6:7} x columns
     {0:3, 3:5}, b (7,) in {0:3, 3:6, 6:7}. The direction is the dense preconditioner on
-    vec(G) built from every block's Kronecker factor, over two steps of summed statistics."""
+    vec(G) built from every block's Kronecker factor, over two steps of summed statistics.
+    The edge blocks of row 6 are (1, k): vectors, with the exponent -1/2 (the size-1 rule
+    of the module docstring; they used to get a 1 x 1 factor and the quarter root)."""
     model, loss = Linear(5, 7, rng=rng), SoftmaxCrossEntropy()
     eps = 1e-3
     p = Shampoo(model, damping=eps, grafting=None, root="eigh", block_size=3)
@@ -299,9 +301,13 @@ def test_shampoo_blocks_equal_the_dense_rule_with_block_diagonal_statistics(rng)
         for r0, r1 in rows:
             for c0, c1 in cols:
                 B = G[r0:r1, c0:c1]
+                idx = (np.arange(r0, r1)[:, None] * 5 + np.arange(c0, c1)[None, :]).ravel()
+                if r1 - r0 == 1:  # a (1, k) block: the vector rule
+                    V = sums[(r0, c0, "V")] = sums.get((r0, c0, "V"), 0) + np.outer(B, B)
+                    dense[np.ix_(idx, idx)] = mat_power(V + eps * np.eye(c1 - c0), -0.5)
+                    continue
                 L = sums[(r0, c0, "L")] = sums.get((r0, c0, "L"), 0) + B @ B.T
                 R = sums[(r0, c0, "R")] = sums.get((r0, c0, "R"), 0) + B.T @ B
-                idx = (np.arange(r0, r1)[:, None] * 5 + np.arange(c0, c1)[None, :]).ravel()
                 dense[np.ix_(idx, idx)] = np.kron(mat_power(L + eps * np.eye(r1 - r0), -0.25),
                                                   mat_power(R + eps * np.eye(c1 - c0), -0.25))
         np.testing.assert_allclose(backend.to_numpy(model.grads["W"]).ravel(),
@@ -312,6 +318,7 @@ def test_shampoo_blocks_equal_the_dense_rule_with_block_diagonal_statistics(rng)
             expected_b[r0:r1] = mat_power(Lb + eps * np.eye(r1 - r0), -0.5) @ gb[r0:r1]
         np.testing.assert_allclose(backend.to_numpy(model.grads["b"]), expected_b, rtol=1e-9)
     assert "W@3.3.R" in p.state[0] and "W.L" not in p.state[0]
+    assert p.state[0]["W@6.0.L"].shape == (3, 3) and "W@6.0.R" not in p.state[0]
 
 
 def test_shampoo_tensor_form_is_the_three_factor_kronecker_product(rng):

@@ -41,7 +41,8 @@ than the matrix form's (C kh kw)^2, at the price of a coarser approximation.
 
 Blocking (Anil et al. 2021): a mode longer than ``block_size`` (default 256) is cut into
 pieces of at most that length, and every block of the gradient gets its own statistics
-and roots; the direction is then Shampoo applied block by block, i.e. the dense rule with
+and roots (with its modes of size 1 dropped too: the edge block (1, k) of a 257-row
+weight is a vector, with the exponent -1/2); the direction is then Shampoo applied block by block, i.e. the dense rule with
 block-diagonal statistics. Without it a 4096-wide layer needs two 4096^2 roots per
 update (134 s per step here), VGG16's 512-channel 3x3 convs a 4608^2 one. The cost of the
 roots falls from O(n^3 + m^3) to O(n m b) for blocks of size b. ``block_size=None``
@@ -255,7 +256,7 @@ class Shampoo(Preconditioner):
         s = self.state[i]
         for name, g in self.pieces(layer).items():
             for prefix, idx in self.block_names(name, g):
-                block = g[idx]
+                block = drop_unit_modes(g[idx])  # an edge block (1, k) is a vector too
                 for mode in range(block.ndim):
                     self._accumulate(s, f"{prefix}.{MODES[mode]}", mode_statistic(block, mode))
 
@@ -299,8 +300,9 @@ class Shampoo(Preconditioner):
             else:
                 P = xp.empty_like(g)  # like g, filled block by block
                 for prefix, idx in names:
-                    P[idx] = apply_roots(g[idx], [s[f"{prefix}.{MODES[m]}_root"]
-                                                  for m in range(g.ndim)])
+                    block = drop_unit_modes(g[idx])  # as in update_curvature
+                    roots = [s[f"{prefix}.{MODES[m]}_root"] for m in range(block.ndim)]
+                    P[idx] = apply_roots(block, roots).reshape(g[idx].shape)
             D = self.graft_direction(s, name, g)
             if D is not None:
                 P = P * (float(xp.linalg.norm(D)) / (float(xp.linalg.norm(P)) + 1e-16))
