@@ -368,6 +368,10 @@ def test_load_state_dict_rejects_mismatches():
         Adam(make_mlp()).load_state_dict(bad)
     with pytest.raises(ValueError, match="state.<parameter name>.<slot>"):
         Adam(make_mlp()).load_state_dict({"bogus": 1})
+    fresh = Adam(make_mlp())  # a bad lr: refused before the state and t are replaced
+    with pytest.raises(ValueError, match=r"lr must lie in \[0, inf\), got -1.0"):
+        fresh.load_state_dict(dict(state, lr=-1.0))
+    assert fresh.state == {} and fresh.t == 0 and fresh.lr == 1e-3
 
 
 # -- the loop's details --------------------------------------------------------------------
