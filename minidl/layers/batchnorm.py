@@ -383,6 +383,12 @@ class BatchNorm1d(_BatchNorm):
         momentum: weight of the new batch in the running statistics.
 
     Shapes: x and out (N, C) or (N, C, L); gamma, beta, running_mean, running_var (C,).
+
+    Raises (``forward``):
+        TypeError: x is not a floating-point array.
+        ValueError: x has another number of dimensions or of channels than (N, C) or (N, C, L)
+            with C = num_features, or, in train mode, a channel has one value or none
+            (no variance to normalise by: use a larger batch, or ``.eval()``).
     """
 
     layout = "(N, C) or (N, C, L)"
@@ -398,6 +404,12 @@ class BatchNorm2d(_BatchNorm):
         momentum: weight of the new batch in the running statistics.
 
     Shapes: x and out (N, C, H, W); gamma, beta, running_mean, running_var (C,).
+
+    Raises (``forward``):
+        TypeError: x is not a floating-point array.
+        ValueError: x has another number of dimensions or of channels than (N, C, H, W)
+            with C = num_features, or, in train mode, a channel has one value or none
+            (no variance to normalise by: use a larger batch, or ``.eval()``).
     """
 
     layout = "(N, C, H, W)"
