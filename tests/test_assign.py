@@ -436,3 +436,22 @@ def test_notebooks_run_in_this_python_even_with_a_stale_python3_kernel(tmp_path,
     env = _child_env(None, home)  # grading: the child's environment
     monkeypatch.setenv("JUPYTER_PATH", env["JUPYTER_PATH"])
     assert KernelSpecManager().get_kernel_spec("python3").argv[0] == sys.executable
+
+
+def test_earlier_answers_from_reference_swaps_and_always_restores():
+    """The student's function sees the reference inside the block and its own answer
+    after it, also when a check inside fails."""
+    from minidl.assign.feedback import earlier_answers_from_reference
+    namespace = {}
+    exec("def helper(x):\n    return 'mine'\n\ndef uses(x):\n    return helper(x)\n", namespace)
+    uses = namespace["uses"]
+    with earlier_answers_from_reference(uses, helper=lambda x: "reference"):
+        assert uses(0) == "reference"
+    assert uses(0) == "mine"
+    with pytest.raises(AssertionError):
+        with earlier_answers_from_reference(uses, helper=lambda x: "reference"):
+            assert uses(0) == "mine", "a failing check"
+    assert uses(0) == "mine"
+    with earlier_answers_from_reference(uses, extra=1):  # a name the notebook lacks
+        assert namespace["extra"] == 1
+    assert "extra" not in namespace

@@ -112,6 +112,26 @@ def test_solution_full_blank_zero_bug_loses_its_question(released):
     assert no_grader_error(results)
 
 
+def test_an_earlier_mistake_is_not_charged_again(released):
+    """A2's Conv2d (q3) calls the student's im2col (q2). An im2col that ignores the stride
+    used to cost q3 too; q3 is now graded with minidl's im2col in its place
+    (``earlier_answers_from_reference``), so only q2 is lost."""
+    name, out, zip_path, master = released
+    if name != "02_cnn_layers":
+        pytest.skip("the case is A2's")
+    points = {q: float(p) for q, p in master.questions.items()}
+    nb = nbformat.read(str(out / "rel" / "autograder" / f"{name}.ipynb"), as_version=4)
+    old = "window = xpad[:, :, u:u + stride * Ho:stride, v:v + stride * Wo:stride]"
+    new = "window = xpad[:, :, u:u + Ho, v:v + Wo]"  # the stride forgotten
+    assert sum(cell.source.count(old) for cell in nb.cells) == 1
+    for cell in nb.cells:
+        cell.source = cell.source.replace(old, new)
+    nbformat.write(nb, str(out / "im2col_bug.ipynb"))
+    results, got = grade(zip_path, out / "im2col_bug.ipynb", out / "im2col_bug.json")
+    assert got == {q: (0.0 if q == "q2" else p, p) for q, p in points.items()}, results
+    assert no_grader_error(results)
+
+
 # -- notebooks that misbehave ----------------------------------------------------------------
 TINY = '''# %% [raw]
 # # ASSIGNMENT CONFIG

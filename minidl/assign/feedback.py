@@ -5,11 +5,42 @@ failing check raises ``AssertionError`` with a message a student can act on: whi
 its shape against the expected one (a transposed gradient shows up here), the worst
 element with both values and the error, or minidl's gradient-check report (which array,
 which element, analytic against numeric). Otter shows that message as the test's output.
+
+``earlier_answers_from_reference`` lets a question that builds on an earlier one be graded
+on its own code: inside it, the student's functions see the reference answers of the
+earlier questions, so a mistake there is not charged twice.
 """
+import contextlib
+
 from .. import backend
 
 __all__ = ["assert_close", "assert_gradcheck", "assert_loss_gradcheck", "as_array",
-           "assert_same_updates"]
+           "assert_same_updates", "earlier_answers_from_reference"]
+
+
+@contextlib.contextmanager
+def earlier_answers_from_reference(function, **reference):
+    """Inside the block, the global names in ``reference`` point at the reference answers,
+    as ``function`` (one of the student's, e.g. ``Conv2d.forward``) sees them; the
+    student's own are put back afterwards, also when a check in the block fails.
+
+    Args:
+        function: a function defined in the student's notebook; its globals are the
+            notebook's.
+        reference: ``name=reference function``, e.g. ``im2col=...`` for A2's Conv2d,
+            which calls question 2's ``im2col``.
+    """
+    names = function.__globals__
+    saved = {name: names[name] for name in reference if name in names}
+    names.update(reference)
+    try:
+        yield
+    finally:
+        for name in reference:
+            if name in saved:
+                names[name] = saved[name]
+            else:
+                names.pop(name, None)
 
 
 def as_array(name, value):
