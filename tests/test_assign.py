@@ -455,3 +455,35 @@ def test_earlier_answers_from_reference_swaps_and_always_restores():
     with earlier_answers_from_reference(uses, extra=1):  # a name the notebook lacks
         assert namespace["extra"] == 1
     assert "extra" not in namespace
+
+
+@pytest.mark.parametrize("where", ["forward", "backward"])
+def test_feedback_gradcheck_names_a_pass_that_changes_its_input(where):
+    """check_layer works on copies, so a ReLU with x[x < 0] = 0 (or dout[...] = 0) passed
+    assert_gradcheck; the caller's array changed under it."""
+    from minidl.assign.feedback import assert_gradcheck
+    from minidl.layers import ReLU
+
+    class InPlace(ReLU):
+        def f(self, x):
+            if where == "forward":
+                x[x < 0] = 0
+                return x
+            return super().f(x)
+
+        def df(self):
+            return super().df()
+
+        def backward(self, dout):
+            if where == "backward":
+                dout[self.cache["out"] <= 0] = 0
+                return dout
+            return super().backward(dout)
+
+    import minidl
+    x = minidl.default_rng(0).standard_normal((3, 4))
+    arg = "x" if where == "forward" else "dout"
+    with pytest.raises(AssertionError, match=f"InPlace.{where} changed its input {arg} in "
+                                             "place"):
+        assert_gradcheck(InPlace(), x)
+    assert_gradcheck(ReLU(), x)  # the library's ReLU leaves both alone

@@ -91,14 +91,26 @@ def assert_gradcheck(layer, x, **kwargs):
     # this first pass only checks shapes: run it in the layer's own precision (minidl does
     # not mix them); check_layer itself then works in float64 on copies of the parameters
     dtype = next((p.dtype for p in layer.params.values()), np.float64)
+    x_in = np.array(x, dtype=dtype)
+    x_kept = x_in.copy()
     try:
-        out = layer.forward(np.array(x, dtype=dtype))
-        dx = layer.backward(np.ones_like(as_array("forward output", out)))
+        out = layer.forward(x_in)
+        dout = np.ones_like(as_array("forward output", out))
+        dx = layer.backward(dout)
     except AssertionError:
         raise
     except Exception as e:
         raise AssertionError(f"{type(layer).__name__}: forward/backward raised "
                              f"{type(e).__name__}: {e}") from None
+    # the gradient check below works on copies and cannot see a pass that writes into
+    # its input (x[x < 0] = 0 in a ReLU): the caller's array would change under it
+    for name, arg, got, kept, why in (
+            ("forward", "x", x_in, x_kept, "x is the previous layer's output"),
+            ("backward", "dout", dout, 1.0, "dout is the layer above's, which may read it")):
+        if not np.array_equal(got, np.broadcast_to(kept, np.shape(got))):
+            raise AssertionError(f"{type(layer).__name__}.{name} changed its input {arg} in "
+                                 f"place; leave it as it is and compute into a new array "
+                                 f"({why})")
     as_array("backward's return value dx", dx)
     for key, p in layer.params.items():
         g = layer.grads.get(key)
