@@ -142,8 +142,12 @@ print(lesson.savefig(fig, "04_variance_through_depth"))
 # magnitude, although every variance is still ~1. (Past ~1e12 the smallest eigenvalues
 # reach the rounding level of float64, so the last layers' numbers are lower bounds.)
 #
-# Why: each layer is one step of the power method without the normalisation, so the
-# signals turn towards the dominant directions of the weight matrices.
+# Why: the signals are multiplied by one random matrix after another (each layer draws
+# its own). Even one square d x d Gaussian matrix stretches some directions far more than
+# others (its singular values spread from near 0 to about 2 sqrt(d) times the weights'
+# standard deviation), and a product of
+# independent ones spreads them further with every factor: like the power method, though
+# not with one matrix repeated, the signals turn towards a few dominant directions.
 
 # %%
 d, n = 32, 20000

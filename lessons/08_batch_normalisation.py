@@ -79,9 +79,11 @@ assert mean_err < 0.05
 # We push a batch of N = 128 images through `models.mlp` with 50 hidden ReLU layers of 128
 # units (minidl's default, PyTorch-style initialisation) and measure, after each hidden
 # layer, the numerical rank of the (N, 128) signal matrix (`matrix_rank`, as
-# `torch.matrix_rank` on the slide). Each layer acts like one step of the power method, so
-# without normalisation the signals of all examples line up: the rank goes to 1, and the
-# output no longer depends on the input. **Expected plot:** the "no BN" curve falls to 1
+# `torch.matrix_rank` on the slide). Each layer multiplies by a random matrix of its own,
+# and a product of many independent random matrices behaves like the power method: it
+# favours a few directions more with every factor. Without normalisation the signals of
+# all examples line up, the rank goes to 1, and the output no longer depends on the
+# input. **Expected plot:** the "no BN" curve falls to 1
 # within ~20 layers; the "BN" curve stays at 128.
 
 # %%
