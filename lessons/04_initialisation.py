@@ -145,9 +145,9 @@ print(lesson.savefig(fig, "04_variance_through_depth"))
 # Why: the signals are multiplied by one random matrix after another (each layer draws
 # its own). Even one square d x d Gaussian matrix stretches some directions far more than
 # others (its singular values spread from near 0 to about 2 sqrt(d) times the weights'
-# standard deviation), and a product of
-# independent ones spreads them further with every factor: like the power method, though
-# not with one matrix repeated, the signals turn towards a few dominant directions.
+# standard deviation), and a product of independent ones spreads them further with every
+# factor: like the power method, though not with one matrix repeated, the signals turn
+# towards a few dominant directions.
 
 # %%
 d, n = 32, 20000
