@@ -119,7 +119,16 @@ def plot_curves(ax, histories, key="train_loss", x="epoch", logy=None, ylabel=No
         logy = "loss" in key and positive and drawn
     if logy:
         ax.set_yscale("log")
+        low, high = ax.get_ylim()
+        if high < 10 * low:  # less than a decade: "2.25", not "2.25 x 10^0"
+            from matplotlib.ticker import FuncFormatter
+            plain = FuncFormatter(lambda value, _: f"{value:g}")
+            ax.yaxis.set_major_formatter(plain)
+            ax.yaxis.set_minor_formatter(plain)
     ax.set_xlabel("epoch" if x == "epoch" else "training time (s)")
+    if x == "epoch":  # ticks at whole epochs, not at 1.2, 1.4, ...
+        from matplotlib.ticker import MaxNLocator
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_ylabel(ylabel or key.replace("_", " "))
     ax.grid(True, alpha=0.3)
     if drawn:

@@ -287,6 +287,9 @@ def test_plots_write_a_png(tmp_path):
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert len(fig.axes) == 6
     assert len(fig.axes[0].lines) == 2  # one line per run
+    fig.canvas.draw()  # ticks are placed when drawn: whole epochs only (not 1.2, 1.4, ...)
+    ticks = [t for t in fig.axes[0].get_xticks() if 1 <= t <= 2]
+    assert ticks and all(float(t).is_integer() for t in ticks), ticks
     single = runs["lr 0.05"].plot(tmp_path / "one.png")
     assert (tmp_path / "one.png").stat().st_size > 1000 and single is not None
 
@@ -396,3 +399,19 @@ def test_a_monitor_the_run_never_records_is_refused_before_training():
     h = train.fit(model, loss, opt, loader, val_loader=val, monitor="val_accuracy",
                   epochs=1, log_every=0)
     assert len(h) == 1
+
+
+def test_a_log_axis_of_less_than_a_decade_has_plain_labels():
+    """A loss from 2.3 to 2.0 on a log axis was labelled '2.25 x 10^0'; now '2.25'."""
+    pytest.importorskip("matplotlib", reason="plots need matplotlib (pip install matplotlib)")
+    from minidl import plots
+    from minidl.train import History
+    h = History()
+    h.epochs = [{"epoch": e, "train_loss": v, "time": 0.1 * e}
+                for e, v in ((1, 2.3), (2, 2.2), (3, 2.0))]
+    fig = plots.plot_histories({"run": h}, None, keys=("train_loss",))
+    fig.canvas.draw()
+    ax = fig.axes[0]
+    labels = [t.get_text() for t in ax.get_yticklabels(minor=True) + ax.get_yticklabels()]
+    assert ax.get_yscale() == "log" and any(labels), labels
+    assert not any("10^" in text or "times" in text for text in labels), labels
