@@ -10,6 +10,7 @@ For logits x and targets y in [0, 1] of the same shape, s = sigmoid(x)::
 ``sample_target`` draws y ~ Bernoulli(s).
 """
 from .. import backend
+from ..layers.activations import sigmoid
 from .base import Loss
 
 __all__ = ["BCEWithLogits"]
@@ -35,12 +36,10 @@ class BCEWithLogits(Loss):
             raise ValueError("BCEWithLogits expects targets in [0, 1], got values in "
                              f"[{float(y.min())}, {float(y.max())}]")
         x = logits
-        # e = exp(-|x|) never overflows; it gives both the sigmoid and the log term:
-        # s = 1 / (1 + e) for x >= 0 and e / (1 + e) for x < 0 (Sigmoid.f's formula, with
-        # the numerator max(e, [x >= 0]) taken without a branch per element), and
+        # e = exp(-|x|) never overflows; it gives both the sigmoid and the log term,
         # log(1 + exp(-|x|)) = log1p(e)
         e = xp.exp(-xp.abs(x))  # same shape as x
-        s = (xp.maximum(e, x >= 0) / (1 + e)).astype(x.dtype, copy=False)  # sigmoid(x)
+        s = sigmoid(x, e)  # same shape as x
         self.cache = {"s": s, "y": y, "c": c, "logits": x}
         l = xp.maximum(x, 0)  # same shape as x
         l -= x * y
