@@ -236,13 +236,10 @@ class Optimizer:
             if "step" not in s:
                 raise ValueError(f"{owner}: parameter {name} has state but no "
                                  f"'state.{name}.step' entry")
-        lr = self.lr
-        if "lr" in state:  # checked (the setter) before anything is replaced
-            lr = check_number(owner, "lr", float(backend.to_numpy(state["lr"])), low=0.0,
-                              allowed="[0, inf)")
-        self.state = new
-        self.t = int(backend.to_numpy(state["t"])) if "t" in state else 0
-        self.lr = lr
+        t = int(backend.to_numpy(state["t"])) if "t" in state else 0
+        if "lr" in state:  # the setter checks it, before the state is replaced
+            self.lr = float(backend.to_numpy(state["lr"]))
+        self.state, self.t = new, t
         return self
 
     def extra_repr(self):
