@@ -35,11 +35,11 @@ blocks as threads, agree to BLAS's rounding.
 ``work`` must only write to places no other piece writes to (its own slice of an
 output array) and return what is to be combined (a partial sum), as the layers do. Each
 piece runs in a copy of the caller's context, so settings such as ``numpy.errstate`` (a
-context variable since NumPy 2.0) hold inside it as they would in the plain loop. At most ``workers()`` pieces run at
-once, whatever the size of the thread pool. ``map_pieces`` sets BLAS's thread count to 1
-while it runs and back afterwards, so two calls from different threads at once could leave
-BLAS at one thread: run one training loop per process, as usual (a forked child process
-starts a pool of its own).
+context variable since NumPy 2.0) hold inside it as they would in the plain loop. At most
+``workers()`` pieces run at once, whatever the size of the thread pool. ``map_pieces``
+sets BLAS's thread count to 1 while it runs and back afterwards, so two calls from
+different threads at once could leave BLAS at one thread: run one training loop per
+process, as usual (a forked child process starts a pool of its own).
 """
 import concurrent.futures
 import contextvars

@@ -16,8 +16,9 @@ The child also gets a scratch home folder (``HOME`` points into the grading fold
 notebook that runs ``rm -rf ~`` deletes that, not the grader's own home; the grader's
 Jupyter kernels and Python user packages stay visible (``JUPYTER_PATH``,
 ``PYTHONUSERBASE``), except that the kernel named ``python3`` is always the Python running
-the grader (``minidl.assign.kernel``). Anything else a notebook can reach by an absolute path, it can still
-touch: grade untrusted notebooks as a user without rights to your files, or in a container.
+the grader (``minidl.assign.kernel``). Anything else a notebook can reach by an absolute
+path, it can still touch: grade untrusted notebooks as a user without rights to your
+files, or in a container.
 """
 import json
 import os

@@ -28,8 +28,9 @@ test checks the two agree); the argmax is kept as int8 (1 byte per output pixel)
 K < 128, as int32 for larger windows. The backward pass loops over the same K offsets:
 dx[slab(k)] += dout where a == k. Both passes run over pieces of a few examples of the
 batch (``minidl.parallel``: a 1 MB piece stays in the CPU cache over the K offsets, and
-with several threads allowed the pieces run side by side). On a (128, 64, 32, 32) batch, forward and backward together took 37 ms against
-PyTorch's 82 ms at one thread on a 2-core Xeon (ratio 0.47; ``benchmarks/RESULTS.md``).
+with several threads allowed the pieces run side by side). On a (128, 64, 32, 32) batch,
+forward and backward together took 37 ms against PyTorch's 82 ms at one thread on a 2-core
+Xeon (ratio 0.47; ``benchmarks/RESULTS.md``).
 
 Average pooling (linear in x)::
 

@@ -40,13 +40,13 @@ vec, (P_1 kron P_2 kron P_3) vec(G). Three factors of sizes F, C and kh kw are s
 than the matrix form's (C kh kw)^2, at the price of a coarser approximation.
 
 Blocking (Anil et al. 2021): a mode longer than ``block_size`` (default 256) is cut into
-pieces of at most that length, and every block of the gradient gets its own statistics
-and roots (with its modes of size 1 dropped too: the edge block (1, k) of a 257-row
-weight is a vector, with the exponent -1/2); the direction is then Shampoo applied block by block, i.e. the dense rule with
-block-diagonal statistics. Without it a 4096-wide layer needs two 4096^2 roots per
-update (134 s per step here), VGG16's 512-channel 3x3 convs a 4608^2 one. The cost of the
-roots falls from O(n^3 + m^3) to O(n m b) for blocks of size b. ``block_size=None``
-never blocks.
+pieces of at most that length, and every block of the gradient gets its own statistics and
+roots (with its modes of size 1 dropped too: the edge block (1, k) of a 257-row weight is
+a vector, with the exponent -1/2); the direction is then Shampoo applied block by block,
+i.e. the dense rule with block-diagonal statistics. Without it a 4096-wide layer needs two
+4096^2 roots per update (134 s per step here), VGG16's 512-channel 3x3 convs a 4608^2 one.
+The cost of the roots falls from O(n^3 + m^3) to O(n m b) for blocks of size b.
+``block_size=None`` never blocks.
 
 The bias (``bias=``):
 
