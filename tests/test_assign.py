@@ -404,6 +404,44 @@ def test_same_updates_catches_adam_without_bias_correction():
         assert_same_updates(lambda m: NoBiasCorrection(m, 0.01), lambda m: optim.Adam(m, 0.01))
 
 
+@pytest.mark.parametrize("method", ["nesterov", "rprop"])
+def test_same_updates_names_an_optimizer_that_changes_the_gradient(method):
+    """The update is right but written through g (``g += mu * m``, ``gbar = g; gbar[p < 0] =
+    0``): the layer's gradient changes under a preconditioner, a clip or a log that reads it
+    after step(), and torch.optim never changes p.grad. It used to pass."""
+    import numpy as np
+    from minidl import optim
+    from minidl.assign.feedback import assert_same_updates
+
+    class NesterovThroughG(optim.SGD):
+        def update(self, theta, g, s):
+            s["m"] = self.momentum * s["m"] + g
+            g += self.momentum * s["m"]
+            theta -= self.lr * g
+
+    class RpropThroughG(optim.Rprop):
+        def update(self, theta, g, s):
+            p = g * s["gprev"]
+            factor = np.where(p > 0, self.eta_plus, np.where(p < 0, self.eta_minus, 1.0))
+            s["eta"] = np.clip(s["eta"] * factor, self.eta_min, self.eta_max)
+            gbar = g
+            gbar[p < 0] = 0
+            theta -= np.sign(gbar) * s["eta"]
+            s["gprev"] = gbar.copy()
+
+    if method == "nesterov":
+        mine = lambda m: NesterovThroughG(m, 0.1, momentum=0.9, nesterov=True)  # noqa: E731
+        ref = lambda m: optim.SGD(m, 0.1, momentum=0.9, nesterov=True)  # noqa: E731
+        step = 1
+    else:
+        mine, ref = (lambda m: RpropThroughG(m, 0.01)), (lambda m: optim.Rprop(m, 0.01))
+        step = 2  # the first sign flip
+    with pytest.raises(AssertionError, match=f"step {step}: your optimizer changed the "
+                                             "gradient of parameter 0.W in place"):
+        assert_same_updates(mine, ref)
+    assert_same_updates(ref, ref)
+
+
 def test_minidl_command_forwards_assign(tmp_path, capsys):
     from minidl.cli import main as minidl_main
     code = minidl_main(["assign", "release", str(tmp_path / "nope"), "--out",

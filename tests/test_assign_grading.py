@@ -39,9 +39,12 @@ BUGS = {
     "03_normalisation": ([("return inv_std * (dxhat - dxhat.mean(axis=0) - xhat",
                            "return inv_std * (dxhat - xhat")],
                          {"q2"}),  # BatchNorm backward without the mean term
-    "04_optimizers": ([("mhat = s[\"m\"] / (1 - beta1 ** k)", "mhat = s[\"m\"]"),
-                       ("vhat = s[\"v\"] / (1 - beta2 ** k)", "vhat = s[\"v\"]")],
-                      {"q3"}),  # Adam without bias correction
+    "04_optimizers": ([# Adam without bias correction
+                       ("mhat = s[\"m\"] / (1 - beta1 ** k)", "mhat = s[\"m\"]"),
+                       ("vhat = s[\"v\"] / (1 - beta2 ** k)", "vhat = s[\"v\"]"),
+                       # Rprop's steps right, but written into the layer's gradient
+                       ("gbar = np.where(p < 0, 0.0, g)", "gbar = g\n        gbar[p < 0] = 0")],
+                      {"q3", "q4"}),
     "05_curvature": ([("keepdims=True)) / N", "keepdims=True))")],
                      {"q1"}),  # GGN-vector product without the 1/N of the mean loss
 }

@@ -17,7 +17,8 @@
 # gradient `g`, makes its state with your `init_state(theta)` the first time (a dict of
 # arrays, plus `s["step"]`), counts `s["step"] = 1, 2, ...`, and calls your
 # `update(theta, g, s)`, which must change `theta` **in place** (`theta -= ...`) and may
-# update `s`. Each method must match `torch.optim` (and `minidl.optim`) step for step.
+# update `s`, but must leave `g` as it is (it is the layer's gradient: compute into new
+# arrays). Each method must match `torch.optim` (and `minidl.optim`) step for step.
 
 # %%
 import numpy as np

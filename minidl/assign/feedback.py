@@ -155,7 +155,9 @@ def assert_same_updates(make_mine, make_reference, steps=6, seed=0, rtol=1e-7, a
     ``make_mine(model)`` and ``make_reference(model)`` build the optimizers. At step k both
     models get the same made-up gradients (random, with sign changes and a zero entry, so
     that sign-based and adaptive methods are exercised), both optimizers step, and every
-    parameter is compared; the first difference names the step and the parameter.
+    parameter is compared; the first difference names the step and the parameter. The
+    gradients must come out of ``step()`` as they went in (``torch.optim`` never changes
+    ``p.grad``; a preconditioner, a clip or a log may read them afterwards).
     """
     np = backend.host()
     mine_model, ref_model = _tiny_model(seed), _tiny_model(seed)
@@ -163,15 +165,24 @@ def assert_same_updates(make_mine, make_reference, steps=6, seed=0, rtol=1e-7, a
     rng = backend.default_rng(seed + 1)
     names = [name for name, _, _ in ref_model.parameters()]
     for k in range(1, steps + 1):
+        given = []  # the gradients as handed to the student's optimizer
         for (_, a, key), (_, b, _) in zip(mine_model.parameters(), ref_model.parameters()):
             g = rng.standard_normal(a.params[key].shape) * (1 + k % 3)
             g.reshape(-1)[0] = 0.0 if k == 3 else g.reshape(-1)[0]
             a.grads[key], b.grads[key] = g.copy(), g.copy()
+            given.append(g)
         try:
             mine.step()
         except Exception as e:
             raise AssertionError(f"step {k}: your optimizer raised {type(e).__name__}: {e}") \
                 from None
+        for name, (_, a, key), g in zip(names, mine_model.parameters(), given):
+            if not np.array_equal(a.grads.get(key), g):
+                raise AssertionError(
+                    f"step {k}: your optimizer changed the gradient of parameter {name} in "
+                    "place (layer.grads); leave g as it is and compute into a new array "
+                    "(torch.optim never changes p.grad, and the gradient may be read after "
+                    "step())")
         ref.step()
         for name, (_, a, key), (_, b, _) in zip(names, mine_model.parameters(),
                                                 ref_model.parameters()):
