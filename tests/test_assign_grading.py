@@ -244,6 +244,20 @@ def test_misbehaving_notebook_scores_what_it_earns(tiny, name, cells):
     assert no_grader_error(results)
 
 
+def test_a_run_otter_gives_up_on_scores_every_question(tiny):
+    """A KeyboardInterrupt raised in code a test calls ends Otter's test cell (doctest lets
+    it through), and Otter writes only "Autograder Failed": the results used to have no
+    question at all (``total: 0/0``), so a gradebook import missed the student."""
+    root, zip_path = tiny
+    nb = nbformat.read(str(root / "rel" / "autograder" / "tiny.ipynb"), as_version=4)
+    nb.cells.append(nbformat.v4.new_code_cell("def triple(x):\n    raise KeyboardInterrupt"))
+    nbformat.write(nb, str(root / "interrupts.ipynb"))
+    results, got = grade(zip_path, root / "interrupts.ipynb", root / "interrupts.json")
+    assert got == {"q1": (0.0, 2.0), "q2": (0.0, 3.0)}, results
+    assert not no_grader_error(results)
+    assert "no score" in json.dumps(results)
+
+
 def test_wall_clock_limit_stops_a_hung_grading(tiny):
     root, zip_path = tiny
     nb = with_cells(root, "hangs", ["import time\ntime.sleep(3600)"])

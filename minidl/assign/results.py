@@ -10,7 +10,7 @@ import pathlib
 import tempfile
 import zipfile
 
-__all__ = ["error_results", "question_points", "scores"]
+__all__ = ["complete_results", "error_results", "question_points", "scores"]
 
 
 def question_points(zip_path):
@@ -36,6 +36,26 @@ def error_results(zip_path, message):
               "output": message} for q, pts in question_points(zip_path).items()]
     tests.append({"name": "Autograder Error", "visibility": "visible", "output": message})
     return {"score": 0.0, "tests": tests}
+
+
+def complete_results(zip_path, results):
+    """``results`` with every question of the zip: one Otter left out scores 0, and an
+    "Autograder Error" entry says which and repeats Otter's visible messages."""
+    points = question_points(zip_path)
+    missing = [q for q in points if q not in scores(results)]
+    if not missing:
+        return results
+    said = " ".join(t.get("output", "") for t in results.get("tests", [])
+                    if t.get("visibility") != "hidden" and "score" not in t).strip()
+    message = (f"Otter gave no score for {', '.join(missing)} (the notebook's kernel stopped "
+               "while the tests ran, e.g. a KeyboardInterrupt raised or tests/ deleted by "
+               f"code a test called), so they score 0.{' Otter: ' + said if said else ''}")
+    tests = list(results.get("tests", []))
+    tests += [{"name": q, "score": 0.0, "max_score": points[q], "visibility": "visible",
+               "output": message} for q in missing]
+    tests.append({"name": "Autograder Error", "visibility": "visible", "output": message})
+    return dict(results, tests=tests,
+                score=sum(float(t["score"]) for t in tests if "score" in t))
 
 
 def scores(results):

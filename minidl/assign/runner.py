@@ -8,8 +8,9 @@ kills its process group (kernel included) if that runs out.
 
 The submission is graded from a copy whose kernelspec says ``python3`` (a notebook saved
 under another kernel name would otherwise fail to start), as Otter does on Gradescope.
-If Otter itself fails (a kernel that died, a notebook for another assignment), the JSON
-says so and gives every question 0 of its points.
+If Otter itself fails (a kernel that died, a notebook for another assignment), or scores
+none of the questions (a kernel that stopped during the tests), the JSON says so and gives
+every question it lacks 0 of its points.
 """
 import json
 import pathlib
@@ -17,7 +18,7 @@ import sys
 import tempfile
 import traceback
 
-from .results import error_results
+from .results import complete_results, error_results
 
 __all__ = ["run"]
 
@@ -39,7 +40,8 @@ def run(zip_path, submission, results_path):
         out.mkdir()
         try:
             otter_run(str(copy), autograder=str(zip_path), output_dir=str(out), no_logo=True)
-            results = json.loads((out / "results.json").read_text())
+            results = complete_results(zip_path,
+                                       json.loads((out / "results.json").read_text()))
         except Exception as e:  # the student's notebook broke the run: score 0, say why
             detail = "".join(traceback.format_exception_only(type(e), e)).strip()
             results = error_results(zip_path, f"Otter could not finish grading: {detail}")
