@@ -404,6 +404,41 @@ def test_same_updates_catches_adam_without_bias_correction():
         assert_same_updates(lambda m: NoBiasCorrection(m, 0.01), lambda m: optim.Adam(m, 0.01))
 
 
+@pytest.mark.parametrize("method", ["AdaGrad", "RMSProp", "Adam"])
+def test_same_updates_catches_eps_inside_the_square_root(method):
+    """g / sqrt(v + eps) for torch's g / (sqrt(v) + eps), at the default eps: the two differ
+    only where sqrt(v) is near eps, and the made-up gradients were all of order 1, so the
+    public tests of A4's AdaGrad and Adam passed it (only the hidden ones, with eps =
+    1e-6, failed it)."""
+    import numpy as np
+    from minidl import optim
+    from minidl.assign.feedback import assert_same_updates
+
+    class AdaGrad(optim.AdaGrad):
+        def update(self, theta, g, s):
+            s["u"] = s["u"] + g * g
+            theta -= self.lr * g / np.sqrt(s["u"] + self.eps)
+
+    class RMSProp(optim.RMSProp):
+        def update(self, theta, g, s):
+            s["v"] = self.alpha * s["v"] + (1 - self.alpha) * g * g
+            theta -= self.lr * g / np.sqrt(s["v"] + self.eps)
+
+    class Adam(optim.Adam):
+        def update(self, theta, g, s):
+            (b1, b2), k = self.betas, s["step"]
+            s["m"] = b1 * s["m"] + (1 - b1) * g
+            s["v"] = b2 * s["v"] + (1 - b2) * g * g
+            mhat, vhat = s["m"] / (1 - b1 ** k), s["v"] / (1 - b2 ** k)
+            theta -= self.lr * mhat / np.sqrt(vhat + self.eps)
+
+    inside = {"AdaGrad": AdaGrad, "RMSProp": RMSProp, "Adam": Adam}[method]
+    ref = lambda m: getattr(optim, method)(m, 0.01)  # noqa: E731
+    assert_same_updates(ref, ref)
+    with pytest.raises(AssertionError, match="step 1, parameter"):
+        assert_same_updates(lambda m: inside(m, 0.01), ref)
+
+
 @pytest.mark.parametrize("method", ["nesterov", "rprop"])
 def test_same_updates_names_an_optimizer_that_changes_the_gradient(method):
     """The update is right but written through g (``g += mu * m``, ``gbar = g; gbar[p < 0] =

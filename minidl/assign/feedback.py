@@ -153,11 +153,12 @@ def assert_same_updates(make_mine, make_reference, steps=6, seed=0, rtol=1e-7, a
     """Run two optimizers on identical tiny models with the same gradients, step by step.
 
     ``make_mine(model)`` and ``make_reference(model)`` build the optimizers. At step k both
-    models get the same made-up gradients (random, with sign changes and a zero entry, so
-    that sign-based and adaptive methods are exercised), both optimizers step, and every
-    parameter is compared; the first difference names the step and the parameter. The
-    gradients must come out of ``step()`` as they went in (``torch.optim`` never changes
-    ``p.grad``; a preconditioner, a clip or a log may read them afterwards).
+    models get the same made-up gradients (random, with sign changes, a zero entry and a
+    tiny one, so that sign-based and adaptive methods and their eps are exercised), both
+    optimizers step, and every parameter is compared; the first difference names the step
+    and the parameter. The gradients must come out of ``step()`` as they went in
+    (``torch.optim`` never changes ``p.grad``; a preconditioner, a clip or a log may read
+    them afterwards).
     """
     np = backend.host()
     mine_model, ref_model = _tiny_model(seed), _tiny_model(seed)
@@ -169,6 +170,7 @@ def assert_same_updates(make_mine, make_reference, steps=6, seed=0, rtol=1e-7, a
         for (_, a, key), (_, b, _) in zip(mine_model.parameters(), ref_model.parameters()):
             g = rng.standard_normal(a.params[key].shape) * (1 + k % 3)
             g.reshape(-1)[0] = 0.0 if k == 3 else g.reshape(-1)[0]
+            g.reshape(-1)[-1] *= 1e-6  # tiny, where sqrt(v) is near eps: eps's place shows
             a.grads[key], b.grads[key] = g.copy(), g.copy()
             given.append(g)
         try:
