@@ -117,6 +117,8 @@ def _public_tests(name, question):
     ("05_curvature", "q2", "(N = 3)"),          # K-FAC factors of more than one example
     ("01_mlp_backprop", "q4", "0.0, 50, _r"),   # what train_epoch returns (lr = 0)
     ("01_mlp_backprop", "q2", "changed its input"),  # ReLU leaves x and dout alone
+    ("04_optimizers", "q4", "step_sizes=(0.02, 0.07)"),  # Rprop's clip of the step sizes
+    ("04_optimizers", "q5", "gd(_A, np.array([1.0, 2.0])"),  # b != 0
 ])
 def test_public_tests_cover_what_hidden_tests_grade(name, question, needle):
     # README: hidden tests check the same things on other shapes, so every behaviour they

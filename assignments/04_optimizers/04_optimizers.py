@@ -270,6 +270,7 @@ class Rprop(Optimizer):
 import minidl.optim as _O
 from minidl.assign.feedback import assert_same_updates
 assert_same_updates(lambda m: Rprop(m, 0.01), lambda m: _O.Rprop(m, 0.01))
+assert_same_updates(lambda m: Rprop(m, 0.05, step_sizes=(0.02, 0.07)), lambda m: _O.Rprop(m, 0.05, step_sizes=(0.02, 0.07)), steps=8)
 
 # %%
 """ # BEGIN TEST CONFIG
@@ -335,6 +336,8 @@ _A = np.diag([1.0, 10.0])
 assert_close("best_step(diag(1, 10))", np.array(best_step(_A)), [2 / 11, 9 / 11])
 _w = gd(_A, np.zeros(2), [1.0, 1.0], 0.1, 3)
 assert_close("gd iterates", _w, [[1.0, 1.0], [0.9, 0.0], [0.81, 0.0], [0.729, 0.0]])
+_w = gd(_A, np.array([1.0, 2.0]), [0.0, 0.0], 0.1, 2)
+assert_close("gd iterates with b = (1, 2)", _w, [[0.0, 0.0], [0.1, 0.2], [0.19, 0.2]])
 
 # %%
 """ # BEGIN TEST CONFIG
