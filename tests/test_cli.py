@@ -197,6 +197,16 @@ def test_a_checkpoint_that_cannot_be_written_is_refused_before_epoch_1(tmp_path,
     assert not (tmp_path / "o").exists()
 
 
+@pytest.mark.parametrize("methods", [",", "", " , "])
+def test_methods_naming_no_method_are_refused(tmp_path, capsys, methods):
+    """'--methods ,' used to train nothing, then write an empty table into a new folder,
+    name a curves.png it never drew and exit 1."""
+    out = tmp_path / "o"
+    one_line_refusal(capsys, ["compare", "--methods", methods, *TINY, "--out", str(out)],
+                     f"--methods {methods!r} names no method", "e.g. --methods sgd adam")
+    assert not out.exists()
+
+
 def test_a_checkpoint_path_naming_another_file_is_refused_and_the_file_kept(tmp_path, capsys):
     notes = tmp_path / "notes.txt"
     notes.write_text("my precious notes")

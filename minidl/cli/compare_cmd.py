@@ -13,7 +13,11 @@ from .running import backend_and_threads, build_method, output_folder, run_fit
 def _method_names(args):
     if args.methods is None:
         return [m for m in DEFAULT_COMPARE if methods_module.is_available(m)]
-    names = [n for entry in args.methods for n in entry.split(",") if n.strip()]
+    names = [n.strip() for entry in args.methods for n in entry.split(",") if n.strip()]
+    if not names:
+        given = " ".join(args.methods)
+        raise UsageError(f"--methods {given!r} names no method; give one or more, e.g. "
+                         f"--methods sgd adam (or leave it out for {' '.join(DEFAULT_COMPARE)})")
     names = [check_method(n) for n in names]
     if len(set(names)) != len(names):
         raise UsageError(f"--methods lists a method twice: {' '.join(names)}")
