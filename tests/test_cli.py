@@ -308,6 +308,26 @@ def test_a_diverged_method_is_reported_with_epoch_step_and_cause(tmp_path, capsy
     assert (out / "curves.png").read_bytes()[:4] == b"\x89PNG"
 
 
+@pytest.mark.filterwarnings("ignore::RuntimeWarning")  # the overflow that makes sgd diverge
+def test_train_names_a_checkpoint_only_when_it_wrote_one(tmp_path, capsys):
+    """A run that diverged in its first epoch writes no checkpoint; its closing line used to
+    say 'checkpoint run.npz' all the same (a missing file, or an older run's)."""
+    ck = tmp_path / "run.npz"
+    argv = ["train", "--method", "sgd", "--epochs", "2", *TINY, "--checkpoint", str(ck)]
+    assert cli.main(argv + ["--lr", "1e30", "--out", str(tmp_path / "a")]) == 0
+    text = capsys.readouterr().out
+    assert not ck.exists()
+    assert f"checkpoint {ck}" not in text
+    assert "no checkpoint written" in text
+    assert cli.main(argv + ["--out", str(tmp_path / "b")]) == 0  # a good run writes one
+    assert f"; checkpoint {ck}" in capsys.readouterr().out and ck.exists()
+    before = ck.read_bytes()
+    assert cli.main(argv + ["--lr", "1e30", "--out", str(tmp_path / "c")]) == 0
+    text = capsys.readouterr().out
+    assert ck.read_bytes() == before  # the good run's checkpoint is kept ...
+    assert f"checkpoint {ck}" not in text and "no checkpoint written" in text  # ... not named
+
+
 # -- method settings ------------------------------------------------------------------------
 def test_method_settings_reach_methods_build(tmp_path, capsys, monkeypatch):
     if not methods.is_available("kfac"):
@@ -398,6 +418,25 @@ def test_a_method_that_crashes_does_not_lose_the_others(tmp_path, capsys, monkey
     assert "method kfac failed: RuntimeError: a bug in a preconditioner" in err
     rows = {r["method"]: r for r in json.loads((out / "summary.json").read_text())["results"]}
     assert rows["kfac"]["status"] == "failed (RuntimeError)" and rows["sgd"]["status"] == "ok"
+
+
+def test_compare_names_only_the_files_it_wrote(tmp_path, capsys, monkeypatch):
+    """When every method failed there is no curve to draw; the closing line used to name
+    curves.png and histories/*.json all the same."""
+    from minidl import precond
+    if not methods.is_available("kfac"):
+        pytest.skip("minidl.precond has no KFAC")
+
+    def broken_step(self):
+        raise RuntimeError("a bug in a preconditioner")
+
+    monkeypatch.setattr(precond.KFAC, "step", broken_step)
+    out = tmp_path / "cmp"
+    assert cli.main(["compare", "--methods", "kfac", "--epochs", "1", *TINY,
+                     "--out", str(out)]) == 1
+    text = capsys.readouterr().out
+    assert sorted(p.name for p in out.iterdir()) == ["summary.json", "summary.txt"]
+    assert f"results in {out}/: summary.txt, summary.json\n" in text
 
 
 def test_readme_and_help_quote_the_same_measured_time(capsys):

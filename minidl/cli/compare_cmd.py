@@ -81,5 +81,6 @@ def cmd_compare(args):
     if histories:
         write_curves(os.path.join(out, "curves.png"), histories,
                      title=f"{args.model} on {args.data}, batch {args.batch_size}")
-    print(f"\nresults in {out}/: summary.txt, summary.json, curves.png, histories/*.json")
+    drawn = ", curves.png, histories/*.json" if histories else ""  # none when all failed
+    print(f"\nresults in {out}/: summary.txt, summary.json{drawn}")
     return 0 if histories else 1

@@ -55,6 +55,7 @@ def cmd_train(args):
         if args.schedule == "cosine":
             schedule = Cosine(lr, total_steps=args.epochs * len(loaders[0]))
         out = output_folder(args)
+        before = _file_id(args.checkpoint)
         if not args.quiet:
             print(f"minidl train: {args.model} ({model.num_params():,} parameters) on "
                   f"{args.data} ({x.shape[0]} training examples) with {name}, lr {lr:g}",
@@ -68,6 +69,20 @@ def cmd_train(args):
     history.to_json(os.path.join(out, "history.json"))
     write_curves(os.path.join(out, "curves.png"), {name: history})
     print(("" if args.quiet else "\n") + format_table([row(name, lr, history)]))
-    print(f"\nresults in {out}/: history.json, curves.png"
-          + (f"; checkpoint {args.checkpoint}" if args.checkpoint else ""))
+    saved = ""
+    if args.checkpoint:  # fit writes none for a run that diverged in its first epoch
+        written = _file_id(args.checkpoint) not in (None, before)
+        saved = (f"; checkpoint {args.checkpoint}" if written else
+                 f"; no checkpoint written to {args.checkpoint} (no epoch of this run "
+                 "finished without diverging)")
+    print(f"\nresults in {out}/: history.json, curves.png{saved}")
     return 0
+
+
+def _file_id(path):
+    """(inode, modification time) of ``path``, or None: tells whether a run replaced it."""
+    try:
+        info = os.stat(path)
+    except (OSError, TypeError):
+        return None
+    return info.st_ino, info.st_mtime_ns
