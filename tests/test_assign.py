@@ -203,6 +203,58 @@ def test_release_refuses_an_out_folder_under_a_file(tmp_path, capsys):
     assert (tmp_path / "notes.txt").read_text() == "mine"
 
 
+@pytest.mark.parametrize("where", ["inside", "itself"])
+def test_release_refuses_an_out_folder_it_cannot_write_before_otter_runs(
+        tmp_path, capsys, monkeypatch, read_only_folder, where):
+    # found only after Otter had run (minutes with its solution check): a raw OSError
+    import otter.assign
+    folder = write_master(tmp_path, CONFIG + QUESTION)
+
+    def otter_ran(*args, **kw):
+        raise AssertionError("Otter ran before --out was checked")
+
+    monkeypatch.setattr(otter.assign, "main", otter_ran)
+    out = read_only_folder / "a1" if where == "inside" else read_only_folder
+    refusal(capsys, ["release", str(folder), "--out", str(out)],
+            f"--out '{out}' cannot be written", "Permission denied")
+    assert list(read_only_folder.iterdir()) == []
+
+
+def test_release_leaves_no_folder_behind_when_it_stops(tmp_path, capsys, monkeypatch):
+    """The check that --out can be written makes it for a moment, then takes it away."""
+    import otter.assign
+    folder = write_master(tmp_path, CONFIG + QUESTION)
+
+    def otter_fails(*args, **kw):
+        raise RuntimeError("the solution notebook failed")
+
+    monkeypatch.setattr(otter.assign, "main", otter_fails)
+    assert main(["release", str(folder), "--out", str(tmp_path / "build" / "a1")]) == 1
+    capsys.readouterr()
+    assert not (tmp_path / "build").exists()
+
+
+def test_grade_refuses_a_results_file_it_cannot_write_before_grading(
+        tmp_path, capsys, monkeypatch, read_only_folder):
+    # found only after the notebook had been graded: a raw OSError, the grading lost
+    grade_module = sys.modules["minidl.assign.grade"]
+    nb = tmp_path / "alice.ipynb"
+    nb.write_text(json.dumps({"cells": [], "metadata": {}, "nbformat": 4,
+                              "nbformat_minor": 5}))
+    with zipfile.ZipFile(tmp_path / "ag.zip", "w") as zf:
+        zf.writestr("otter_config.json", "{}")
+        zf.writestr("tests/q1.py", "OK_FORMAT = True\n")
+
+    def graded(*args, **kw):
+        raise AssertionError("graded before -o was checked")
+
+    monkeypatch.setattr(grade_module.subprocess, "Popen", graded)
+    results = read_only_folder / "alice.json"
+    refusal(capsys, ["grade", str(tmp_path / "ag.zip"), str(nb), "-o", str(results)],
+            f"-o '{results}' cannot be written", "Permission denied")
+    assert list(read_only_folder.iterdir()) == []
+
+
 def test_grade_refusals(tmp_path, capsys):
     nb = tmp_path / "sub.ipynb"
     nb.write_text(json.dumps({"cells": [], "metadata": {}, "nbformat": 4,

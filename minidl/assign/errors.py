@@ -5,10 +5,12 @@ either into one line on stderr and exit status 2, as argparse does for its own e
 """
 import importlib
 import math
+import os
 import pathlib
+import tempfile
 
 __all__ = ["AssignError", "MissingExtraError", "require", "is_seconds",
-           "file_in_the_way"]
+           "file_in_the_way", "why_unwritable"]
 
 INSTALL_HINT = 'pip install "minidl[assign]"'
 
@@ -50,3 +52,31 @@ def file_in_the_way(path):
     while not parent.exists():
         parent = parent.parent
     return None if parent.is_dir() else parent
+
+
+def why_unwritable(folder):
+    """Why no file can be made in ``folder`` (``"Permission denied"``, ...), or None.
+
+    The folder and any missing folders above it are made for the test and taken away
+    again, with the test file, so a request refused later leaves nothing behind.
+    """
+    folder = pathlib.Path(folder).resolve()
+    made, missing = [], folder
+    while not missing.exists():  # deepest first
+        made.append(missing)
+        missing = missing.parent
+    try:
+        for path in reversed(made):
+            path.mkdir()
+        fd, probe = tempfile.mkstemp(prefix=".minidl-write-test-", dir=folder)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as err:
+        return err.strerror or str(err)
+    finally:
+        for path in made:
+            try:
+                path.rmdir()
+            except OSError:
+                pass
+    return None

@@ -3,7 +3,7 @@
 The checks that refuse before any work starts: the zip exists and is an Otter autograder
 zip (``otter_config.json`` and ``tests/`` inside), the submission exists and is a Jupyter
 notebook that ``nbformat`` can read, the results path is not a folder, not the submission
-or the zip, and not under a file.
+or the zip, not under a file, and its folder can be written.
 
 Grading runs ``minidl.assign.runner`` in a child process of its own session. Inside it,
 Otter executes the notebook with the guard plugin of the release (a time limit per cell,
@@ -29,7 +29,7 @@ import sys
 import tempfile
 import zipfile
 
-from .errors import AssignError, file_in_the_way, is_seconds, require
+from .errors import AssignError, file_in_the_way, is_seconds, require, why_unwritable
 from .guard import CELL_TIMEOUT_ENV
 from .kernel import kernel_of_this_python
 from .results import error_results, scores
@@ -79,6 +79,9 @@ def check_inputs(zip_path, submission, results_path=None):
     if blocker is not None:
         raise AssignError(f"-o '{results_path}' cannot be written: '{blocker}' is a file, "
                           "not a folder")
+    why = why_unwritable(results.parent)
+    if why is not None:  # found only after grading, with a raw OSError
+        raise AssignError(f"-o '{results_path}' cannot be written: {why}")
 
 
 def _child_env(cell_timeout, home=None):

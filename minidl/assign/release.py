@@ -33,7 +33,7 @@ import pathlib
 import shutil
 import tempfile
 
-from .errors import AssignError, file_in_the_way, is_seconds, require
+from .errors import AssignError, file_in_the_way, is_seconds, require, why_unwritable
 from .guard import DEFAULT_CELL_TIMEOUT
 from .kernel import this_python_kernel
 from .leaks import find_leaks
@@ -147,8 +147,8 @@ def release(folder, out, run_tests=True, cell_timeout=DEFAULT_CELL_TIMEOUT, forc
         ``ReleaseResult``.
 
     Raises:
-        AssignError: a bad folder or master, an output that exists, a leak, a failed
-            solution check.
+        AssignError: a bad folder or master, an output that exists or cannot be written, a
+            leak, a failed solution check.
         MissingExtraError: Otter-Grader or Jupytext missing.
     """
     otter_assign = require("otter.assign")
@@ -167,6 +167,9 @@ def release(folder, out, run_tests=True, cell_timeout=DEFAULT_CELL_TIMEOUT, forc
     if not is_seconds(cell_timeout):
         raise AssignError(f"cell_timeout must be a finite positive number of seconds, got "
                           f"{cell_timeout!r}")
+    why = why_unwritable(out)
+    if why is not None:  # found only after Otter had run, with a raw OSError
+        raise AssignError(f"--out '{out}' cannot be written: {why}")
     with tempfile.TemporaryDirectory(prefix="minidl-release-") as tmp:
         stage = pathlib.Path(tmp) / "stage"
         stage.mkdir()
