@@ -439,6 +439,39 @@ def test_compare_names_only_the_files_it_wrote(tmp_path, capsys, monkeypatch):
     assert f"results in {out}/: summary.txt, summary.json\n" in text
 
 
+def _run_with_stdout(stdout, out, close_reader=False):
+    env = dict(os.environ, PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    proc = subprocess.Popen([sys.executable, "-m", "minidl", "compare", "--methods", "sgd",
+                             "adam", "--epochs", "2", "--limit", "200", "--hidden", "16",
+                             "--out", str(out)], stdout=stdout, stderr=subprocess.PIPE,
+                            text=True, env=env)
+    if close_reader:  # as `minidl compare | head -1` does once it has its line
+        proc.stdout.close()
+    _, err = proc.communicate(timeout=120)
+    return proc.returncode, err
+
+
+@pytest.mark.parametrize("where", ["closed pipe", "full device"])
+def test_a_failing_standard_output_stops_neither_the_run_nor_its_files(tmp_path, where):
+    """`minidl compare | head -1` and `> /dev/full` ended in a BrokenPipeError / OSError
+    traceback at the first print, and the run's files were never written."""
+    out = tmp_path / "cmp"
+    if where == "closed pipe":
+        status, err = _run_with_stdout(subprocess.PIPE, out, close_reader=True)
+    else:
+        if not os.path.exists("/dev/full"):
+            pytest.skip("no /dev/full on this system")
+        with open("/dev/full", "w") as full:
+            status, err = _run_with_stdout(full, out)
+    assert "Traceback" not in err and "Exception ignored" not in err, err
+    assert status == 1, err
+    assert "standard output failed" in err and "the run went on" in err
+    assert len(err.strip().splitlines()) == 1, err
+    summary = json.loads((out / "summary.json").read_text())
+    assert [r["status"] for r in summary["results"]] == ["ok", "ok"]
+    assert (out / "curves.png").exists()
+
+
 def test_readme_and_help_quote_the_same_measured_time(capsys):
     import re
     assert cli.main(["compare", "--help"]) == 0

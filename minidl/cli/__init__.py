@@ -17,7 +17,8 @@ and writes into its output folder ``curves.png``, one history JSON per method in
 
 One module per concern: ``arguments`` (parser and checks), ``data`` (data set, loss and
 model), ``running`` (threads, folders, methods, checkpoints, ``fit``), ``output`` (table,
-files, curves), and one per command (``train_cmd``, ``compare_cmd``, ``assign_cmd``). Bad
+files, curves), ``console`` (a standard output whose failure stops nothing), and one per
+command (``train_cmd``, ``compare_cmd``, ``assign_cmd``). Bad
 arguments print one line saying what is wrong and what would be right, and exit with
 status 2 before any training, as argparse does for its own errors.
 """
@@ -27,6 +28,7 @@ import sys
 from .arguments import EXIT_USAGE, UsageError, build_parser
 from .assign_cmd import cmd_assign
 from .compare_cmd import cmd_compare
+from .console import guarded_stdout
 from .output import format_table
 from .train_cmd import cmd_train
 
@@ -48,14 +50,21 @@ def main(argv=None):
     if args.command is None:
         parser.print_help()
         return EXIT_USAGE
-    try:
-        return _COMMANDS[args.command](args)
-    except UsageError as err:
-        print(f"minidl {args.command}: error: {err}", file=sys.stderr)
-        return EXIT_USAGE
-    except KeyboardInterrupt:
-        print(f"minidl {args.command}: interrupted{_how_to_resume(args)}", file=sys.stderr)
-        return 130
+    with guarded_stdout() as stdout:
+        try:
+            status = _COMMANDS[args.command](args)
+        except UsageError as err:
+            print(f"minidl {args.command}: error: {err}", file=sys.stderr)
+            return EXIT_USAGE
+        except KeyboardInterrupt:
+            print(f"minidl {args.command}: interrupted{_how_to_resume(args)}", file=sys.stderr)
+            return 130
+    if stdout.error is not None:
+        print(f"minidl {args.command}: standard output failed "
+              f"({stdout.error.strerror or stdout.error}), so the rest of what it would have "
+              "printed was dropped; the run went on and wrote its files", file=sys.stderr)
+        return status or 1
+    return status
 
 
 def _how_to_resume(args):
