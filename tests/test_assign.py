@@ -255,6 +255,42 @@ def test_grade_refuses_a_results_file_it_cannot_write_before_grading(
     assert list(read_only_folder.iterdir()) == []
 
 
+def test_an_interrupted_grading_stops_its_child_process(tmp_path, monkeypatch):
+    """The grading child runs in a session of its own, which Ctrl-C does not reach; an
+    interrupted grade left it (and its Jupyter kernel) running for up to --timeout."""
+    grade_module = sys.modules["minidl.assign.grade"]
+    nb = tmp_path / "alice.ipynb"
+    nb.write_text(json.dumps({"cells": [], "metadata": {}, "nbformat": 4,
+                              "nbformat_minor": 5}))
+    with zipfile.ZipFile(tmp_path / "ag.zip", "w") as zf:
+        zf.writestr("otter_config.json", "{}")
+        zf.writestr("tests/q1.py", "OK_FORMAT = True\n")
+    children = []
+    real_popen = subprocess.Popen
+
+    class InterruptedWhileGrading(real_popen):
+        def communicate(self, *args, **kw):
+            with pytest.raises(subprocess.TimeoutExpired):
+                super().communicate(timeout=0.5)
+            raise KeyboardInterrupt  # Ctrl-C while the notebook runs
+
+    def popen(cmd, **kw):  # a child that would grade for a minute, in its own session
+        child = InterruptedWhileGrading([sys.executable, "-c", "import time; time.sleep(60)"],
+                                        **kw)
+        children.append(child)
+        return child
+
+    monkeypatch.setattr(grade_module.subprocess, "Popen", popen)
+    with pytest.raises(KeyboardInterrupt):
+        main(["grade", str(tmp_path / "ag.zip"), str(nb), "-o", str(tmp_path / "r.json")])
+    assert len(children) == 1
+    try:
+        assert children[0].wait(timeout=5) is not None
+    except subprocess.TimeoutExpired:
+        children[0].kill()
+        pytest.fail("the grading child was still running after the interrupt")
+
+
 def test_grade_refusals(tmp_path, capsys):
     nb = tmp_path / "sub.ipynb"
     nb.write_text(json.dumps({"cells": [], "metadata": {}, "nbformat": 4,

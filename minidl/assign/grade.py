@@ -143,6 +143,10 @@ def grade(zip_path, submission, results_path, timeout=DEFAULT_TIMEOUT, cell_time
             log, _ = proc.communicate()
             results = error_results(zip_path, f"grading stopped after the time limit of "
                                     f"{float(timeout):g} s for the whole notebook")
+        except BaseException:  # Ctrl-C: it reaches only this process, not the child's
+            os.killpg(proc.pid, signal.SIGKILL)  # session, so stop the grading (and kernel)
+            proc.wait()
+            raise
         else:
             if out.is_file():
                 results = json.loads(out.read_text())
