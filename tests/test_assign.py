@@ -282,7 +282,7 @@ def test_an_interrupted_grading_stops_its_child_process(tmp_path, monkeypatch):
 
     monkeypatch.setattr(grade_module.subprocess, "Popen", popen)
     with pytest.raises(KeyboardInterrupt):
-        main(["grade", str(tmp_path / "ag.zip"), str(nb), "-o", str(tmp_path / "r.json")])
+        grade_module.grade(tmp_path / "ag.zip", nb, tmp_path / "r.json")
     assert len(children) == 1
     try:
         assert children[0].wait(timeout=5) is not None
@@ -573,6 +573,37 @@ def test_minidl_command_forwards_assign(tmp_path, capsys):
                         str(tmp_path / "o")])
     err = capsys.readouterr().err
     assert code == 2 and err.startswith("minidl assign release: error:") and "does not exist" in err
+
+
+def test_an_interrupted_command_says_so_in_one_line(tmp_path, capsys, monkeypatch):
+    # Ctrl-C during grading or a release ended in a KeyboardInterrupt traceback
+    command = sys.modules["minidl.assign.command"]
+
+    def interrupted(*args, **kw):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(command, "grade", interrupted)
+    try:
+        code = main(["grade", "a.zip", "b.ipynb"])
+    except KeyboardInterrupt:
+        pytest.fail("the interrupt escaped main() (a traceback on the command line)")
+    assert code == 130
+    assert capsys.readouterr().err == "minidl assign grade: interrupted\n"
+
+
+def test_a_closed_standard_output_does_not_lose_a_release(tmp_path):
+    """`minidl assign release ... | head -1`: the release was made, then printing its paths
+    ended in a BrokenPipeError traceback."""
+    folder = write_master(tmp_path, CONFIG + QUESTION)
+    out = tmp_path / "rel"
+    proc = subprocess.Popen([sys.executable, "-m", "minidl", "assign", "release", str(folder),
+                             "--out", str(out), "--no-run-tests"], cwd=ROOT, text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    proc.stdout.close()
+    _, err = proc.communicate(timeout=120)
+    assert "Traceback" not in err and "Exception ignored" not in err, err
+    assert proc.returncode == 1 and "standard output failed" in err, err
+    assert (out / "student" / "tiny.ipynb").is_file()
 
 
 def test_notebooks_run_in_this_python_even_with_a_stale_python3_kernel(tmp_path, monkeypatch):

@@ -10,7 +10,7 @@
 
 ``main(argv)`` returns the exit status: 0 done, 1 a release that failed its own checks
 (Otter's solution check or the leak check), 2 a refusal before any work (bad paths, not a
-master, Otter missing), each said in one line on stderr. ``python -m minidl.assign`` runs the
+master, Otter missing), each said in one line on stderr; 130 interrupted (Ctrl-C). ``python -m minidl.assign`` runs the
 same command; the ``minidl`` command forwards ``minidl assign ...`` here.
 """
 import argparse
@@ -22,7 +22,7 @@ from .guard import DEFAULT_CELL_TIMEOUT
 
 __all__ = ["main", "build_parser"]
 
-EXIT_FAILED, EXIT_USAGE = 1, 2
+EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 1, 2, 130
 
 
 class _Parser(argparse.ArgumentParser):
@@ -85,6 +85,9 @@ def main(argv=None, prog="minidl assign"):
         print(f"{args.submission} -> {args.output}")
         print(summary(results))
         return 0
+    except KeyboardInterrupt:
+        print(f"{prog} {args.command}: interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
     except MissingExtraError as e:
         print(f"{prog}: error: {e}", file=sys.stderr)
         return EXIT_USAGE

@@ -41,7 +41,7 @@ def main(argv=None):
     """Run the command line; returns the exit status (2 for bad arguments)."""
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv[:1] == ["assign"]:
-        return cmd_assign(argv[1:])
+        return _guarded("assign", lambda: cmd_assign(argv[1:]))
     parser = build_parser()
     try:
         args = parser.parse_args(argv)
@@ -50,17 +50,27 @@ def main(argv=None):
     if args.command is None:
         parser.print_help()
         return EXIT_USAGE
+    return _guarded(args.command, lambda: _run(args))
+
+
+def _run(args):
+    try:
+        return _COMMANDS[args.command](args)
+    except UsageError as err:
+        print(f"minidl {args.command}: error: {err}", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        print(f"minidl {args.command}: interrupted{_how_to_resume(args)}", file=sys.stderr)
+        return 130
+
+
+def _guarded(command, call):
+    """``call()``'s exit status; a standard output that fails stops nothing (``console``),
+    but is said on stderr and makes the status 1."""
     with guarded_stdout() as stdout:
-        try:
-            status = _COMMANDS[args.command](args)
-        except UsageError as err:
-            print(f"minidl {args.command}: error: {err}", file=sys.stderr)
-            return EXIT_USAGE
-        except KeyboardInterrupt:
-            print(f"minidl {args.command}: interrupted{_how_to_resume(args)}", file=sys.stderr)
-            return 130
+        status = call()
     if stdout.error is not None:
-        print(f"minidl {args.command}: standard output failed "
+        print(f"minidl {command}: standard output failed "
               f"({stdout.error.strerror or stdout.error}), so the rest of what it would have "
               "printed was dropped; the run went on and wrote its files", file=sys.stderr)
         return status or 1
