@@ -10,8 +10,9 @@
 
 ``main(argv)`` returns the exit status: 0 done, 1 a release that failed its own checks
 (Otter's solution check or the leak check), 2 a refusal before any work (bad paths, not a
-master, Otter missing), each said in one line on stderr; 130 interrupted (Ctrl-C). ``python -m minidl.assign`` runs the
-same command; the ``minidl`` command forwards ``minidl assign ...`` here.
+master, Otter missing), 130 interrupted (Ctrl-C), each said in one line on stderr.
+``python -m minidl.assign`` runs the same command; the ``minidl`` command forwards
+``minidl assign ...`` here.
 """
 import argparse
 import sys
