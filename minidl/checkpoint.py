@@ -201,6 +201,7 @@ def save(path, model, optimizer=None, precond=None, epoch=0, rng=None, extra=Non
                                dir=folder)
     try:
         with os.fdopen(fd, "wb") as f:
+            os.chmod(tmp, _new_file_mode())
             np.savez(f, **arrays)
             f.flush()
             os.fsync(f.fileno())
@@ -211,6 +212,14 @@ def save(path, model, optimizer=None, precond=None, epoch=0, rng=None, extra=Non
         raise
     _fsync_folder(folder)
     return path
+
+
+def _new_file_mode():
+    """The mode ``open()`` gives a new file: 0o666 less the umask (``mkstemp`` gives 0o600,
+    which left files readable by their owner only)."""
+    umask = os.umask(0o022)  # reading the umask means setting it; put it straight back
+    os.umask(umask)
+    return 0o666 & ~umask
 
 
 def check_writable(path):

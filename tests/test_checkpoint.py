@@ -301,6 +301,19 @@ def test_best_weights_travel_with_the_checkpoint_and_are_checked(tmp_path):
         checkpoint.load(bad, models.mlp((6, 8, 3), rng=minidl.default_rng(1)))
 
 
+@pytest.mark.parametrize("umask, mode", [(0o022, 0o644), (0o002, 0o664), (0o077, 0o600)])
+def test_a_checkpoint_gets_the_permissions_of_any_new_file(tmp_path, umask, mode):
+    """The atomic save wrote through mkstemp, whose file is 0600 whatever the umask: a
+    checkpoint was readable by its owner only, unlike every other file of a run."""
+    model, opt, _ = objects()
+    old = os.umask(umask)
+    try:
+        path = checkpoint.save(tmp_path / "ck.npz", model, opt, epoch=1)
+    finally:
+        os.umask(old)
+    assert os.stat(path).st_mode & 0o777 == mode
+
+
 def test_check_writable(tmp_path):
     assert checkpoint.check_writable(tmp_path / "new" / "run.npz")
     assert not list((tmp_path / "new").iterdir())  # the probe file is gone

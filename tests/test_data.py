@@ -122,6 +122,19 @@ def test_search_order_and_cache_folder(monkeypatch, data_dir, tmp_path):
     assert download.cache_home() == os.path.join(os.path.expanduser("~"), ".cache", "minidl")
 
 
+@pytest.mark.parametrize("umask, mode", [(0o022, 0o644), (0o077, 0o600)])
+def test_a_download_gets_the_permissions_of_any_new_file(monkeypatch, data_dir, umask, mode):
+    """Downloads were written through mkstemp, so a shared data folder held files only their
+    downloader could read (0600 whatever the umask)."""
+    _serve(monkeypatch, {REMOTE.urls[0]: PAYLOAD})
+    old = os.umask(umask)
+    try:
+        path = download.fetch(REMOTE)
+    finally:
+        os.umask(old)
+    assert os.stat(path).st_mode & 0o777 == mode
+
+
 def test_download_is_verified_and_moved_into_place(monkeypatch, data_dir):
     calls = _serve(monkeypatch, {REMOTE.urls[0]: PAYLOAD})
     path = download.fetch(REMOTE)

@@ -185,6 +185,7 @@ def download(remote, folder, errors=None):
             print(f"minidl.data: downloading {url}", file=sys.stderr)
             h = hashlib.md5()
             with os.fdopen(fd, "wb") as out, urlopen(url, timeout=_TIMEOUT) as response:
+                os.chmod(tmp, _new_file_mode())
                 for chunk in iter(lambda: response.read(_CHUNK), b""):
                     h.update(chunk)
                     out.write(chunk)
@@ -200,6 +201,14 @@ def download(remote, folder, errors=None):
             if os.path.exists(tmp):
                 os.remove(tmp)
     return None
+
+
+def _new_file_mode():
+    """The mode ``open()`` gives a new file: 0o666 less the umask (``mkstemp`` gives 0o600,
+    which left files readable by their owner only)."""
+    umask = os.umask(0o022)  # reading the umask means setting it; put it straight back
+    os.umask(umask)
+    return 0o666 & ~umask
 
 
 def fetch(remote, download_if_missing=True, data_dir=None):
