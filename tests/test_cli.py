@@ -84,6 +84,24 @@ def test_bad_arguments_give_one_line_and_status_2(capsys, argv, expected):
     assert len(err.strip().splitlines()) == 1, err
 
 
+@pytest.mark.parametrize("argv, expected", [
+    (["compare", "--methods", "sgd", "--early-stopping", "2"],
+     "minidl compare: error: unrecognized arguments: --early-stopping 2 (--early-stopping is "
+     "an option of 'minidl train'; see 'minidl compare --help')"),
+    (["train", "--methods", "sgd", "adam"],
+     "minidl train: error: unrecognized arguments: --methods sgd adam (--methods is an "
+     "option of 'minidl compare'; see 'minidl train --help')"),
+    (["train", "--frobnicate"],
+     "minidl train: error: unrecognized arguments: --frobnicate (see 'minidl train --help')"),
+])
+def test_an_unknown_option_is_named_by_its_command(capsys, argv, expected):
+    """An option the command lacks was reported as 'minidl: error: ... (see 'minidl
+    --help')', whose help does not list the options, and an option of the other command
+    was not said to be one."""
+    assert cli.main(argv) == 2
+    assert capsys.readouterr().err == expected + "\n"
+
+
 def test_console_exit_status_is_2():
     bad = run_module("compare", "--methods", "nope")
     assert bad.returncode == 2

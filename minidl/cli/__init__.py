@@ -25,7 +25,7 @@ status 2 before any training, as argparse does for its own errors.
 import os
 import sys
 
-from .arguments import EXIT_USAGE, UsageError, build_parser
+from .arguments import EXIT_USAGE, UsageError, build_parser, refuse_unknown_options
 from .assign_cmd import cmd_assign
 from .compare_cmd import cmd_compare
 from .console import guarded_stdout
@@ -44,7 +44,9 @@ def main(argv=None):
         return _guarded("assign", lambda: cmd_assign(argv[1:]))
     parser = build_parser()
     try:
-        args = parser.parse_args(argv)
+        args, extra = parser.parse_known_args(argv)
+        if extra:
+            refuse_unknown_options(parser, args.command, extra)
     except SystemExit as stop:  # --help (0) or an argparse error (2): return, not raise
         return stop.code if isinstance(stop.code, int) else EXIT_USAGE
     if args.command is None:

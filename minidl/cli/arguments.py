@@ -12,7 +12,8 @@ from .. import backend
 from ..methods import DEFAULT_COMPARE, METHODS, get_method
 
 __all__ = ["UsageError", "EXIT_USAGE", "DEFAULT_THREADS", "build_parser", "check_common",
-           "check_method", "check_lr", "parse_lrs", "parse_options", "parse_value"]
+           "check_method", "check_lr", "parse_lrs", "parse_options", "parse_value",
+           "refuse_unknown_options"]
 
 EXIT_USAGE = 2
 # BLAS threads: the default models are small (matrices of a few hundred columns), so extra
@@ -180,7 +181,26 @@ def build_parser():
 
     sub.add_parser("assign", add_help=False,
                    help="release and grade assignments (minidl assign --help)")
+    parser.commands = {"train": train, "compare": compare}  # for refuse_unknown_options
     return parser
+
+
+def refuse_unknown_options(parser, command, extra):
+    """Exit with status 2 naming options ``command`` does not take, as its own parser
+    would (argparse leaves them to the top parser: 'minidl: error: ...'), and the other
+    command when it is theirs (``--early-stopping`` given to ``compare``)."""
+    sub = parser.commands.get(command)
+    if sub is None:
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    hint = ""
+    for option in (e.split("=")[0] for e in extra if e.startswith("--")):
+        owners = [name for name, other in parser.commands.items()
+                  if name != command and option in other._option_string_actions]
+        if owners:
+            hint = f"{option} is an option of 'minidl {owners[0]}'; "
+            break
+    sub.exit(EXIT_USAGE, f"{sub.prog}: error: unrecognized arguments: {' '.join(extra)} "
+                         f"({hint}see '{sub.prog} --help')\n")
 
 
 # -- checking values -------------------------------------------------------------------------
