@@ -57,6 +57,9 @@ def test_train_help_lists_its_options(capsys):
     (["compare", "--epochs", "two"], "invalid int value"),        # argparse's own error
     (["compare", "--frobnicate"], "unrecognized arguments"),       # argparse's own error
     (["train", "--resume", "/no/such/checkpoint.npz"], "no such file"),
+    # a folder was called "no such file"
+    (["train", "--resume", os.path.dirname(os.path.abspath(__file__))],
+     "is a folder, not a checkpoint file"),
     (["compare", "--threads", "0", "--limit", "10"], "--threads must be an integer >= 1"),
     # settings an optimizer does not take: named with the ones it does, as for --precond-opt
     (["train", "--optim-opt", "foo=1", "--limit", "10"],

@@ -95,7 +95,8 @@ def check_resume(path, run, epochs):
     """
     from ..checkpoint import CheckpointError, read
     if not os.path.isfile(path):
-        raise UsageError(f"--resume {path!r}: no such file; give a checkpoint written by "
+        what = "is a folder, not a checkpoint file" if os.path.isdir(path) else "no such file"
+        raise UsageError(f"--resume {path!r}: {what}; give a checkpoint written by "
                          "--checkpoint")
     try:
         ck = read(path)
