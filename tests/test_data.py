@@ -214,6 +214,18 @@ def test_a_minidl_data_that_does_not_exist_is_named_and_never_created(monkeypatc
     assert not typo.exists()
 
 
+def test_a_minidl_data_naming_a_file_is_called_a_file(monkeypatch, tmp_path):
+    """MINIDL_DATA set to a file was reported as a folder that 'does not exist (a typo?)'."""
+    notes = tmp_path / "notes.txt"
+    notes.write_text("mine")
+    monkeypatch.setenv("MINIDL_DATA", str(notes))
+    with pytest.raises(data.DataNotFoundError) as err:
+        download.fetch(REMOTE, download_if_missing=False)
+    assert f"MINIDL_DATA {notes} is a file, not a folder" in str(err.value)
+    assert "does not exist" not in str(err.value)
+    assert notes.read_text() == "mine"
+
+
 def test_download_false_never_opens_a_url(monkeypatch, data_dir):
     calls = _serve(monkeypatch, {})
     with pytest.raises(data.DataNotFoundError, match="not attempted"):

@@ -131,8 +131,9 @@ def find(remote, rejected=None, data_dir=None):
 
 
 def _missing_root(data_dir=None):
-    """The data folder given (``data_dir``, else ``MINIDL_DATA``) when it does not exist
-    (a typo, most likely), else None. It is never created: downloads then go to the cache."""
+    """The data folder given (``data_dir``, else ``MINIDL_DATA``) when it is not a folder
+    (missing, a typo most likely, or a file), else None. It is never created: downloads
+    then go to the cache."""
     root = os.path.expanduser(os.fspath(data_dir)) if data_dir is not None else data_home()
     return root if root is not None and not os.path.isdir(root) else None
 
@@ -245,7 +246,8 @@ def fetch(remote, download_if_missing=True, data_dir=None):
     missing = _missing_root(data_dir)
     if missing is not None:
         which = "the data folder given" if data_dir is not None else "MINIDL_DATA"
-        looked += f"; {which} {missing} does not exist (a typo?)"
+        why = "is a file, not a folder" if os.path.exists(missing) else "does not exist (a typo?)"
+        looked += f"; {which} {missing} {why}"
     lines = [f"{remote.dataset or remote.folder}: cannot find or download {remote.name!r}.",
              f"  looked in: {looked}"]
     if rejected:
