@@ -493,6 +493,34 @@ def test_a_failing_standard_output_stops_neither_the_run_nor_its_files(tmp_path,
     assert (out / "curves.png").exists()
 
 
+def test_an_interrupted_compare_keeps_the_methods_that_finished(tmp_path, capsys,
+                                                                monkeypatch):
+    """Ctrl-C during the second method used to leave an empty --out folder: the first
+    method's finished run was lost."""
+    compare_cmd = sys.modules["minidl.cli.compare_cmd"]
+    real_run_fit = compare_cmd.run_fit
+
+    def run_fit(model, loss, optimizer, precond, loaders, args, meta, **kw):
+        if meta["method"] == "adam":
+            raise KeyboardInterrupt  # Ctrl-C in adam's first epoch
+        return real_run_fit(model, loss, optimizer, precond, loaders, args, meta=meta, **kw)
+
+    monkeypatch.setattr(compare_cmd, "run_fit", run_fit)
+    out = tmp_path / "cmp"
+    status = cli.main(["compare", "--methods", "sgd", "adam", "momentum", "--epochs", "1",
+                       *TINY, "--out", str(out)])
+    captured = capsys.readouterr()
+    assert status == 130
+    assert f"minidl compare: interrupted; the methods that finished are in {out}/" \
+        in captured.err
+    rows = {r["method"]: r for r in json.loads((out / "summary.json").read_text())["results"]}
+    assert rows["sgd"]["status"] == "ok" and rows["sgd"]["epochs"] == 1
+    assert rows["adam"]["status"] == "interrupted"
+    assert rows["momentum"]["status"] == "not run (interrupted)"
+    assert sorted(p.name for p in (out / "histories").iterdir()) == ["sgd.json"]
+    assert (out / "curves.png").exists() and "interrupted" in captured.out
+
+
 def test_readme_and_help_quote_the_same_measured_time(capsys):
     import re
     assert cli.main(["compare", "--help"]) == 0

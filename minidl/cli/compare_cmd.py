@@ -1,4 +1,8 @@
-"""``minidl compare``: several methods from the same weights and batches; table and plots."""
+"""``minidl compare``: several methods from the same weights and batches; table and plots.
+
+Ctrl-C stops the method running (and those after it) but keeps the ones that finished:
+the table, summary files, histories and curves are written for them, and the status is
+130."""
 import os
 import sys
 
@@ -58,8 +62,11 @@ def cmd_compare(args):
                   f"{x_test.shape[0]} test examples), {args.epochs} epochs, batch "
                   f"{args.batch_size}, backend {args.backend}, {args.dtype}, "
                   f"{args.threads} BLAS thread(s)", flush=True)
-        histories, rows = {}, []
+        histories, rows, interrupted = {}, [], False
         for name, (lr, okw, pkw) in settings.items():
+            if interrupted:
+                rows.append(row(name, lr, None, error="not run (interrupted)"))
+                continue
             if not args.quiet:
                 print(f"\n== {name} (lr {lr:g}) ==", flush=True)
             model = make_model()  # the same initial weights for every method (same seed)
@@ -70,6 +77,10 @@ def cmd_compare(args):
                     args, meta={"label": name, "method": name, "lr": lr, "model": args.model,
                                 "data": args.data, "batch_size": args.batch_size,
                                 "seed": args.seed, "optimizer_kw": okw, "precond_kw": pkw})
+            except KeyboardInterrupt:  # Ctrl-C: keep the methods that finished
+                interrupted = True
+                rows.append(row(name, lr, None, error="interrupted"))
+                continue
             except (ValueError, RuntimeError, MemoryError) as err:
                 print(f"minidl compare: method {name} failed: {type(err).__name__}: {err}",
                       file=sys.stderr)
@@ -83,4 +94,8 @@ def cmd_compare(args):
                      title=f"{args.model} on {args.data}, batch {args.batch_size}")
     drawn = ", curves.png, histories/*.json" if histories else ""  # none when all failed
     print(f"\nresults in {out}/: summary.txt, summary.json{drawn}")
+    if interrupted:
+        print(f"minidl compare: interrupted; the methods that finished are in {out}/",
+              file=sys.stderr)
+        return 130
     return 0 if histories else 1
