@@ -31,7 +31,7 @@ a ``ValueError`` says so). H and G of a train-mode BatchNorm model are the batch
 """
 from .. import backend
 from . import flat
-from .per_example import check_per_example_ok, per_example_grads
+from .per_example import check_batch, check_per_example_ok, per_example_grads
 from .products import ggn_vp_fn, hvp_fn, preserved_state
 
 __all__ = ["hessian", "ggn", "empirical_fisher", "true_fisher", "dense_from_products"]
@@ -56,6 +56,13 @@ def dense_from_products(matvec, P, xp, dtype):
         A[:, i] = matvec(e)
         e[i] = 0
     return A
+
+
+def _refuse_empty(x, target, what):
+    """The Fishers average over the N examples: refuse N = 0 (0/0) before any work."""
+    if check_batch(x, target, what) == 0:
+        raise ValueError(f"{what} got an empty batch (x of shape {tuple(x.shape)}): the "
+                         "average (1/N) sum_n over no examples is 0/0")
 
 
 def _dtype(model):
@@ -111,7 +118,12 @@ def empirical_fisher(model, loss, x, target, method="auto"):
 
     Returns:
         EF of shape (P, P).
+
+    Raises:
+        ValueError: an empty batch (N = 0), targets of another length, or a layer that
+            couples the examples (train-mode BatchNorm).
     """
+    _refuse_empty(x, target, "empirical_fisher")
     G = per_example_grads(model, loss, x, target, method=method)  # (N, P)
     return G.T @ G / G.shape[0]  # (P, N) @ (N, P) -> (P, P)
 
@@ -140,14 +152,16 @@ def true_fisher(model, loss, x, target, rng, samples=100, method="auto"):
 
     Raises:
         TypeError: ``rng`` is not a generator.
-        ValueError: ``samples`` is not a positive integer, or a layer couples the
-            examples (train-mode BatchNorm).
+        ValueError: ``samples`` is not a positive integer, an empty batch (N = 0),
+            targets of another length, or a layer that couples the examples (train-mode
+            BatchNorm).
     """
     backend.check_rng(rng, "true_fisher")
     if isinstance(samples, bool) or not hasattr(samples, "__index__") or int(samples) < 1:
         # int() would have turned 2.5 into 2 and "3" into 3 without a word
         raise ValueError(f"true_fisher: samples must be a positive integer, got {samples!r}")
     check_per_example_ok(model, "true_fisher")
+    _refuse_empty(x, target, "true_fisher")
     xp = flat.param_module(model)
     with preserved_state(model, loss):
         loss.forward(model.forward(x), target)

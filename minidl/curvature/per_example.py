@@ -38,7 +38,8 @@ from .. import backend
 from . import flat
 from .products import check_deterministic, preserved_state
 
-__all__ = ["per_example_grads", "batch_coupled_layers", "check_per_example_ok"]
+__all__ = ["per_example_grads", "batch_coupled_layers", "check_per_example_ok",
+           "check_batch"]
 
 
 def batch_coupled_layers(model):
@@ -65,6 +66,38 @@ def check_per_example_ok(model, what):
             f"{what}: layer(s) {coupled} normalise with batch statistics in train mode, so "
             "each example's output depends on the whole batch and per-example gradients "
             "are undefined; call model.eval() to use the running statistics instead")
+
+
+def check_batch(x, target, what):
+    """Return N after checking that ``x`` is a batch (N, ...) with N targets.
+
+    The one-example loop reads ``target[n:n+1]`` for n < N only, so without this check
+    surplus targets would be dropped without a word.
+
+    Args:
+        x: the input batch.
+        target: the targets; an array or a sequence indexed along the batch axis.
+        what: the quantity asked for, for the message.
+
+    Raises:
+        ValueError: ``x`` is not an array with a batch axis, or ``target`` does not hold
+            one entry per example.
+    """
+    if not backend.is_array(x) or x.ndim < 1:
+        raise ValueError(f"{what} expects a batch x of shape (N, ...), got "
+                         f"{getattr(x, 'shape', type(x).__name__)}")
+    N = int(x.shape[0])
+    shape = getattr(target, "shape", None)
+    if shape is not None:
+        count = int(shape[0]) if len(shape) else None
+    else:
+        count = len(target) if hasattr(target, "__len__") else None
+    if count != N:
+        got = f"{count} targets" if count is not None else \
+            f"a target without a batch axis ({type(target).__name__} of shape {shape})"
+        raise ValueError(f"{what}: x holds {N} examples but target holds {got}; give one "
+                         "target per example")
+    return N
 
 
 def _scale(loss, N):
@@ -95,7 +128,7 @@ def _by_layers(model, loss, x, target):
         if share is None:
             raise RuntimeError(f"{type(leaf).__name__}.per_example_grads() returned no "
                                f"entry for parameter '{name}'")
-        rows.append(share.reshape(N, -1))  # (N, size)
+        rows.append(share.reshape(N, int(leaf.params[key].size)))  # (N, size); N may be 0
     return xp.concatenate(rows, axis=1) * _scale(loss, N)  # (N, P)
 
 
@@ -128,19 +161,18 @@ def per_example_grads(model, loss, x, target, method="auto"):
             layer) or ``"loop"`` (one pass per example).
 
     Returns:
-        G of shape (N, P) with G[n] = dl_n/dtheta.
+        G of shape (N, P) with G[n] = dl_n/dtheta ((0, P) for an empty batch).
 
     Raises:
-        ValueError: for a train-mode BatchNorm, or an unknown ``method``, or ``"layers"``
-            when a parameterised layer has no ``per_example_grads``.
+        ValueError: for a train-mode BatchNorm, an unknown ``method``, ``"layers"`` when
+            a parameterised layer has no ``per_example_grads``, or a target that does not
+            hold N entries.
     """
     if method not in ("auto", "layers", "loop"):
         raise ValueError(f"per_example_grads: method must be 'auto', 'layers' or 'loop', "
                          f"got {method!r}")
     check_per_example_ok(model, "per_example_grads")
-    if not backend.is_array(x) or x.ndim < 1:
-        raise ValueError("per_example_grads expects a batch x of shape (N, ...), got "
-                         f"{getattr(x, 'shape', type(x).__name__)}")
+    check_batch(x, target, "per_example_grads")
     layer_path = _has_layer_path(model)
     if method == "layers" and not layer_path:
         missing = [name for name, leaf in model.named_leaves()

