@@ -63,3 +63,30 @@ def test_per_example_grads_refuse_targets_of_another_length(norm, extra, kind):
     for fn in (C.per_example_grads, C.empirical_fisher):
         with pytest.raises(ValueError, match=rf"5 examples.*{5 + extra} targets"):
             fn(model, loss, x, target)
+
+
+# -- a frozen dropout mask in the one-example loop ---------------------------------------------
+@pytest.mark.parametrize("drawn", [False, True], ids=["no-mask-yet", "mask-drawn"])
+def test_one_example_loop_refuses_a_frozen_dropout_mask(drawn):
+    """A mask frozen for the batch cannot serve batches of one. With no mask drawn yet the
+    loop's first one-example pass drew a (1, 4) mask and every example reused it, so the
+    "per-example gradients" were those of another network, without a word."""
+    rng = minidl.default_rng(2)
+    drop = Dropout(0.5, rng=minidl.default_rng(3))
+    model = Sequential(Linear(3, 4, rng=rng), drop, LayerNorm(4), Tanh(), Linear(4, 2, rng=rng))
+    x, t, _ = _batch()
+    loss = MSELoss()
+    with drop.frozen_mask():
+        if drawn:
+            model.forward(x)
+        for method in ("auto", "loop"):
+            with pytest.raises(ValueError, match=r"\['1'\].*frozen.*one-example loop"):
+                C.per_example_grads(model, loss, x, t, method=method)
+        with pytest.raises(ValueError, match=r"\['1'\].*frozen.*one-example loop"):
+            C.empirical_fisher(model, loss, x, t)
+    # the layers path uses the batch's mask: rows average to the batch gradient
+    plain = Sequential(Linear(3, 4, rng=rng), drop, Tanh(), Linear(4, 2, rng=rng))
+    with drop.frozen_mask():
+        G = C.per_example_grads(plain, loss, x, t)
+        np.testing.assert_allclose(G.mean(0), C.loss_and_grad(plain, loss, x, t)[1],
+                                   rtol=1e-10, atol=1e-13)

@@ -29,7 +29,7 @@ BatchNorm in train mode normalises with batch statistics, which couples the exam
 so both methods raise a ``ValueError`` for it: call ``model.eval()`` first. Dropout in
 train mode draws a new mask on every pass and is refused the same way (eval mode, or a
 frozen mask, which only the "layers" method can use: the loop's one-example batches do
-not fit a mask drawn for the whole batch).
+not fit a mask drawn for the whole batch, so the loop refuses it with a ``ValueError``).
 
 The "layers" method covers layers that define ``per_example_grads()`` (Linear, Conv2d);
 a model with any other parameterised layer (the normalisation layers) takes the loop.
@@ -144,6 +144,23 @@ def _by_loop(model, loss, x, target):
     return G
 
 
+def _check_no_frozen_masks(model):
+    """Refuse train-mode layers with a frozen mask before the one-example loop runs.
+
+    A mask frozen for the batch does not fit batches of one; and with no mask drawn yet,
+    the loop's first pass would draw a one-example mask that every example then reuses.
+    """
+    frozen = [name or type(leaf).__name__ for name, leaf in model.named_leaves()
+              if leaf.training and getattr(leaf, "freeze_mask", False)]
+    if frozen:
+        raise ValueError(
+            f"per_example_grads: layer(s) {frozen} have a frozen mask in train mode, which "
+            "the one-example loop cannot use (a batch's mask does not fit batches of one, "
+            "and one drawn for a single example would be reused by all); call model.eval(), "
+            "or use method='layers' on a model whose parameterised layers all have "
+            "per_example_grads()")
+
+
 def _dtype(model):
     return next(layer.params[key].dtype for _, layer, key in model.parameters())
 
@@ -179,7 +196,10 @@ def per_example_grads(model, loss, x, target, method="auto"):
                    if leaf.params and not hasattr(leaf, "per_example_grads")]
         raise ValueError(f"per_example_grads(method='layers'): layer(s) {missing} have no "
                          "per_example_grads(); use method='loop' or 'auto'")
+    use_layers = method == "layers" or (method == "auto" and layer_path)
+    if not use_layers:
+        _check_no_frozen_masks(model)
     with preserved_state(model, loss):
-        if method == "layers" or (method == "auto" and layer_path):
+        if use_layers:
             return _by_layers(model, loss, x, target)
         return _by_loop(model, loss, x, target)
