@@ -90,3 +90,58 @@ def test_one_example_loop_refuses_a_frozen_dropout_mask(drawn):
         G = C.per_example_grads(plain, loss, x, t)
         np.testing.assert_allclose(G.mean(0), C.loss_and_grad(plain, loss, x, t)[1],
                                    rtol=1e-10, atol=1e-13)
+
+
+# -- counts and tolerances of the spectral methods ---------------------------------------------
+def _spectral_calls(**kw):
+    model = _mlp()
+    x, t, _ = _batch()
+    loss = MSELoss()
+    rng = minidl.default_rng(0)
+    return {
+        "lanczos": lambda: C.lanczos(model, loss, x, t, rng, **kw),
+        "top_eigenvalues": lambda: C.top_eigenvalues(model, loss, x, t, rng, **kw),
+        "extreme_eigenvalues": lambda: C.extreme_eigenvalues(model, loss, x, t, rng, **kw),
+        "condition_number": lambda: C.condition_number(model, loss, x, t, rng, **kw),
+    }
+
+
+@pytest.mark.parametrize("steps", [2.5, True, "5", 0, -1, 27])
+def test_lanczos_steps_must_be_an_integer_in_range(steps):
+    """2.5 ran 2 steps, True one and "5" five, without a word; top_eigenvalues turned 0
+    and -1 into k steps."""
+    for name, call in _spectral_calls(steps=steps).items():
+        with pytest.raises(ValueError, match=rf"{name}: steps must be an integer in "
+                                             r"\[1, 26\]"):
+            call()
+
+
+@pytest.mark.parametrize("k", [1.5, True, "a", 0, 27])
+def test_top_eigenvalues_k_must_be_an_integer_in_range(k):
+    call = _spectral_calls(k=k)["top_eigenvalues"]
+    with pytest.raises(ValueError, match=r"top_eigenvalues: k must be an integer in \[1, 26\]"):
+        call()
+
+
+@pytest.mark.parametrize("iters", [0, -3, 2.7, False, "9"])
+def test_power_iteration_iters_must_be_a_positive_integer(iters):
+    """0 and -3 ran one product, 2.7 two, without a word."""
+    model = _mlp()
+    x, t, _ = _batch()
+    with pytest.raises(ValueError, match="power_iteration: iters must be an integer in"):
+        C.power_iteration(model, MSELoss(), x, t, minidl.default_rng(0), iters=iters)
+
+
+@pytest.mark.parametrize("tol", [-1.0, 0.0, float("nan"), float("inf"), "1e-3", True])
+def test_spectral_tolerance_must_be_a_positive_number(tol):
+    """A negative or NaN tol can never be met: every result was reported as not converged,
+    however exact it was."""
+    model = _mlp()
+    x, t, _ = _batch()
+    calls = _spectral_calls(tol=tol)
+    del calls["condition_number"]  # it has no tol
+    calls["power_iteration"] = lambda: C.power_iteration(model, MSELoss(), x, t,
+                                                         minidl.default_rng(0), tol=tol)
+    for name, call in calls.items():
+        with pytest.raises(ValueError, match=rf"{name}: tol must be a number in \(0, inf\)"):
+            call()

@@ -117,6 +117,32 @@ def _default_tol(dtype):
     """10 sqrt(u): the residual a converged eigenpair reaches in this precision."""
     return 10.0 * float(backend.host().finfo(dtype).eps) ** 0.5
 
+
+def _tolerance(tol, dtype, what):
+    """``tol`` as a float in (0, inf), or the dtype's default when None; else ValueError.
+
+    A tolerance of 0, below 0 or NaN can never be met, so every result would be reported
+    as not converged however exact it was.
+    """
+    if tol is None:
+        return _default_tol(dtype)
+    if isinstance(tol, bool) or not isinstance(tol, numbers.Real) \
+            or not 0.0 < float(tol) < math.inf:
+        raise ValueError(f"{what}: tol must be a number in (0, inf) (a relative residual), "
+                         f"got {tol!r}")
+    return float(tol)
+
+
+def _count(value, name, what, high):
+    """``value`` as an int in [1, high]; a ValueError for anything else.
+
+    ``int()`` would have turned 2.5 into 2, True into 1 and "5" into 5 without a word.
+    """
+    if isinstance(value, bool) or not hasattr(value, "__index__") \
+            or not 1 <= int(value) <= high:
+        raise ValueError(f"{what}: {name} must be an integer in [1, {high}], got {value!r}")
+    return int(value)
+
 _OPERATORS = {"hessian": hvp_fn, "ggn": ggn_vp_fn}
 
 
@@ -233,11 +259,15 @@ def lanczos(model, loss, x, target, rng, steps=None, curvature="hessian", tol=No
         ``.residuals`` and ``.converged`` (the smallest and the largest converged). The
         interior values of a short run are only estimates; a ``NotConvergedWarning``
         says when even the extremes are.
+
+    Raises:
+        ValueError: ``steps`` is not an integer in [1, P], or ``tol`` not a number in
+            (0, inf).
     """
     P = flat.num_params(model)
-    steps = _default_steps(P, 1) if steps is None else steps
-    theta, res, dtype = _lanczos(model, loss, x, target, rng, steps, curvature)
-    tol = _default_tol(dtype) if tol is None else float(tol)
+    steps = _default_steps(P, 1) if steps is None else _count(steps, "steps", "lanczos", P)
+    tol = _tolerance(tol, _dtype(model), "lanczos")
+    theta, res, _ = _lanczos(model, loss, x, target, rng, steps, curvature)
     scale = float(abs(theta).max()) if len(theta) else 0.0
     return _ritz_result(theta, res, [0, len(theta) - 1], tol, scale, "lanczos")
 
@@ -249,23 +279,27 @@ def top_eigenvalues(model, loss, x, target, rng, k=1, steps=None, curvature="hes
     Args:
         model, loss, x, target: as for ``lanczos``.
         rng: explicit generator for the starting vector.
-        k: how many eigenvalues.
-        steps: Lanczos steps (default min(P, max(2k + 20, 40))).
+        k: how many eigenvalues, an integer in [1, P].
+        steps: Lanczos steps, an integer in [1, P] (default min(P, max(2k + 20, 40)));
+            at least k are run.
         curvature: ``"hessian"`` or ``"ggn"``.
         tol: relative residual each of the k values must reach (module doc).
 
     Returns:
         ``RitzValues`` of shape (k,), descending, with ``.residuals`` and ``.converged``
         (all k converged); a ``NotConvergedWarning`` when they did not.
+
+    Raises:
+        ValueError: ``k`` or ``steps`` is not an integer in [1, P], or ``tol`` not a
+            number in (0, inf).
     """
     P = flat.num_params(model)
-    if not 1 <= int(k) <= P:
-        raise ValueError(f"top_eigenvalues: k must lie in [1, {P}], got {k}")
-    steps = _default_steps(P, int(k)) if steps is None else max(int(steps), int(k))
-    theta, res, dtype = _lanczos(model, loss, x, target, rng, steps, curvature)
-    tol = _default_tol(dtype) if tol is None else float(tol)
+    k = _count(k, "k", "top_eigenvalues", P)
+    steps = _default_steps(P, k) if steps is None else \
+        max(_count(steps, "steps", "top_eigenvalues", P), k)
+    tol = _tolerance(tol, _dtype(model), "top_eigenvalues")
+    theta, res, _ = _lanczos(model, loss, x, target, rng, steps, curvature)
     scale = float(abs(theta).max())
-    k = int(k)
     return _ritz_result(theta[::-1][:k], res[::-1][:k], list(range(k)), tol, scale,
                         "top_eigenvalues")
 
@@ -274,13 +308,23 @@ def extreme_eigenvalues(model, loss, x, target, rng, steps=None, curvature="ggn"
     """``(lambda_min, lambda_max)`` by Lanczos; ``steps`` defaults to P (exact, small P).
 
     A ``NotConvergedWarning`` says when either residual exceeds ``tol`` (module doc).
+
+    Raises:
+        ValueError: ``steps`` is not an integer in [1, P], or ``tol`` not a number in
+            (0, inf).
     """
+    return _extremes(model, loss, x, target, rng, steps, curvature, tol,
+                     "extreme_eigenvalues")
+
+
+def _extremes(model, loss, x, target, rng, steps, curvature, tol, what):
+    """``extreme_eigenvalues`` with ``what`` (the public caller) named in its messages."""
     P = flat.num_params(model)
-    steps = P if steps is None else steps
-    theta, res, dtype = _lanczos(model, loss, x, target, rng, steps, curvature)
-    tol = _default_tol(dtype) if tol is None else float(tol)
+    steps = P if steps is None else _count(steps, "steps", what, P)
+    tol = _tolerance(tol, _dtype(model), what)
+    theta, res, _ = _lanczos(model, loss, x, target, rng, steps, curvature)
     ritz = _ritz_result(theta, res, [0, len(theta) - 1], tol, float(abs(theta).max()),
-                        "extreme_eigenvalues")
+                        what)
     return float(ritz[0]), float(ritz[-1])
 
 
@@ -305,14 +349,15 @@ def condition_number(model, loss, x, target, rng, steps=None, curvature="ggn",
         A float >= 1, or ``inf``.
 
     Raises:
-        ValueError: ``damping`` is negative, not finite or not a number.
+        ValueError: ``damping`` is negative, not finite or not a number, or ``steps``
+            not an integer in [1, P].
     """
     if isinstance(damping, bool) or not isinstance(damping, numbers.Real) \
             or not 0.0 <= float(damping) < math.inf:
         raise ValueError(f"condition_number: damping must be a number in [0, inf), got "
                          f"{damping!r}")
-    lo, hi = extreme_eigenvalues(model, loss, x, target, rng, steps=steps,
-                                 curvature=curvature)
+    lo, hi = _extremes(model, loss, x, target, rng, steps, curvature, None,
+                       "condition_number")
     lo, hi = lo + float(damping), hi + float(damping)
     if lo <= 0:
         return math.inf
@@ -331,8 +376,9 @@ def power_iteration(model, loss, x, target, rng, iters=500, tol=None, curvature=
     Args:
         model, loss, x, target: as for ``lanczos``.
         rng: explicit generator for the starting vector.
-        iters: maximum number of products.
-        tol: relative residual for convergence; default 10 sqrt(u) of the dtype.
+        iters: maximum number of products, a positive integer.
+        tol: relative residual for convergence, a number in (0, inf); default
+            10 sqrt(u) of the dtype.
         curvature: ``"hessian"`` or ``"ggn"``.
 
     Returns:
@@ -340,13 +386,17 @@ def power_iteration(model, loss, x, target, rng, iters=500, tol=None, curvature=
         (P,) on the parameters' device) and has ``.residual``, ``.converged``,
         ``.iterations`` and ``.note``. When it did not converge a ``NotConvergedWarning``
         says so as well.
+
+    Raises:
+        ValueError: ``iters`` is not a positive integer, or ``tol`` not a number in
+            (0, inf).
     """
     backend.check_rng(rng, "power_iteration")
     P = flat.num_params(model)
     xp = flat.param_module(model)
     dtype = _dtype(model)
-    tol = _default_tol(dtype) if tol is None else float(tol)
-    iters = max(int(iters), 1)
+    tol = _tolerance(tol, dtype, "power_iteration")
+    iters = _count(iters, "iters", "power_iteration", math.inf)
     with preserved_state(model, loss):
         matvec = _operator(model, loss, x, target, curvature)
         v = _random_unit(rng, P, xp, dtype)  # (P,)
