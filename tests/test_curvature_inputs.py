@@ -145,3 +145,65 @@ def test_spectral_tolerance_must_be_a_positive_number(tol):
     for name, call in calls.items():
         with pytest.raises(ValueError, match=rf"{name}: tol must be a number in \(0, inf\)"):
             call()
+
+
+# -- non-finite values -------------------------------------------------------------------------
+def _every_call(model, x, t, loss):
+    P = C.num_params(model)
+    v = np.ones(P)
+    rng = minidl.default_rng(0)
+    return {
+        "hvp": lambda: C.hvp(model, loss, x, t, v),
+        "ggn_vp": lambda: C.ggn_vp(model, loss, x, t, v),
+        "loss_and_grad": lambda: C.loss_and_grad(model, loss, x, t),
+        "hessian": lambda: C.hessian(model, loss, x, t),
+        "ggn": lambda: C.ggn(model, loss, x, t),
+        "per_example_grads": lambda: C.per_example_grads(model, loss, x, t),
+        "empirical_fisher": lambda: C.empirical_fisher(model, loss, x, t),
+        "true_fisher": lambda: C.true_fisher(model, loss, x, t, rng, 2),
+        "lanczos": lambda: C.lanczos(model, loss, x, t, rng),
+        "top_eigenvalues": lambda: C.top_eigenvalues(model, loss, x, t, rng),
+        "power_iteration": lambda: C.power_iteration(model, loss, x, t, rng, iters=30),
+        "condition_number": lambda: C.condition_number(model, loss, x, t, rng),
+        "optimal_step": lambda: C.optimal_step(model, loss, x, t),
+    }
+
+
+@pytest.mark.parametrize("where", ["x", "target", "parameter"])
+def test_non_finite_values_are_refused_before_any_work(where):
+    """A NaN in the data or the weights made every curvature NaN (condition_number
+    answered nan, though it promises a float >= 1 or inf); now each call names what holds
+    it, before any pass, and warns nothing else."""
+    model = _mlp()
+    x, t, _ = _batch()
+    if where == "x":
+        x = x.copy()
+        x[3, 1] = np.nan
+        pattern = r"x holds NaN or infinity in row\(s\) \[3\]"
+    elif where == "target":
+        t = t.copy()
+        t[1, 0] = np.inf
+        pattern = r"target holds NaN or infinity in row\(s\) \[1\]"
+    else:
+        model[2].params["b"][1] = np.nan
+        pattern = r"parameter '2.b' holds NaN or infinity"
+    import warnings
+    for name, call in _every_call(model, x, t, MSELoss()).items():
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")  # no NonFiniteWarning from a pass that ran
+            with pytest.raises(ValueError, match=rf"{name}: {pattern}"):
+                call()
+
+
+@pytest.mark.parametrize("bad", ["nan", "complex"])
+def test_product_direction_must_be_a_finite_real_vector(bad):
+    """A complex v lost its imaginary part with only NumPy's ComplexWarning; a NaN v gave a
+    NaN product."""
+    model = _mlp()
+    x, t, _ = _batch()
+    P = C.num_params(model)
+    v = {"nan": np.r_[np.nan, np.ones(P - 1)], "complex": np.ones(P) * 1j}[bad]
+    pattern = "non-finite" if bad == "nan" else "real"
+    for fn in (C.hvp, C.ggn_vp):
+        with pytest.raises(ValueError, match=rf"{fn.__name__}.*{pattern}"):
+            fn(model, MSELoss(), x, t, v)

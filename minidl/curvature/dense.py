@@ -32,7 +32,7 @@ a ``ValueError`` says so). H and G of a train-mode BatchNorm model are the batch
 from .. import backend
 from . import flat
 from .per_example import check_batch, check_per_example_ok, per_example_grads
-from .products import ggn_vp_fn, hvp_fn, preserved_state
+from .products import check_finite, ggn_vp_fn, hvp_fn, preserved_state
 
 __all__ = ["hessian", "ggn", "empirical_fisher", "true_fisher", "dense_from_products"]
 
@@ -83,6 +83,7 @@ def hessian(model, loss, x, target):
         ``backward_rop`` shows up as asymmetry).
     """
     xp = flat.param_module(model)
+    check_finite(model, x, target, "hessian")
     with preserved_state(model, loss):
         return dense_from_products(hvp_fn(model, loss, x, target), flat.num_params(model),
                                    xp, _dtype(model))
@@ -101,6 +102,7 @@ def ggn(model, loss, x, target):
         G of shape (P, P), positive semi-definite.
     """
     xp = flat.param_module(model)
+    check_finite(model, x, target, "ggn")
     with preserved_state(model, loss):
         return dense_from_products(ggn_vp_fn(model, loss, x, target),
                                    flat.num_params(model), xp, _dtype(model))
@@ -124,6 +126,7 @@ def empirical_fisher(model, loss, x, target, method="auto"):
             couples the examples (train-mode BatchNorm).
     """
     _refuse_empty(x, target, "empirical_fisher")
+    check_finite(model, x, target, "empirical_fisher")
     G = per_example_grads(model, loss, x, target, method=method)  # (N, P)
     return G.T @ G / G.shape[0]  # (P, N) @ (N, P) -> (P, P)
 
@@ -162,6 +165,7 @@ def true_fisher(model, loss, x, target, rng, samples=100, method="auto"):
         raise ValueError(f"true_fisher: samples must be a positive integer, got {samples!r}")
     check_per_example_ok(model, "true_fisher")
     _refuse_empty(x, target, "true_fisher")
+    check_finite(model, x, target, "true_fisher")
     xp = flat.param_module(model)
     with preserved_state(model, loss):
         loss.forward(model.forward(x), target)

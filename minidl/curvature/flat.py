@@ -89,7 +89,7 @@ def flatten_rgrads(model):
 
 
 def check_vector(model, v, fn):
-    """Raise a ``ValueError`` unless ``v`` is a flat vector of shape (P,) on the model's device.
+    """Raise a ``ValueError`` unless ``v`` is a real flat vector (P,) on the model's device.
 
     Returns:
         The array module of ``v`` and the parameters.
@@ -99,6 +99,9 @@ def check_vector(model, v, fn):
         shape = getattr(v, "shape", type(v).__name__)
         raise ValueError(f"{fn} expects a flat vector of shape ({P},) (the model's "
                          f"parameter count), got {shape}")
+    if v.dtype.kind not in "fiub":  # a complex v would lose its imaginary part in astype
+        raise ValueError(f"{fn} expects a real vector (the parameters are real), got dtype "
+                         f"{v.dtype}")
     return backend.check_same_device(fn, v, *[layer.params[key] for _, layer, key
                                               in model.parameters()])
 

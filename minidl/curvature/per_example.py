@@ -36,7 +36,7 @@ a model with any other parameterised layer (the normalisation layers) takes the 
 """
 from .. import backend
 from . import flat
-from .products import check_deterministic, preserved_state
+from .products import check_deterministic, check_finite, preserved_state
 
 __all__ = ["per_example_grads", "batch_coupled_layers", "check_per_example_ok",
            "check_batch"]
@@ -190,6 +190,7 @@ def per_example_grads(model, loss, x, target, method="auto"):
                          f"got {method!r}")
     check_per_example_ok(model, "per_example_grads")
     check_batch(x, target, "per_example_grads")
+    check_finite(model, x, target, "per_example_grads")
     layer_path = _has_layer_path(model)
     if method == "layers" and not layer_path:
         missing = [name for name, leaf in model.named_leaves()

@@ -32,6 +32,11 @@ draw. BatchNorm in train mode is allowed here (its
 batch statistics make H couple the examples, and that is the Hessian of the batch loss),
 and its running statistics are restored after each call.
 
+A NaN or infinity in x, in a floating target or in a parameter would make every entry
+of every curvature NaN, so each public function of ``minidl.curvature`` refuses it with a
+``ValueError`` naming the rows or the parameter, before any pass (``check_finite``); a
+product's direction v must be finite and real as well.
+
 Each public function leaves the model's ``cache``, ``grads``, ``Rparams``, ``Rgrads`` and
 ``buffers`` and the loss's ``cache`` as it found them, so it may be called between
 ``backward`` and an optimizer or preconditioner step.
@@ -42,7 +47,7 @@ from .. import backend
 from . import flat
 
 __all__ = ["hvp", "ggn_vp", "loss_and_grad", "hvp_fn", "ggn_vp_fn", "preserved_state",
-           "random_layers", "check_deterministic"]
+           "random_layers", "check_deterministic", "check_finite"]
 
 
 def random_layers(model):
@@ -66,6 +71,46 @@ def check_deterministic(model, what):
             "call and every call would advance the layer's generator. Call model.eval() "
             "for the network without dropout, or freeze the mask to study one draw: "
             "`with layer.frozen_mask(): ...` around the calls")
+
+
+def check_finite(model, x, target, what):
+    """Raise a ``ValueError`` when x, a floating target or a parameter holds NaN or inf.
+
+    One NaN reaches every logit it touches and, through the shared weights, every entry
+    of every curvature, so nothing useful comes out; the message names the rows (data) or
+    the parameter (a diverged model). Reads the values once, before any pass.
+
+    Args:
+        model: the network.
+        x: the input batch.
+        target: the targets (integer labels are skipped: they cannot be NaN).
+        what: the quantity asked for, for the message.
+    """
+    for name, a in (("x", x), ("target", target)):
+        if not backend.is_array(a) or a.dtype.kind not in "fc" or a.size == 0 or a.ndim == 0:
+            continue  # (an empty batch has nothing to check; reshape(0, -1) fails)
+        xp = backend.array_module(a)
+        finite = xp.isfinite(a).reshape(a.shape[0], -1).all(axis=1)  # (N,)
+        if not bool(finite.all()):
+            rows = backend.to_numpy(xp.nonzero(~finite)[0]).tolist()
+            more = f" and {len(rows) - 10} more" if len(rows) > 10 else ""
+            raise ValueError(f"{what}: {name} holds NaN or infinity in row(s) {rows[:10]}"
+                             f"{more}; every curvature would be NaN. Check the batch with "
+                             f"minidl.layers.base.expect_finite('{name}', {name})")
+    for name, layer, key in model.parameters():
+        p = layer.params[key]
+        if not bool(backend.array_module(p).isfinite(p).all()):
+            raise ValueError(f"{what}: parameter '{name}' holds NaN or infinity (the model "
+                             "has diverged, or was loaded from a broken checkpoint); every "
+                             "curvature would be NaN")
+
+
+def _check_direction(model, v, what):
+    """``flat.check_vector`` plus: finite values (a NaN direction gives a NaN product)."""
+    xp = flat.check_vector(model, v, what)
+    if not bool(xp.isfinite(v).all()):
+        raise ValueError(f"{what}: the direction v holds {int((~xp.isfinite(v)).sum())} "
+                         "non-finite value(s) (NaN or inf)")
 
 
 @contextlib.contextmanager
@@ -113,6 +158,7 @@ def hvp_fn(model, loss, x, target):
         A function mapping v of shape (P,) to H v of shape (P,).
     """
     check_deterministic(model, "hvp")
+    check_finite(model, x, target, "hvp_fn")
     logits = model.forward(x)
     loss.forward(logits, target)
     model.backward(loss.backward())
@@ -145,6 +191,7 @@ def ggn_vp_fn(model, loss, x, target):
         A function mapping v of shape (P,) to G v of shape (P,).
     """
     check_deterministic(model, "ggn_vp")
+    check_finite(model, x, target, "ggn_vp_fn")
     logits = model.forward(x)
     loss.forward(logits, target)
     Rx = _zero_input_tangent(x)
@@ -172,7 +219,8 @@ def hvp(model, loss, x, target, v):
     Returns:
         H v, shape (P,), in the dtype of the parameters.
     """
-    flat.check_vector(model, v, "hvp(model, loss, x, target, v)")
+    _check_direction(model, v, "hvp(model, loss, x, target, v)")
+    check_finite(model, x, target, "hvp")
     with preserved_state(model, loss):
         return hvp_fn(model, loss, x, target)(v)
 
@@ -190,7 +238,8 @@ def ggn_vp(model, loss, x, target, v):
     Returns:
         G v, shape (P,).
     """
-    flat.check_vector(model, v, "ggn_vp(model, loss, x, target, v)")
+    _check_direction(model, v, "ggn_vp(model, loss, x, target, v)")
+    check_finite(model, x, target, "ggn_vp")
     with preserved_state(model, loss):
         return ggn_vp_fn(model, loss, x, target)(v)
 
@@ -201,6 +250,7 @@ def loss_and_grad(model, loss, x, target):
     Returns:
         ``(value, g)``: a float and an array of shape (P,).
     """
+    check_finite(model, x, target, "loss_and_grad")
     with preserved_state(model, loss):
         value = loss.forward(model.forward(x), target)
         model.backward(loss.backward())

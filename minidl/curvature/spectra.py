@@ -46,7 +46,7 @@ import warnings
 
 from .. import backend
 from . import flat
-from .products import ggn_vp_fn, hvp_fn, preserved_state
+from .products import check_finite, ggn_vp_fn, hvp_fn, preserved_state
 
 __all__ = ["power_iteration", "lanczos", "top_eigenvalues", "extreme_eigenvalues",
            "condition_number", "optimal_step", "lanczos_ritz_values", "EigenPair",
@@ -228,9 +228,10 @@ def _default_steps(P, k):
     return min(P, max(2 * k + 20, 40))
 
 
-def _lanczos(model, loss, x, target, rng, steps, curvature):
+def _lanczos(model, loss, x, target, rng, steps, curvature, what):
     """(Ritz values, residuals, dtype) after ``steps`` steps (host arrays)."""
-    backend.check_rng(rng, "lanczos")
+    backend.check_rng(rng, what)
+    check_finite(model, x, target, what)
     P = flat.num_params(model)
     xp = flat.param_module(model)
     with preserved_state(model, loss):
@@ -267,7 +268,7 @@ def lanczos(model, loss, x, target, rng, steps=None, curvature="hessian", tol=No
     P = flat.num_params(model)
     steps = _default_steps(P, 1) if steps is None else _count(steps, "steps", "lanczos", P)
     tol = _tolerance(tol, _dtype(model), "lanczos")
-    theta, res, _ = _lanczos(model, loss, x, target, rng, steps, curvature)
+    theta, res, _ = _lanczos(model, loss, x, target, rng, steps, curvature, "lanczos")
     scale = float(abs(theta).max()) if len(theta) else 0.0
     return _ritz_result(theta, res, [0, len(theta) - 1], tol, scale, "lanczos")
 
@@ -298,7 +299,8 @@ def top_eigenvalues(model, loss, x, target, rng, k=1, steps=None, curvature="hes
     steps = _default_steps(P, k) if steps is None else \
         max(_count(steps, "steps", "top_eigenvalues", P), k)
     tol = _tolerance(tol, _dtype(model), "top_eigenvalues")
-    theta, res, _ = _lanczos(model, loss, x, target, rng, steps, curvature)
+    theta, res, _ = _lanczos(model, loss, x, target, rng, steps, curvature,
+                             "top_eigenvalues")
     scale = float(abs(theta).max())
     return _ritz_result(theta[::-1][:k], res[::-1][:k], list(range(k)), tol, scale,
                         "top_eigenvalues")
@@ -322,7 +324,7 @@ def _extremes(model, loss, x, target, rng, steps, curvature, tol, what):
     P = flat.num_params(model)
     steps = P if steps is None else _count(steps, "steps", what, P)
     tol = _tolerance(tol, _dtype(model), what)
-    theta, res, _ = _lanczos(model, loss, x, target, rng, steps, curvature)
+    theta, res, _ = _lanczos(model, loss, x, target, rng, steps, curvature, what)
     ritz = _ritz_result(theta, res, [0, len(theta) - 1], tol, float(abs(theta).max()),
                         what)
     return float(ritz[0]), float(ritz[-1])
@@ -397,6 +399,7 @@ def power_iteration(model, loss, x, target, rng, iters=500, tol=None, curvature=
     dtype = _dtype(model)
     tol = _tolerance(tol, dtype, "power_iteration")
     iters = _count(iters, "iters", "power_iteration", math.inf)
+    check_finite(model, x, target, "power_iteration")
     with preserved_state(model, loss):
         matvec = _operator(model, loss, x, target, curvature)
         v = _random_unit(rng, P, xp, dtype)  # (P,)
@@ -487,6 +490,7 @@ def optimal_step(model, loss, x, target, curvature="hessian"):
         alpha* as a float; ``inf`` when g^T H g <= 0 (the quadratic has no minimum along
         -g), 0.0 when g = 0.
     """
+    check_finite(model, x, target, "optimal_step")
     with preserved_state(model, loss):
         matvec = _operator(model, loss, x, target, curvature)
         if curvature == "ggn":
