@@ -85,6 +85,11 @@ def _torch_forward(torch, model, theta, x):
             W = take(leaf, "W")
             b = take(leaf, "b") if "b" in leaf.params else None
             x = F.conv2d(x, W, b, stride=leaf.stride, padding=leaf.padding)
+        elif isinstance(leaf, L.BatchNorm1d):
+            gamma, beta = take(leaf, "gamma"), take(leaf, "beta")
+            running = [torch.from_numpy(leaf.buffers[k].copy())
+                       for k in ("running_mean", "running_var")]
+            x = F.batch_norm(x, *running, gamma, beta, training=leaf.training, eps=leaf.eps)
         elif isinstance(leaf, L.ReLU):
             x = torch.relu(x)
         elif isinstance(leaf, L.Tanh):
@@ -112,8 +117,8 @@ def _torch_loss(torch, loss_name, reduction):
     return lambda z, t: F.binary_cross_entropy_with_logits(z, t, reduction=reduction)
 
 
-def _torch_reference(torch, model, loss_name, reduction, x, target):
-    """Hessian, GGN, per-example gradients and gradient from PyTorch autograd."""
+def _torch_reference(torch, model, loss_name, reduction, x, target, per_example=True):
+    """Hessian, GGN, per-example gradients (when asked) and gradient from PyTorch."""
     func = torch.func
     theta = torch.from_numpy(minidl.to_numpy(C.flatten_params(model)))
     xt, tt = torch.from_numpy(x), torch.from_numpy(target)
@@ -132,9 +137,11 @@ def _torch_reference(torch, model, loss_name, reduction, x, target):
     def one(th, xi, ti):
         return lossf(_torch_forward(torch, model, th, xi[None]), ti[None])
 
-    per_example = func.vmap(func.grad(one), in_dims=(None, 0, 0))(theta, xt, tt)  # (N, P)
-    return {k: v.detach().numpy() for k, v in
-            dict(H=H, G=G, g=g, per_example=per_example).items()}
+    out = dict(H=H, G=G, g=g)
+    if per_example:
+        out["per_example"] = func.vmap(func.grad(one), in_dims=(None, 0, 0))(theta, xt,
+                                                                             tt)  # (N, P)
+    return {k: v.detach().numpy() for k, v in out.items()}
 
 
 # -- flat vectors ------------------------------------------------------------------------------
@@ -267,6 +274,37 @@ def test_dense_matrices_match_torch(model_name, n, loss_name, reduction):
     assert np.linalg.eigvalsh(G).min() > -1e-10 * scale  # PSD
 
 
+@pytest.mark.parametrize("mode", ["train", "eval"])
+@pytest.mark.parametrize("loss_name", ["ce", "mse", "bce"])
+@pytest.mark.parametrize("reduction", ["mean", "sum"])
+def test_dense_matrices_through_batchnorm_match_torch(mode, loss_name, reduction):
+    """BatchNorm1d: gamma before beta in the flat order (API.md); in train mode the batch
+    statistics couple the examples, and H and G are those of the batch loss."""
+    torch = torch_or_skip()
+    minidl.set_default_dtype("float64")
+    rng = minidl.default_rng(13)
+    norm = L.BatchNorm1d(4)
+    model = L.Sequential(L.Linear(3, 4, rng=rng), norm, L.Tanh(), L.Linear(4, 3, rng=rng))
+    norm.params["gamma"][...] = 1 + rng.standard_normal(4)  # gamma and beta told apart
+    norm.params["beta"][...] = rng.standard_normal(4)
+    x, t = _batch("mlp_tanh", loss_name, 5, seed=14)
+    model.forward(x + 1)  # running statistics away from (0, 1)
+    getattr(model, mode)()
+    loss = LOSSES[loss_name](reduction)
+    ref = _torch_reference(torch, model, loss_name, reduction, x, t,
+                           per_example=mode == "eval")
+    scale = np.abs(ref["H"]).max()
+    np.testing.assert_allclose(C.hessian(model, loss, x, t), ref["H"], rtol=1e-7,
+                               atol=1e-10 * scale)
+    np.testing.assert_allclose(C.ggn(model, loss, x, t), ref["G"], rtol=1e-7,
+                               atol=1e-10 * scale)
+    np.testing.assert_allclose(C.loss_and_grad(model, loss, x, t)[1], ref["g"], rtol=1e-9,
+                               atol=1e-13)
+    if mode == "eval":
+        np.testing.assert_allclose(C.per_example_grads(model, loss, x, t),
+                                   ref["per_example"], rtol=1e-9, atol=1e-13)
+
+
 def test_reduction_scaling_of_the_matrices():
     """sum = N D x mean for H and G; EF with mean is EF with sum / D^2 (MSE, D outputs)."""
     model = _model("mlp_tanh")
@@ -318,7 +356,8 @@ def test_ggn_equals_hessian_for_deep_linear_network_at_zero_residual():
     ("mse", "sum", lambda N, D: 1.0 / N),    # Gaussian NLL: F = G / N
     ("mse", "mean", lambda N, D: 1.0 / D),   # l_n = NLL / D: F = G_mean / D
     ("bce", "sum", lambda N, D: 1.0 / N),    # Bernoulli NLL: F = G / N
-], ids=["ce-mean", "ce-sum", "mse-sum", "mse-mean", "bce-sum"])
+    ("bce", "mean", lambda N, D: 1.0 / D),   # l_n = NLL / D: F = G_mean / D
+], ids=["ce-mean", "ce-sum", "mse-sum", "mse-mean", "bce-sum", "bce-mean"])
 def test_true_fisher_is_ggn_in_expectation(loss_name, reduction, factor):
     model = _model("mlp_tanh", seed=2)
     loss = LOSSES[loss_name](reduction)
