@@ -1,6 +1,8 @@
 """minidl.curvature with inputs that used to give a silent wrong answer or a raw NumPy
 error: empty batches, targets of another length, frozen dropout masks in the one-example
 loop, malformed counts and tolerances, non-finite values."""
+import warnings
+
 import numpy as np
 import pytest
 
@@ -187,7 +189,6 @@ def test_non_finite_values_are_refused_before_any_work(where):
     else:
         model[2].params["b"][1] = np.nan
         pattern = r"parameter '2.b' holds NaN or infinity"
-    import warnings
     for name, call in _every_call(model, x, t, MSELoss()).items():
         with warnings.catch_warnings():
             warnings.simplefilter("error")  # no NonFiniteWarning from a pass that ran
