@@ -42,6 +42,13 @@ while a wrong backward is wrong at every step.
 A backward that writes an array of the wrong shape, or none, fails with a message saying
 so (NumPy broadcasting could otherwise make a wrong shape look right).
 
+In place. A pass must not write into the arrays it is given: a Residual hands the same
+dout to its block and to its shortcut, a layer's output is the next layer's input (ReLU
+keeps its output for its backward pass), and the first input is the user's data. So every
+forward gets a copy of x and every backward a copy of dout; the derivatives are judged on
+what the passes return, and a pass that changed its copy fails with an extra line
+(``input`` for forward, ``dout`` for backward) saying so.
+
 Kinks. Where f is not differentiable (ReLU at 0, a tie in max-pooling) the central
 difference averages two one-sided slopes and a correct backward can disagree with it.
 A failing element is re-examined: if its one-sided slopes (f(x+h)-f(x))/h and
@@ -304,6 +311,28 @@ def _shape_problem(analytic, shape, what):
     return None
 
 
+_WROTE = {
+    "input": ("{who} wrote into its input {arg} (in place); compute the result in a new "
+              "array: the caller's {arg} (the previous layer's output, or the data) must "
+              "stay as it was"),
+    "dout": ("{who} wrote into its dout (in place, e.g. dout *= ...); return a new array "
+             "(dx = dout * ...): a Residual passes the same dout on to its shortcut"),
+}
+
+
+def _wrote_check(kind, who, arg, shape, rtol, atol):
+    """A failed check saying that a pass wrote into an array it was given."""
+    placeholder = backend.host().zeros((1,) + tuple(shape))  # only its shape is read
+    return ArrayCheck(kind, None, placeholder, rtol, atol,
+                      problem=_WROTE[kind].format(who=who, arg=arg))
+
+
+def _same(a, b):
+    """True when the two arrays hold the same values (NaN equal to NaN)."""
+    xp = backend.array_module(a, b)
+    return bool(xp.array_equal(a, b, equal_nan=True))
+
+
 def _compare(name, f, x, analytics, eps, rtol, atol, what):
     """Check the K analytic gradients (a list, one per scalar of ``f``) of x."""
     numeric = _numerical_gradients(f, x, eps)  # (K, *x.shape)
@@ -450,10 +479,19 @@ def check_layer(layer, x, dout=None, rng=None, eps=1e-6, rtol=1e-5, atol=1e-7,
     title = type(layer).__name__
     if check_finite:
         expect_finite(f"check_layer({title}): input x", x)
+    wrote = set()  # "input", "dout": what a pass wrote into (module doc, "In place")
+
+    def forward():
+        x_in = x.copy()  # the layer's own copy: central differences keep perturbing x
+        out = layer.forward(x_in)
+        if "input" not in wrote and not _same(x_in, x):
+            wrote.add("input")
+        return out
+
     with _float64_session(layer) as reset:
         x = _float64_copy(x)
         reset()
-        out = layer.forward(x)
+        out = forward()
         xp = backend.array_module(out)
         if dout is None:
             gen, source = _directions_rng(rng, seed)
@@ -466,11 +504,11 @@ def check_layer(layer, x, dout=None, rng=None, eps=1e-6, rtol=1e-5, atol=1e-7,
             source = ("the dout passed in (one direction, chosen by the caller, can hide an "
                       "error: leave dout out to check random ones)")
         reset()
-        _refuse_if_random(f"check_layer({title})", out, layer.forward(x))
+        _refuse_if_random(f"check_layer({title})", out, forward())
 
         def f():
             reset()
-            out = layer.forward(x)
+            out = forward()
             return [float((out * d).sum()) for d in douts]
 
         dxs, grads = [], []
@@ -478,10 +516,18 @@ def check_layer(layer, x, dout=None, rng=None, eps=1e-6, rtol=1e-5, atol=1e-7,
             f()
             # a copy: a backward that writes into its dout must not change the direction
             # the numeric side uses (an in-place factor would then match on both sides)
-            dxs.append(layer.backward(d.copy()))
+            d_in = d.copy()
+            dxs.append(layer.backward(d_in))
             grads.append(_record_grads(layer))
             dxs[-1] = dxs[-1].copy() if backend.is_array(dxs[-1]) else dxs[-1]
+            if not _same(d_in, d):
+                wrote.add("dout")
         checks = _compare_all(f, x, dxs, layer, grads, eps, rtol, atol)
+        if "input" in wrote:
+            checks.append(_wrote_check("input", f"{title}.forward", "x", x.shape, rtol, atol))
+        if "dout" in wrote:
+            checks.append(_wrote_check("dout", f"{title}.backward", "dout", out.shape, rtol,
+                                       atol))
     return GradCheckReport(title, checks, rtol, atol, eps, source)
 
 
@@ -497,14 +543,25 @@ def check_loss(loss, logits, target, eps=1e-6, rtol=1e-5, atol=1e-8):
     The loss is a scalar, so no random direction is needed.
     """
     expect_finite(f"check_loss({type(loss).__name__}): logits", logits)
+    title = type(loss).__name__
     x = _float64_copy(logits)
     target = _float_target(target)
-    loss.forward(x, target)
+    wrote = []
+
+    def f():
+        x_in = x.copy()  # the loss's own copy (module doc, "In place")
+        value = loss.forward(x_in, target)
+        if not wrote and not _same(x_in, x):
+            wrote.append(_wrote_check("input", f"{title}.forward", "logits", x.shape, rtol,
+                                      atol))
+        return [value]
+
+    f()
     analytic = loss.backward()
     analytic = analytic.copy() if backend.is_array(analytic) else analytic
-    check = _compare("logits", lambda: [loss.forward(x, target)], x, [analytic], eps, rtol,
-                     atol, f"{type(loss).__name__}.backward()'s return value")
-    return GradCheckReport(type(loss).__name__, [check], rtol, atol, eps)
+    check = _compare("logits", f, x, [analytic], eps, rtol, atol,
+                     f"{title}.backward()'s return value")
+    return GradCheckReport(title, [check] + wrote, rtol, atol, eps)
 
 
 def check_model(model, loss, x, target, eps=1e-6, rtol=1e-5, atol=1e-8):
@@ -514,20 +571,26 @@ def check_model(model, loss, x, target, eps=1e-6, rtol=1e-5, atol=1e-8):
     """
     title = f"{type(model).__name__} + {type(loss).__name__}"
     expect_finite(f"check_model({type(model).__name__}): input x", x)
+    wrote = []
     with _float64_session(model) as reset:
         x = _float64_copy(x)
         target = _float_target(target)
 
         def f():
             reset()
-            return [loss.forward(model.forward(x), target)]
+            x_in = x.copy()  # the model's own copy (module doc, "In place")
+            value = loss.forward(model.forward(x_in), target)
+            if not wrote and not _same(x_in, x):
+                wrote.append(_wrote_check("input", f"{type(model).__name__}.forward", "x",
+                                          x.shape, rtol, atol))
+            return [value]
 
         first = backend.host().asarray(f())
         _refuse_if_random(f"check_model({title})", first, backend.host().asarray(f()))
         dx = model.backward(loss.backward())
         dx = dx.copy() if backend.is_array(dx) else dx
         checks = _compare_all(f, x, [dx], model, [_record_grads(model)], eps, rtol, atol)
-    return GradCheckReport(title, checks, rtol, atol, eps)
+    return GradCheckReport(title, checks + wrote, rtol, atol, eps)
 
 
 def _random_tangents(layer, x, gen):

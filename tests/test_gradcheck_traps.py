@@ -306,9 +306,13 @@ class TripleTwice(Triple):
         return super().backward(dout) * 3
 
 
-def test_a_backward_that_scales_dout_in_place_is_judged_on_its_return_value():
+def test_a_backward_that_scales_dout_in_place_fails_on_dout_and_is_judged_on_its_return():
     x = minidl.default_rng(0).standard_normal((4, 3))
-    assert check_layer(Triple(), x).ok  # dx = 3 dout is right, in place or not
+    # dx = 3 dout is the right value, but the caller's dout changed: inside a Residual the
+    # shortcut then adds 3 dout instead of dout, so the report fails on "dout" (only there)
+    report = check_layer(Triple(), x)
+    assert not report.ok and report["x"].ok and not report["dout"].ok
+    assert "wrote into its dout" in str(report) and "new array" in str(report)
     wrong = check_layer(TripleTwice(), x)
     assert not wrong.ok and not wrong["x"].ok
     # the numeric side saw the dout that was drawn: 3 times it, where 9 times came back
@@ -317,3 +321,80 @@ def test_a_backward_that_scales_dout_in_place_is_judged_on_its_return_value():
     kept = dout.copy()
     assert not check_layer(TripleTwice(), x, dout=dout).ok
     np.testing.assert_array_equal(dout, kept)  # the caller's dout is left as it was
+
+
+def test_the_in_place_dout_bug_is_the_one_that_breaks_a_residual():
+    """Why check_layer fails it: Residual(Triple()) computes 3 x + x, but its backward
+    adds the shortcut's dout after the block scaled it: 3 dout + 3 dout."""
+    from minidl.layers import Residual
+    x = minidl.default_rng(0).standard_normal((4, 3))
+    assert not check_layer(Residual(Triple()), x)["x"].ok
+
+
+class TripleKeepingDout(Triple):
+    """Right: dx = 3 dout in a new array (the layer returns no view of dout)."""
+
+    def backward(self, dout):
+        return 3 * dout
+
+
+class PassThrough(Layer):
+    """Right: out = x, and backward hands dout itself back (as Flatten or Dropout(0))."""
+
+    def forward(self, x):
+        self.cache["x"] = x
+        return x
+
+    def backward(self, dout):
+        return dout
+
+
+def test_a_backward_that_returns_dout_or_a_new_array_passes():
+    x = minidl.default_rng(0).standard_normal((4, 3))
+    for layer in (TripleKeepingDout(), PassThrough()):
+        report = check_layer(layer, x)
+        assert report.ok and [c.name for c in report.checks] == ["x"], report
+
+
+class ClampInPlace(Layer):
+    """out = max(x, 0) computed by writing into x: the caller's array changes."""
+
+    def forward(self, x):
+        x[x < 0] = 0  # in place
+        self.cache["x"] = x
+        return x
+
+    def backward(self, dout):
+        return dout * (self.cache["x"] > 0)
+
+
+@pytest.mark.parametrize("check", ["layer", "model"])
+def test_a_forward_that_writes_into_its_input_fails_on_input(check):
+    x = minidl.default_rng(0).standard_normal((4, 3))
+    x[0, 0] = -1.0  # at least one negative entry
+    kept = x.copy()
+    if check == "layer":
+        report = check_layer(ClampInPlace(), x)
+    else:
+        report = check_model(Sequential(ClampInPlace(), Linear(3, 2, rng=minidl.default_rng(1))),
+                             MSELoss(), x, np.zeros((4, 2)))
+    assert not report.ok and not report["input"].ok, report
+    assert "wrote into its input x" in str(report)
+    np.testing.assert_array_equal(x, kept)  # the caller's x is left as it was
+    # the derivatives themselves are taken on untouched copies of x, and are right
+    assert report["x"].ok, report
+
+
+class SoftmaxCrossEntropyShiftingLogits(SoftmaxCrossEntropy):
+    """Subtracts the row maximum from the logits in place before the loss."""
+
+    def forward(self, logits, target):
+        logits -= logits.max(axis=1, keepdims=True)
+        return super().forward(logits, target)
+
+
+def test_a_loss_that_writes_into_its_logits_fails_on_input():
+    h = minidl.default_rng(0).standard_normal((4, 3))
+    report = check_loss(SoftmaxCrossEntropyShiftingLogits(), h, np.array([0, 1, 2, 0]))
+    assert not report.ok and not report["input"].ok and report["logits"].ok, report
+    assert "wrote into its input logits" in str(report)
