@@ -153,9 +153,32 @@ def test_an_empty_batch_in_a_loss(name):
 @pytest.mark.parametrize("name", list(LAYERS))
 def test_backward_before_forward_says_what_to_call(name):
     make, shape = LAYERS[name]
-    with pytest.raises(RuntimeError, match=r"\.backward was called before forward: call "
+    with pytest.raises(RuntimeError, match=r"\.backward found self\.cache empty: call "
                                            r"\w+\.forward\(x\) first"):
         make().backward(np.zeros(shape, dtype="float32"))
+
+
+class ForgetsItsCache(minidl.layers.Layer):
+    """A student's ELU whose forward saves nothing for backward."""
+
+    def forward(self, x):
+        minidl.layers.base.expect_input(self, x)
+        return minidl.array_module(x).where(x > 0, x, minidl.array_module(x).expm1(x))
+
+    def backward(self, dout):
+        minidl.layers.base.expect_forward_done(self, dout)
+        return dout * self.cache["x"]
+
+
+def test_backward_after_a_forward_that_cached_nothing_says_to_cache():
+    """The forward did run: the error must not only say 'call forward first'."""
+    layer = ForgetsItsCache()
+    x = np.zeros((2, 3), dtype="float32")
+    layer.forward(x)
+    with pytest.raises(RuntimeError, match=r"ForgetsItsCache\.backward found self\.cache "
+                                           r"empty.*if forward ran, it must save what backward "
+                                           r"needs: self\.cache\['x'\] = x"):
+        layer.backward(x)
 
 
 @pytest.mark.parametrize("name", list(LOSSES))

@@ -53,8 +53,8 @@ the end of this module, called on the first line of ``forward`` and ``backward``
   train mode refuses it (no batch statistics exist). The losses give 0 for
   ``reduction="sum"`` and refuse ``"mean"`` with a ``ValueError`` (the mean of nothing is
   0/0; PyTorch returns NaN).
-* ``backward`` before ``forward`` raises ``RuntimeError`` naming the layer and saying to
-  call ``forward`` first.
+* ``backward`` before ``forward`` (or after a ``forward`` that cached nothing) raises
+  ``RuntimeError`` naming the layer and saying to call ``forward`` first, or to cache x.
 * NaN and infinity are not searched for in every activation (that would cost a pass over
   each array per step); the losses check their one value and warn (``NonFiniteWarning``)
   naming the rows of the batch whose logits or targets are not finite.
@@ -314,12 +314,15 @@ def expect_forward_done(layer, dout, what="backward"):
 
     The first line of every layer's ``backward``. Leaf layers cache what backward needs in
     ``forward`` (the input x, or for ReLU and BatchNorm what stands for it: the output,
-    x_hat); with an empty cache there is nothing to differentiate.
+    x_hat); with an empty cache there is nothing to differentiate, either because forward
+    has not run or because it saved nothing (the message says both).
     """
     name = type(layer).__name__
     if not layer.cache:
-        raise RuntimeError(f"{name}.{what} was called before forward: call "
-                           f"{name}.forward(x) first ({what} uses what forward cached)")
+        # either forward never ran, or it ran and saved nothing (a forgotten cache line)
+        raise RuntimeError(f"{name}.{what} found self.cache empty: call {name}.forward(x) "
+                           f"first ({what} uses what forward cached); if forward ran, it "
+                           f"must save what {what} needs: self.cache['x'] = x")
     if not backend.is_array(dout):
         raise TypeError(f"{name}.{what} expects dout as an array of the output's shape, got "
                         f"{type(dout).__name__}")
