@@ -32,23 +32,31 @@ class BackendError(RuntimeError):
     """Raised when the CuPy backend is asked for and cannot be used, or arrays are mixed."""
 
 
-def _load_cupy():
-    """Import CuPy and check that a GPU answers; raise one clear error otherwise."""
+_ASKED = "set_backend('cupy')"                 # who asked for CuPy, for the messages
+_INSTEAD = "keep the default 'numpy' backend"  # the way to stay on the CPU
+
+
+def _load_cupy(asked=_ASKED, instead=_INSTEAD):
+    """Import CuPy and check that a GPU answers; raise one clear error otherwise.
+
+    ``asked`` names what asked for CuPy (the call, or the environment variable) and
+    ``instead`` how to stay on the CPU, so the message fits the way the user got here.
+    """
     try:
         import cupy
     except ImportError as err:
         raise BackendError(
-            "set_backend('cupy'): CuPy is not installed ({}). Install it with "
+            f"{asked}: CuPy is not installed ({err}). Install it with "
             "`pip install minidl[gpu]` (or the cupy-cudaXXx wheel matching your CUDA), "
-            "or keep the default 'numpy' backend.".format(err)) from None
+            f"or {instead}.") from None
     try:
         count = cupy.cuda.runtime.getDeviceCount()
     except Exception as err:  # CUDA driver missing or broken
         raise BackendError(
-            "set_backend('cupy'): CuPy is installed but no GPU can be used ({}). "
-            "Check `nvidia-smi`, or use set_backend('numpy').".format(err)) from None
+            f"{asked}: CuPy is installed but no GPU can be used ({err}). "
+            f"Check `nvidia-smi`, or {instead}.") from None
     if count < 1:
-        raise BackendError("set_backend('cupy'): CuPy found no GPU; use set_backend('numpy').")
+        raise BackendError(f"{asked}: CuPy found no GPU; {instead}.")
     return cupy
 
 
@@ -69,7 +77,11 @@ def set_backend(name):
     """
     if name not in ("numpy", "cupy"):
         raise ValueError(f"set_backend expects 'numpy' or 'cupy', got {name!r}")
-    module = numpy if name == "numpy" else _load_cupy()
+    _switch(name)
+
+
+def _switch(name, asked=_ASKED, instead=_INSTEAD):
+    module = numpy if name == "numpy" else _load_cupy(asked, instead)
     _state["name"], _state["module"] = name, module
 
 
@@ -235,6 +247,16 @@ def check_rng(rng, owner):
                         f"got {rng!r}")
 
 
-_env = os.environ.get("MINIDL_BACKEND")
-if _env:
-    set_backend(_env.strip().lower())
+def _backend_from_environment(value):
+    """Apply ``MINIDL_BACKEND`` at import; errors name the variable, not set_backend."""
+    name = value.strip().lower()
+    if not name:
+        return
+    if name not in ("numpy", "cupy"):
+        raise ValueError(f"MINIDL_BACKEND={value!r}: expected 'numpy' or 'cupy'; correct the "
+                         "variable, or unset it to use the default (numpy)")
+    _switch(name, asked=f"MINIDL_BACKEND={value}",
+            instead="unset MINIDL_BACKEND (or set it to numpy) to run on the CPU")
+
+
+_backend_from_environment(os.environ.get("MINIDL_BACKEND", ""))

@@ -1,10 +1,17 @@
 """The backend switch: module lookup, device moves, dtype defaults, clear errors."""
+import os
+import pathlib
+import subprocess
+import sys
+
 import numpy as np
 import pytest
 
 import minidl
 from minidl import backend
 from minidl.layers import Linear
+
+ROOT = pathlib.Path(__file__).resolve().parent.parent
 
 
 def test_default_is_numpy_float32():
@@ -91,3 +98,34 @@ def test_every_random_draw_needs_an_explicit_generator_and_says_who_asked():
             with pytest.raises(TypeError, match=f"{owner} needs an explicit generator"):
                 call(bad)
         call(minidl.default_rng(0))  # a generator is fine
+
+
+def _import_with_backend(value):
+    """Import minidl in a fresh interpreter with MINIDL_BACKEND=value: (returncode, stderr)."""
+    env = dict(os.environ, MINIDL_BACKEND=value)
+    env["PYTHONPATH"] = os.pathsep.join([str(ROOT)] + [p for p in env.get("PYTHONPATH", "")
+                                                       .split(os.pathsep) if p])
+    done = subprocess.run([sys.executable, "-c", "import minidl; print(minidl.get_backend())"],
+                          env=env, capture_output=True, text=True, timeout=120)
+    return done.returncode, done.stdout.strip(), done.stderr
+
+
+@pytest.mark.parametrize("typo", ["numpyy", "gpu"])
+def test_a_misspelt_minidl_backend_names_the_variable(typo):
+    code, _, err = _import_with_backend(typo)
+    assert code != 0
+    assert f"ValueError: MINIDL_BACKEND='{typo}': expected 'numpy' or 'cupy'" in err, err
+    assert "unset it" in err and "set_backend" not in err.splitlines()[-1], err
+
+
+def test_minidl_backend_is_read_without_case_or_spaces():
+    assert _import_with_backend(" NumPy ")[:2] == (0, "numpy")
+    assert _import_with_backend("")[:2] == (0, "numpy")
+
+
+@pytest.mark.skipif(backend.cupy_available(), reason="this machine has a GPU with CuPy")
+def test_minidl_backend_cupy_without_cupy_says_how_to_stay_on_the_cpu():
+    code, _, err = _import_with_backend("cupy")
+    last = err.strip().splitlines()[-1]
+    assert code != 0 and last.startswith("minidl.backend.BackendError: MINIDL_BACKEND=cupy: "), err
+    assert "unset MINIDL_BACKEND (or set it to numpy)" in last and "set_backend" not in last
