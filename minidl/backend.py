@@ -155,10 +155,20 @@ def to_numpy(a):
 
 
 def set_default_dtype(dtype):
-    """Set the floating dtype of new parameters and data: ``"float32"`` or ``"float64"``."""
-    d = numpy.dtype(dtype)
+    """Set the floating dtype of new parameters and data: ``"float32"`` or ``"float64"``.
+
+    NumPy's spellings of the two work too (``numpy.float32``, ``"f8"``, ``"double"``);
+    anything else, ``None`` included (NumPy would read it as float64), is a ``ValueError``.
+    """
+    problem = ValueError(f"set_default_dtype expects 'float32' or 'float64', got {dtype!r}")
+    if dtype is None:
+        raise problem
+    try:
+        d = numpy.dtype(dtype)
+    except TypeError:  # not a dtype at all: 'f32', 'Float32'
+        raise problem from None
     if d not in (numpy.float32, numpy.float64):
-        raise ValueError(f"set_default_dtype expects 'float32' or 'float64', got {dtype!r}")
+        raise problem
     _state["dtype"] = d
 
 

@@ -1,6 +1,7 @@
 """The backend switch: module lookup, device moves, dtype defaults, clear errors."""
 import os
 import pathlib
+import re
 import subprocess
 import sys
 
@@ -98,6 +99,24 @@ def test_every_random_draw_needs_an_explicit_generator_and_says_who_asked():
             with pytest.raises(TypeError, match=f"{owner} needs an explicit generator"):
                 call(bad)
         call(minidl.default_rng(0))  # a generator is fine
+
+
+@pytest.mark.parametrize("bad", [None, "f32", "Float32", "float16", "int32", "half"])
+def test_set_default_dtype_refuses_what_is_not_float32_or_float64(bad):
+    """None would be NumPy's float64 and 'f32' NumPy's TypeError 'not understood':
+    both get the message that says which two values work, and the dtype stays."""
+    before = minidl.get_default_dtype()
+    with pytest.raises(ValueError, match=r"expects 'float32' or 'float64', got "
+                                         + re.escape(repr(bad))):
+        minidl.set_default_dtype(bad)
+    assert minidl.get_default_dtype() == before
+
+
+@pytest.mark.parametrize("spelling, dtype", [("float64", np.float64), (np.float32, np.float32),
+                                             ("f8", np.float64), ("double", np.float64)])
+def test_set_default_dtype_takes_numpys_spellings_of_the_two(spelling, dtype):
+    minidl.set_default_dtype(spelling)
+    assert minidl.get_default_dtype() == dtype
 
 
 def _import_with_backend(value):
