@@ -195,7 +195,9 @@ print(lesson.savefig(fig, "01_supervised_learning"))
 # %% [markdown]
 # The test digits the network is least sure about, with its class probabilities: the
 # plot should show badly written digits, with the probability spread over the classes
-# they resemble (a 2 that could be a 3, an 8 that could be a 3 or a 5).
+# each one resembles. Which digits come up depends on the run (fast mode's short
+# training shows a 2 that could be a 3 and an 8 that could be a 3 or a 5; the full run
+# a 3 that could be a 7 or a 9): read the bars.
 
 # %%
 net.eval()
