@@ -6,7 +6,7 @@ The numerical derivative of a scalar function f at x along element i is::
 
 with error O(eps^2) from truncation and O(u |f| / eps) from rounding (u = 2.2e-16 in
 float64), so eps = 1e-6 gives about 1e-10 relative accuracy. Checks always run in
-float64: in float32 (u = 6e-8) no eps gives more than about 3 correct digits.
+float64: in float32 (u = 6e-8) no eps gives more than about 4 correct digits.
 
 A layer is checked through the scalars f_k(x, theta) = sum(forward(x) * dout_k) for
 ``directions`` (default 2) *random* upstream gradients dout_k, each against
@@ -116,7 +116,7 @@ def rel_error(a, b):
 def _float64_contiguous(x, fn):
     if x.dtype.name != "float64":
         raise TypeError(f"{fn} needs a float64 array, got {x.dtype}; "
-                        "in float32 central differences are accurate to ~3 digits only")
+                        "in float32 central differences are accurate to ~4 digits at best")
     if x.size > 1 and not x.flags.c_contiguous:
         # reshape(-1) would be a copy: perturbing it would leave x, and f, unchanged and
         # every derivative would come out 0
