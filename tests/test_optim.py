@@ -374,6 +374,80 @@ def test_load_state_dict_rejects_mismatches():
     assert fresh.state == {} and fresh.t == 0 and fresh.lr == 1e-3
 
 
+# each optimizer, its settings (other than lr) and another value for each of them
+SETTINGS = [
+    (SGD, dict(lr=0.1, momentum=0.9, nesterov=True, weight_decay=1e-4),
+     dict(momentum=0.5, nesterov=False, weight_decay=0.0)),
+    (AdaGrad, dict(lr=0.1, eps=1e-10, weight_decay=1e-4), dict(eps=1e-8, weight_decay=0.0)),
+    (RMSProp, dict(lr=0.01, alpha=0.99, eps=1e-8, momentum=0.9, weight_decay=1e-4),
+     dict(alpha=0.9, eps=1e-6, momentum=0.0, weight_decay=0.0)),
+    (Adam, dict(lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=1e-4),
+     dict(betas=(0.8, 0.99), eps=1e-6, weight_decay=0.0)),
+    (AdamW, dict(lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=1e-2),
+     dict(betas=(0.8, 0.99), eps=1e-6, weight_decay=0.0)),
+    (Rprop, dict(lr=0.01, etas=(0.5, 1.2), step_sizes=(1e-6, 50)),
+     dict(etas=(0.4, 1.3), step_sizes=(1e-5, 10))),
+]
+
+
+@pytest.mark.parametrize("cls, settings, others", SETTINGS,
+                         ids=[cls.__name__ for cls, _, _ in SETTINGS])
+def test_load_state_dict_refuses_state_saved_with_other_settings(cls, settings, others,
+                                                                 tmp_path):
+    """A momentum buffer made with momentum 0.9 used to load silently into an SGD with
+    momentum 0 (and Adam's moments into an Adam with other betas): the run then continued
+    as another method. Every setting is saved, through .npz too, and compared."""
+    model = make_mlp()
+    opt = cls(model, **settings)
+    _parabola_grads(model, {n: 0.5 for n, _, _ in model.parameters()})
+    opt.step()
+    np.savez(tmp_path / "opt.npz", **opt.state_dict())
+    with np.load(tmp_path / "opt.npz", allow_pickle=False) as f:
+        saved = dict(f)
+    same = cls(make_mlp(), **settings).load_state_dict(saved)  # the same settings load
+    assert same.t == 1
+    for name, value in others.items():
+        fresh = cls(make_mlp(), **dict(settings, **{name: value}))
+        with pytest.raises(ValueError, match="saved with other settings"):
+            fresh.load_state_dict(saved)
+        assert fresh.state == {} and fresh.t == 0  # nothing was loaded
+
+
+def test_load_state_dict_names_the_setting_that_differs():
+    model = make_mlp()
+    opt = SGD(model, lr=0.1, momentum=0.9)
+    _parabola_grads(model, {n: 0.5 for n, _, _ in model.parameters()})
+    opt.step()
+    with pytest.raises(ValueError, match=r"momentum 0.9 \(this optimizer: 0\)"):
+        SGD(make_mlp(), lr=0.1).load_state_dict(opt.state_dict())
+    with pytest.raises(ValueError, match="'hyper.beta1' is a setting SGD does not have"):
+        SGD(make_mlp(), lr=0.1).load_state_dict({"hyper.beta1": 0.9})
+
+
+def test_load_state_dict_refuses_another_methods_state():
+    """Adam's state (m and v) used to load into SGD, which took Adam's m as its momentum."""
+    model = make_mlp()
+    adam = Adam(model)
+    _parabola_grads(model, {n: 0.5 for n, _, _ in model.parameters()})
+    adam.step()
+    state = {k: v for k, v in adam.state_dict().items() if not k.startswith("hyper.")}
+    sgd = SGD(make_mlp(), lr=0.1, momentum=0.9)
+    with pytest.raises(ValueError, match="state 'v', which SGD does not keep"):
+        sgd.load_state_dict(state)
+    assert sgd.state == {}
+
+
+def test_load_state_dict_accepts_state_without_settings():
+    """State saved before the settings were saved (no "hyper." entries) still loads."""
+    model = make_mlp()
+    opt = SGD(model, lr=0.1, momentum=0.9)
+    _parabola_grads(model, {n: 0.5 for n, _, _ in model.parameters()})
+    opt.step()
+    old = {k: v for k, v in opt.state_dict().items() if not k.startswith("hyper.")}
+    fresh = SGD(make_mlp(), lr=0.1, momentum=0.9).load_state_dict(old)
+    assert fresh.t == 1 and set(fresh.state) == set(opt.state)
+
+
 # -- the loop's details --------------------------------------------------------------------
 @pytest.mark.parametrize("name", sorted(OPTIMIZERS))
 def test_parameters_without_gradient_are_skipped(name):

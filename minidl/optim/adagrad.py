@@ -53,5 +53,8 @@ class AdaGrad(Optimizer):
         step *= self.lr
         theta -= step                         # lr g_k / (sqrt(u_k) + delta)
 
+    def hyperparameters(self):
+        return {"eps": self.eps, "weight_decay": self.weight_decay}
+
     def extra_repr(self):
         return f"lr={self.lr:g}, eps={self.eps:g}, weight_decay={self.weight_decay:g}"

@@ -98,6 +98,10 @@ class Adam(Optimizer):
         step *= self.lr / (1 - beta1 ** k)   # lr mhat_k / (sqrt(vhat_k) + delta)
         theta -= step
 
+    def hyperparameters(self):
+        return {"beta1": self.betas[0], "beta2": self.betas[1], "eps": self.eps,
+                "weight_decay": self.weight_decay}
+
     def extra_repr(self):
         return (f"lr={self.lr:g}, betas=({self.betas[0]:g}, {self.betas[1]:g}), "
                 f"eps={self.eps:g}, weight_decay={self.weight_decay:g}")

@@ -19,9 +19,10 @@ The training loop is the same for every method (and for a preconditioner, which 
     opt.step()
 
 Checkpoints: ``state_dict()`` is a flat dict of host NumPy arrays and plain numbers with
-string keys, ``"t"``, ``"lr"`` and ``"state.<qualified parameter name>.<slot>"``, so it can
-go into an ``.npz`` file without pickle; ``load_state_dict`` puts the arrays back on the
-device of each parameter.
+string keys, ``"t"``, ``"lr"``, ``"hyper.<setting>"`` (``hyperparameters()``) and
+``"state.<qualified parameter name>.<slot>"``, so it can go into an ``.npz`` file without
+pickle; ``load_state_dict`` puts the arrays back on the device of each parameter, after
+checking that the settings match.
 """
 import math
 import numbers
@@ -172,6 +173,10 @@ class Optimizer:
         the parameter, its gradient and its state, so parameters may be updated side by
         side. A class of your own (a subclass too) runs the plain loop, one parameter
         after the other, whatever its ``update`` does."""
+        return self._own_class()
+
+    def _own_class(self):
+        """True when this is one of minidl's optimizer classes, not a class of your own."""
         return type(self).__module__.startswith(__name__.rpartition(".")[0] + ".")
 
     def zero_grad(self, set_to_none=False):
@@ -190,9 +195,23 @@ class Optimizer:
             self.model.zero_grad()
 
     # -- checkpoints ---------------------------------------------------------------------
+    def hyperparameters(self):
+        """The settings other than lr that define the method: ``{name: number or bool}``.
+
+        ``state_dict`` saves them (as ``"hyper.<name>"``) and ``load_state_dict`` refuses
+        state saved with other values: a momentum buffer built with momentum 0.9 does not
+        continue the same run in an SGD made with momentum 0. lr is not among them (a
+        schedule changes it, and a checkpoint restores it). The base class has none;
+        minidl's methods list theirs.
+        """
+        return {}
+
     def state_dict(self):
-        """``{"t": int, "lr": float, "state.<name>.<slot>": host array or int}``."""
+        """``{"t": int, "lr": float, "hyper.<name>": number, "state.<name>.<slot>": host
+        array or int}``."""
         out = {"t": int(self.t), "lr": float(self.lr)}
+        for name, value in self.hyperparameters().items():
+            out[f"hyper.{name}"] = value
         for name, s in self.state.items():
             for slot, value in s.items():
                 if backend.is_array(value):
@@ -204,23 +223,34 @@ class Optimizer:
     def load_state_dict(self, state):
         """Restore what ``state_dict`` wrote (also after a round trip through ``.npz``).
 
-        Arrays go to the device of their parameter. Unknown parameter names or shapes that
-        do not match raise ``ValueError`` and leave the optimizer unchanged.
+        Arrays go to the device of their parameter.
+
+        Raises:
+            ValueError: an unknown parameter name, a shape that does not match, a
+                hyperparameter saved with another value than this optimizer's (see
+                ``hyperparameters``), or, for minidl's own methods, a state slot the method
+                does not keep (state of another method). The optimizer is left unchanged.
         """
         owner = f"{type(self).__name__}.load_state_dict"
+        self._check_hyperparameters(owner, state)
         params = {name: layer.params[key] for name, layer, key in self.param_list}
+        slots = self._slot_names()
         new = {}
         for entry, value in state.items():
-            if entry in ("t", "lr"):
+            if entry in ("t", "lr") or entry.startswith("hyper."):
                 continue
             head, _, rest = entry.partition(".")
             name, _, slot = rest.rpartition(".")
             if head != "state" or not name or not slot:
-                raise ValueError(f"{owner}: entry {entry!r} is not 't', 'lr' or "
-                                 "'state.<parameter name>.<slot>'")
+                raise ValueError(f"{owner}: entry {entry!r} is not 't', 'lr', "
+                                 "'hyper.<setting>' or 'state.<parameter name>.<slot>'")
             if name not in params:
                 raise ValueError(f"{owner}: entry {entry!r} names parameter {name!r}, which the "
                                  f"model does not have; it has {sorted(params)}")
+            if slots is not None and slot not in slots:
+                raise ValueError(f"{owner}: entry {entry!r} is state {slot!r}, which "
+                                 f"{type(self).__name__} does not keep (it keeps "
+                                 f"{sorted(slots)}); is this another method's state?")
             theta = params[name]
             host = backend.to_numpy(value)
             if slot == "step":
@@ -241,6 +271,33 @@ class Optimizer:
             self.lr = float(backend.to_numpy(state["lr"]))
         self.state, self.t = new, t
         return self
+
+    def _check_hyperparameters(self, owner, state):
+        """Refuse ``"hyper.<name>"`` entries that this optimizer lacks or sets otherwise."""
+        own = self.hyperparameters()
+        differ = []
+        for entry, value in state.items():
+            if not entry.startswith("hyper."):
+                continue
+            name = entry[len("hyper."):]
+            if name not in own:
+                raise ValueError(f"{owner}: entry {entry!r} is a setting {type(self).__name__} "
+                                 f"does not have (it has {sorted(own) or 'none'})")
+            saved = float(backend.to_numpy(value))
+            if saved != float(own[name]):
+                differ.append(f"{name} {saved:g} (this optimizer: {float(own[name]):g})")
+        if differ:
+            raise ValueError(f"{owner}: the state was saved with other settings: "
+                             f"{'; '.join(differ)}. Make the {type(self).__name__} with the "
+                             "saved settings to continue that run")
+
+    def _slot_names(self):
+        """The state slots of minidl's own methods (``init_state``'s keys and ``"step"``);
+        None for a class of your own, whose ``update`` may add slots of its own."""
+        if not self._own_class():
+            return None
+        _, layer, key = self.param_list[0]
+        return set(self.init_state(layer.params[key])) | {"step"}
 
     def extra_repr(self):
         """The hyperparameters shown by ``repr``; subclasses extend it."""

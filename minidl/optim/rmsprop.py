@@ -61,6 +61,10 @@ class RMSProp(Optimizer):
         m += xp.divide(g, denom, out=denom)  # m_k = mu m_{k-1} + g_k / (sqrt(v_k) + delta)
         theta -= self.lr * m
 
+    def hyperparameters(self):
+        return {"alpha": self.alpha, "eps": self.eps, "momentum": self.momentum,
+                "weight_decay": self.weight_decay}
+
     def extra_repr(self):
         return (f"lr={self.lr:g}, alpha={self.alpha:g}, eps={self.eps:g}, "
                 f"momentum={self.momentum:g}, weight_decay={self.weight_decay:g}")

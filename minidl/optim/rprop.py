@@ -71,6 +71,10 @@ class Rprop(Optimizer):
         theta -= xp.sign(gbar) * s["eta"]
         s["gprev"] = gbar
 
+    def hyperparameters(self):
+        return {"eta_minus": self.eta_minus, "eta_plus": self.eta_plus,
+                "eta_min": self.eta_min, "eta_max": self.eta_max}
+
     def extra_repr(self):
         return (f"lr={self.lr:g}, etas=({self.eta_minus:g}, {self.eta_plus:g}), "
                 f"step_sizes=({self.eta_min:g}, {self.eta_max:g})")

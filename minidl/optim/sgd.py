@@ -64,6 +64,10 @@ class SGD(Optimizer):
             d = m
         theta -= self.lr * d
 
+    def hyperparameters(self):
+        return {"momentum": self.momentum, "nesterov": self.nesterov,
+                "weight_decay": self.weight_decay}
+
     def extra_repr(self):
         return (f"lr={self.lr:g}, momentum={self.momentum:g}, nesterov={self.nesterov}, "
                 f"weight_decay={self.weight_decay:g}")
