@@ -106,10 +106,13 @@ def _to_host(section, name, value, scalars):
         scalars[name] = "int"
     elif isinstance(value, float):
         scalars[name] = "float"
+    elif isinstance(value, str):  # a setting such as damping_mode="eigen"
+        scalars[name] = "str"
+        return np.array(value)  # 0-d, dtype <U: NumPy reads it back without pickle
     elif not backend.is_array(value) and not isinstance(value, np.generic):
         raise CheckpointError(
             f"cannot store {section} entry {name!r} of type {type(value).__name__} in a "
-            "checkpoint: only arrays and numbers can be saved without pickle")
+            "checkpoint: only arrays, numbers and strings can be saved without pickle")
     a = np.array(backend.to_numpy(value))  # a host copy; 0-d for numbers
     if a.dtype.kind not in "biuf":
         raise CheckpointError(
@@ -396,7 +399,7 @@ def read(path):
             raise _fail(path, f"unknown entry {key!r}")
         kind = meta["scalars"].get(section, {}).get(name)
         if kind is not None:
-            a = {"bool": bool, "int": int, "float": float}[kind](a.item())
+            a = {"bool": bool, "int": int, "float": float, "str": str}[kind](a.item())
         sections[section][name] = a
     rng = {name: _rng_state_from_array(path, name, a) for name, a in sections["rng"].items()}
     return Checkpoint(path=path, epoch=meta["epoch"], meta=meta, model=sections["model"],

@@ -418,7 +418,7 @@ def test_load_state_dict_names_the_setting_that_differs():
     opt = SGD(model, lr=0.1, momentum=0.9)
     _parabola_grads(model, {n: 0.5 for n, _, _ in model.parameters()})
     opt.step()
-    with pytest.raises(ValueError, match=r"momentum 0.9 \(this optimizer: 0\)"):
+    with pytest.raises(ValueError, match=r"momentum 0.9 \(this one: 0\)"):
         SGD(make_mlp(), lr=0.1).load_state_dict(opt.state_dict())
     with pytest.raises(ValueError, match="'hyper.beta1' is a setting SGD does not have"):
         SGD(make_mlp(), lr=0.1).load_state_dict({"hyper.beta1": 0.9})

@@ -29,7 +29,8 @@ import numbers
 
 from .. import backend, parallel
 
-__all__ = ["Optimizer", "check_number", "THREADED_UPDATE_VALUES"]
+__all__ = ["Optimizer", "check_number", "settings_entries", "check_saved_settings",
+           "THREADED_UPDATE_VALUES"]
 
 # the fewest parameter values for which ``step`` hands the parameters to threads (where
 # more than one is allowed). Measured at two threads with SGD momentum: the MNIST
@@ -70,6 +71,62 @@ def check_number(owner, name, value, low=None, high=None, low_open=False, high_o
                 ")" if high_open or high is None else "]")
         raise ValueError(f"{owner}: {name} must lie in {allowed}, got {value!r}")
     return x
+
+
+def settings_entries(settings):
+    """``{"hyper.<name>": value}`` for a ``state_dict``: the settings that define a method.
+
+    Values are numbers, bools and strings (None is written as the string ``"None"``), so
+    they go into an ``.npz`` file without pickle.
+    """
+    return {f"hyper.{name}": "None" if value is None else value
+            for name, value in settings.items()}
+
+
+def _setting(value):
+    """A saved or current setting as a comparable plain value: str, bool or float."""
+    if backend.is_array(value) or hasattr(value, "item"):
+        value = backend.to_numpy(value).item()  # a 0-d array from an .npz file
+    if value is None or isinstance(value, str):
+        return str(value)
+    return value if isinstance(value, bool) else float(value)
+
+
+def _show(value):
+    if isinstance(value, (str, bool)):
+        return repr(value)
+    return f"{value:g}"
+
+
+def check_saved_settings(owner, settings, state):
+    """Refuse a state saved with other settings than ``settings`` (the object's own).
+
+    Args:
+        owner: ``"<Class>.load_state_dict"`` for the messages.
+        settings: the object's ``hyperparameters()``.
+        state: the dict being loaded; its ``"hyper.<name>"`` entries are compared (state
+            saved before settings were saved has none, and passes).
+
+    Raises:
+        ValueError: a setting the object does not have, or one saved with another value;
+            the message names every one that differs, saved and current.
+    """
+    cls = owner.split(".")[0]
+    differ = []
+    for entry, value in state.items():
+        if not entry.startswith("hyper."):
+            continue
+        name = entry[len("hyper."):]
+        if name not in settings:
+            raise ValueError(f"{owner}: entry {entry!r} is a setting {cls} does not have "
+                             f"(it has {sorted(settings) or 'none'})")
+        saved, own = _setting(value), _setting(settings[name])
+        if saved != own:
+            differ.append(f"{name} {_show(saved)} (this one: {_show(own)})")
+    if differ:
+        raise ValueError(f"{owner}: the state was saved with other settings: "
+                         f"{'; '.join(differ)}. Make the {cls} with the saved settings to "
+                         "continue that run")
 
 
 class Optimizer:
@@ -210,8 +267,7 @@ class Optimizer:
         """``{"t": int, "lr": float, "hyper.<name>": number, "state.<name>.<slot>": host
         array or int}``."""
         out = {"t": int(self.t), "lr": float(self.lr)}
-        for name, value in self.hyperparameters().items():
-            out[f"hyper.{name}"] = value
+        out.update(settings_entries(self.hyperparameters()))
         for name, s in self.state.items():
             for slot, value in s.items():
                 if backend.is_array(value):
@@ -232,7 +288,7 @@ class Optimizer:
                 does not keep (state of another method). The optimizer is left unchanged.
         """
         owner = f"{type(self).__name__}.load_state_dict"
-        self._check_hyperparameters(owner, state)
+        check_saved_settings(owner, self.hyperparameters(), state)
         params = {name: layer.params[key] for name, layer, key in self.param_list}
         slots = self._slot_names()
         new = {}
@@ -271,25 +327,6 @@ class Optimizer:
             self.lr = float(backend.to_numpy(state["lr"]))
         self.state, self.t = new, t
         return self
-
-    def _check_hyperparameters(self, owner, state):
-        """Refuse ``"hyper.<name>"`` entries that this optimizer lacks or sets otherwise."""
-        own = self.hyperparameters()
-        differ = []
-        for entry, value in state.items():
-            if not entry.startswith("hyper."):
-                continue
-            name = entry[len("hyper."):]
-            if name not in own:
-                raise ValueError(f"{owner}: entry {entry!r} is a setting {type(self).__name__} "
-                                 f"does not have (it has {sorted(own) or 'none'})")
-            saved = float(backend.to_numpy(value))
-            if saved != float(own[name]):
-                differ.append(f"{name} {saved:g} (this optimizer: {float(own[name]):g})")
-        if differ:
-            raise ValueError(f"{owner}: the state was saved with other settings: "
-                             f"{'; '.join(differ)}. Make the {type(self).__name__} with the "
-                             "saved settings to continue that run")
 
     def _slot_names(self):
         """The state slots of minidl's own methods (``init_state``'s keys and ``"step"``);

@@ -43,7 +43,7 @@ import warnings
 from .. import backend
 from ..curvature.products import preserved_state
 from ..errors import NonFiniteError
-from ..optim.base import check_number
+from ..optim.base import check_number, check_saved_settings, settings_entries
 
 __all__ = ["Preconditioner", "CoverageWarning", "check_number", "check_period", "check_lr",
            "sampled_backward", "kl_clip_factor", "warn_if_kl_clip_has_no_lr", "current_lr"]
@@ -302,25 +302,52 @@ class Preconditioner:
                                  "raise the damping)") from err
 
     # -- checkpoints ---------------------------------------------------------------------
+    def hyperparameters(self):
+        """The settings that define the method: ``{name: number, bool, str or None}``.
+
+        ``state_dict`` saves them (``"hyper.<name>"``) and ``load_state_dict`` refuses a
+        state saved with other values: KFAC's eigen-basis state read by a KFAC with
+        ``damping_mode="factored"``, or Shampoo's blocks by one with another
+        ``block_size``, would fail deep inside a later step or silently precondition with
+        statistics of another shape. Subclasses add theirs to the periods.
+        """
+        return {"T1": self.T1, "T2": self.T2}
+
     def state_dict(self):
-        """``{"t": array, "<i>.<key>": host array}``: plain arrays, safe for ``.npz``."""
+        """``{"t": array, "hyper.<name>": setting, "<i>.<key>": host array}``: plain arrays,
+        numbers and strings, safe for ``.npz``."""
         out = {"t": backend.host().asarray(self.t)}
+        out.update(settings_entries(self.hyperparameters()))
         for i, s in enumerate(self.state):
             for key, value in s.items():
                 out[f"{i}.{key}"] = backend.to_numpy(value).copy()
         return out
 
     def load_state_dict(self, state):
-        """Restore what ``state_dict`` wrote, onto the active backend (as copies)."""
+        """Restore what ``state_dict`` wrote, onto the active backend (as copies).
+
+        Raises:
+            ValueError: the state was saved with other settings (``hyperparameters``), an
+                entry names no covered layer, or an array's shape differs from the one
+                this preconditioner already holds under that name (the state of another
+                model). Nothing is changed.
+        """
+        owner = f"{type(self).__name__}.load_state_dict"
+        check_saved_settings(owner, self.hyperparameters(), state)
         new = [dict() for _ in self.layers]
         for name, value in state.items():
-            if name == "t":
+            if name == "t" or name.startswith("hyper."):
                 continue
-            i, key = name.split(".", 1)
-            if not i.isdigit() or int(i) >= len(self.layers):
-                raise ValueError(f"{type(self).__name__}.load_state_dict: entry {name!r} does "
-                                 f"not match a covered layer (there are {len(self.layers)})")
+            i, _, key = name.partition(".")
+            if not i.isdigit() or int(i) >= len(self.layers) or not key:
+                raise ValueError(f"{owner}: entry {name!r} does not match a covered layer "
+                                 f"(there are {len(self.layers)})")
             arr = backend.to_numpy(value)
+            have = self.state[int(i)].get(key)
+            if backend.is_array(have) and tuple(have.shape) != tuple(arr.shape):
+                raise ValueError(f"{owner}: entry {name!r} has shape {tuple(arr.shape)}, but "
+                                 f"layer {self.names[int(i)]}'s {key!r} has shape "
+                                 f"{tuple(have.shape)} (is it the state of another model?)")
             # a copy: the preconditioner owns its state (Shampoo updates it in place, which
             # must not reach back into the caller's dict)
             new[int(i)][key] = backend.asarray(arr).copy() if arr.dtype.kind in "fiub" else arr

@@ -121,6 +121,10 @@ class BDF(Preconditioner):
     def covered_types(self):
         return [Linear, Conv2d]
 
+    def hyperparameters(self):
+        # not max_block: a limit on memory, not part of the method
+        return dict(super().hyperparameters(), damping=self.damping, stat_decay=self.beta)
+
     def _flat_per_example(self, layer):
         """Per-example gradients g_n of each example's own loss, shape (N, p)."""
         shares = layer.per_example_grads()  # key -> (N, *param shape)

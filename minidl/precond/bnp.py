@@ -84,6 +84,10 @@ class BNP(Preconditioner):
     def covered_types(self):
         return [Linear, Conv2d]
 
+    def hyperparameters(self):
+        return dict(super().hyperparameters(), stat_decay=self.rho, eps1=self.eps1,
+                    eps2=self.eps2)
+
     @staticmethod
     def _batch_stats(x):
         """Per input feature (dense, x (N, m)) or per input channel (conv, x (N, C, H, W))."""

@@ -156,6 +156,10 @@ class KFAC(KroneckerFactored):
         self.n_samples = int(n_samples)
         self.rng = rng
 
+    def hyperparameters(self):
+        return dict(super().hyperparameters(), fisher=self.fisher, kl_clip=self.kl_clip,
+                    batch_averaged=self.batch_averaged, n_samples=self.n_samples)
+
     # -- G from the backward pass just run, or from sampled targets -------------------
     def factor_from_output_grads(self, d):
         """G = (kappa / T) sum_{n,t} dout dout^T for one layer's dout (N, T, F)."""

@@ -262,9 +262,18 @@ class KroneckerFactored(Preconditioner):
 
     def load_state_dict(self, state):
         state = dict(state)
-        if "damping" in state:
-            self.damping = float(state.pop("damping"))
-        return super().load_state_dict(state)
+        damping = state.pop("damping", None)
+        super().load_state_dict(state)  # every check first
+        if damping is not None:
+            self.damping = float(damping)
+        return self
+
+    def hyperparameters(self):
+        # not damping: it is state (adapted by adapt_damping), saved and restored above
+        return dict(super().hyperparameters(), stat_decay=self.stat_decay,
+                    damping_mode=self.damping_mode, factor_init=self.factor_init,
+                    rescale=self.rescale, adapt_damping=self.adapt_damping,
+                    adapt_every=self.adapt_every)
 
     # -- the hooks ----------------------------------------------------------------------
     def prepare(self, update_stats, update_inverse):

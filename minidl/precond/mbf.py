@@ -168,6 +168,14 @@ class MBF(Preconditioner):
         for i, layer in enumerate(self.layers):
             self._init_state(i, layer)
 
+    def hyperparameters(self):
+        return dict(super().hyperparameters(), damping=self.damping, stat_decay=self.beta,
+                    momentum=self.momentum, kl_clip=self.kl_clip, warm_start=self.warm_steps,
+                    spatial_average=self.spatial_average,
+                    spatial_threshold=self.spatial_threshold, norm_params=self.norm_params,
+                    norm_eps=self.norm_eps, bias_correction=self.bias_correction,
+                    fisher=self.fisher)
+
     # -- which layers, which blocks --------------------------------------------------------
     def covered_types(self):
         from ..layers.conv import Conv2d

@@ -192,6 +192,11 @@ class Shampoo(Preconditioner):
     def applies_to(self, layer):
         return hasattr(layer, "kron_inputs") and "W" in layer.params
 
+    def hyperparameters(self):
+        return dict(super().hyperparameters(), damping=self.eps, stat_decay=self.beta2,
+                    grafting=self.grafting, graft_eps=self.graft_eps, root=self.root,
+                    bias=self.bias, conv_form=self.conv_form, block_size=self.block_size)
+
     def covered_types(self):
         from ..layers.conv import Conv2d
         from ..layers.linear import Linear
