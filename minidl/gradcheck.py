@@ -45,9 +45,11 @@ so (NumPy broadcasting could otherwise make a wrong shape look right).
 In place. A pass must not write into the arrays it is given: a Residual hands the same
 dout to its block and to its shortcut, a layer's output is the next layer's input (ReLU
 keeps its output for its backward pass), and the first input is the user's data. So every
-forward gets a copy of x and every backward a copy of dout; the derivatives are judged on
-what the passes return, and a pass that changed its copy fails with an extra line
-(``input`` for forward, ``dout`` for backward) saying so.
+forward gets a copy of x and every backward a copy of dout (and, in ``check_jvp`` and
+``check_backward_rop``, every ``jvp`` a copy of Rx and every ``backward_rop`` a copy of
+Rdout); the derivatives are judged on what the passes return, and a pass that changed its
+copy fails with an extra line (``input`` for forward, ``dout`` for backward, ``tangent``
+for the R-operator passes) saying so.
 
 Kinks. Where f is not differentiable (ReLU at 0, a tie in max-pooling) the central
 difference averages two one-sided slopes and a correct backward can disagree with it.
@@ -317,7 +319,32 @@ _WROTE = {
               "stay as it was"),
     "dout": ("{who} wrote into its dout (in place, e.g. dout *= ...); return a new array "
              "(dx = dout * ...): a Residual passes the same dout on to its shortcut"),
+    "tangent": ("{who} wrote into its tangent {arg} (in place); return a new array: a "
+                "Residual passes the same {arg} on to its shortcut, and a curvature "
+                "product reuses it"),
 }
+
+
+def _without_writes(fn, a, wrote, key):
+    """``fn(copy of a)``; adds ``key`` to the set ``wrote`` when fn changed its copy."""
+    a_in = a.copy()
+    result = fn(a_in)
+    if not _same(a_in, a):
+        wrote.add(key)
+    return result
+
+
+def _wrote_checks(wrote, title, shapes, rtol, atol):
+    """The failed checks for every pass that wrote into an array it was given.
+
+    ``wrote``: keys (``"forward"``, ``"backward"``, ``"jvp"``, ``"backward_rop"``) of
+    passes that did; ``shapes``: their argument's shape, by the same key.
+    """
+    kinds = {"forward": ("input", "x"), "backward": ("dout", "dout"),
+             "jvp": ("tangent", "Rx"), "backward_rop": ("tangent", "Rdout")}
+    return [_wrote_check(kinds[key][0], f"{title}.{key}", kinds[key][1], shapes[key], rtol,
+                         atol)
+            for key in ("forward", "backward", "jvp", "backward_rop") if key in wrote]
 
 
 def _wrote_check(kind, who, arg, shape, rtol, atol):
@@ -643,29 +670,36 @@ def check_jvp(layer, x, rng=None, h=1e-6, rtol=1e-5, atol=1e-7, seed=0, directio
     gen, source = _directions_rng(rng, seed)
     K = _check_directions(directions)
     title = type(layer).__name__
+    wrote = set()  # passes that wrote into an array they were given (module doc, "In place")
+
+    def forward(a):
+        return _without_writes(layer.forward, a, wrote, "forward")
+
     with _float64_session(layer) as reset:
         x = _float64_copy(x)
         reset()
-        out = layer.forward(x)
+        out = forward(x)
         reset()
-        _refuse_if_random(f"check_jvp({title})", out, layer.forward(x))
+        _refuse_if_random(f"check_jvp({title})", out, forward(x))
         analytics, numerics, numerics_10 = [], [], []
         for _ in range(K):
             Rx, V = _random_tangents(layer, x, gen)
 
             def run(r):
                 reset()
-                return [layer.forward(x + r * Rx)]
+                return [forward(x + r * Rx)]
 
             numerics.append(_central(layer, V, h, run)[0])
             numerics_10.append(_central(layer, V, 10 * h, run)[0])
             reset()
-            layer.forward(x)
+            forward(x)
             _set_rparams(layer, V)
-            Rout = layer.jvp(Rx)
+            Rout = _without_writes(layer.jvp, Rx, wrote, "jvp")
             analytics.append(Rout.copy() if backend.is_array(Rout) else Rout)
         checks = [_stacked_check("Rout", analytics, numerics, numerics_10, rtol, atol,
                                  f"{title}.jvp's return value")]
+        checks += _wrote_checks(wrote, title, {"forward": x.shape, "jvp": x.shape}, rtol,
+                                atol)
     return GradCheckReport(f"{title}.jvp", checks, rtol, atol, h,
                            f"{K} tangent(s) drawn from {source}")
 
@@ -682,13 +716,21 @@ def check_backward_rop(layer, x, rng=None, h=1e-6, rtol=1e-5, atol=1e-7, seed=0,
     gen, source = _directions_rng(rng, seed)
     K = _check_directions(directions)
     title = type(layer).__name__
+    wrote = set()  # passes that wrote into an array they were given (module doc, "In place")
+
+    def forward(a):
+        return _without_writes(layer.forward, a, wrote, "forward")
+
+    def backward(d):
+        return _without_writes(layer.backward, d, wrote, "backward")
+
     with _float64_session(layer) as reset:
         x = _float64_copy(x)
         xp = backend.array_module(x)
         reset()
-        out = layer.forward(x)
+        out = forward(x)
         reset()
-        _refuse_if_random(f"check_backward_rop({title})", out, layer.forward(x))
+        _refuse_if_random(f"check_backward_rop({title})", out, forward(x))
         params = layer.parameters()
         analytic = [[] for _ in range(1 + len(params))]
         numeric = [[] for _ in range(1 + len(params))]
@@ -700,8 +742,8 @@ def check_backward_rop(layer, x, rng=None, h=1e-6, rtol=1e-5, atol=1e-7, seed=0,
 
             def run(r):
                 reset()
-                layer.forward(x + r * Rx)
-                dx = layer.backward(dout + r * Rdout)
+                forward(x + r * Rx)
+                dx = backward(dout + r * Rdout)
                 return [dx] + [leaf.grads[key].copy() for _, leaf, key in params]
 
             for j, num in enumerate(_central(layer, V, h, run)):
@@ -709,11 +751,11 @@ def check_backward_rop(layer, x, rng=None, h=1e-6, rtol=1e-5, atol=1e-7, seed=0,
             for j, num in enumerate(_central(layer, V, 10 * h, run)):
                 numeric_10[j].append(num)
             reset()
-            layer.forward(x)
-            layer.backward(dout)
+            forward(x)
+            backward(dout)
             _set_rparams(layer, V)
-            layer.jvp(Rx)
-            Rdx = layer.backward_rop(Rdout)
+            _without_writes(layer.jvp, Rx, wrote, "jvp")
+            Rdx = _without_writes(layer.backward_rop, Rdout, wrote, "backward_rop")
             analytic[0].append(Rdx.copy() if backend.is_array(Rdx) else Rdx)
             for j, (_, leaf, key) in enumerate(params, start=1):
                 g = leaf.Rgrads.get(key)
@@ -723,5 +765,8 @@ def check_backward_rop(layer, x, rng=None, h=1e-6, rtol=1e-5, atol=1e-7, seed=0,
         for j, (name, leaf, key) in enumerate(params, start=1):
             checks.append(_stacked_check(f"R{name}", analytic[j], numeric[j], numeric_10[j],
                                          rtol, atol, f"Rgrads[{key!r}] of {type(leaf).__name__}"))
+        checks += _wrote_checks(wrote, title, {"forward": x.shape, "backward": out.shape,
+                                               "jvp": x.shape, "backward_rop": out.shape},
+                                rtol, atol)
     return GradCheckReport(f"{title}.backward_rop", checks, rtol, atol, h,
                            f"{K} set(s) of dout, Rdout, Rx, V drawn from {source}")

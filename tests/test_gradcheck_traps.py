@@ -5,7 +5,8 @@ import numpy as np
 import pytest
 
 import minidl
-from minidl.gradcheck import check_jvp, check_layer, check_loss, check_model, check_rng
+from minidl.gradcheck import (check_backward_rop, check_jvp, check_layer, check_loss,
+                             check_model, check_rng)
 from minidl.layers import (BatchNorm1d, Dropout, Layer, LeakyReLU, Linear, ReLU, Sequential,
                            Sigmoid, Tanh)
 from minidl.losses import MSELoss, SoftmaxCrossEntropy
@@ -398,3 +399,73 @@ def test_a_loss_that_writes_into_its_logits_fails_on_input():
     report = check_loss(SoftmaxCrossEntropyShiftingLogits(), h, np.array([0, 1, 2, 0]))
     assert not report.ok and not report["input"].ok and report["logits"].ok, report
     assert "wrote into its input logits" in str(report)
+
+
+# -- R-operator passes that write into the tangent they are given ------------------------------
+class TripleR(TripleKeepingDout):
+    """out = 3 x with right R-operator passes: Rout = 3 Rx, R{dx} = 3 Rdout (no params)."""
+
+    def jvp(self, Rx):
+        return 3 * Rx
+
+    def backward_rop(self, Rdout):
+        return 3 * Rdout
+
+
+class TripleRScalingRx(TripleR):
+    """jvp scales Rx in place: the value is right, the caller's Rx is not."""
+
+    def jvp(self, Rx):
+        Rx *= 3
+        return Rx
+
+
+class TripleRScalingRdout(TripleR):
+    def backward_rop(self, Rdout):
+        Rdout *= 3
+        return Rdout
+
+
+class TripleRScalingDout(TripleR):
+    def backward(self, dout):
+        dout *= 3
+        return dout
+
+
+def test_r_operator_checks_pass_right_passes():
+    x = minidl.default_rng(0).standard_normal((4, 3))
+    assert check_jvp(TripleR(), x).ok and check_backward_rop(TripleR(), x).ok
+
+
+def test_a_jvp_that_writes_into_rx_fails_on_tangent():
+    """check_jvp judged only jvp's return value, so Rx *= 3 passed; inside a Residual the
+    shortcut then adds 3 Rx instead of Rx (a wrong Gauss-Newton-vector product)."""
+    x = minidl.default_rng(0).standard_normal((4, 3))
+    for check in (check_jvp, check_backward_rop):
+        report = check(TripleRScalingRx(), x)
+        assert not report.ok and not report["tangent"].ok, report
+        assert "TripleRScalingRx.jvp wrote into its tangent Rx" in str(report)
+
+
+def test_a_backward_rop_that_writes_into_rdout_fails_on_tangent():
+    x = minidl.default_rng(0).standard_normal((4, 3))
+    report = check_backward_rop(TripleRScalingRdout(), x)
+    assert not report.ok and report["Rdx"].ok and not report["tangent"].ok, report
+    assert "backward_rop wrote into its tangent Rdout" in str(report)
+
+
+def test_check_backward_rop_fails_a_backward_that_writes_into_dout():
+    x = minidl.default_rng(0).standard_normal((4, 3))
+    report = check_backward_rop(TripleRScalingDout(), x)
+    assert not report.ok and not report["dout"].ok, report
+
+
+def test_check_jvp_fails_a_forward_that_writes_into_its_input():
+    class ClampR(ClampInPlace):
+        def jvp(self, Rx):
+            return Rx * (self.cache["x"] > 0)
+
+    x = minidl.default_rng(0).standard_normal((4, 3))
+    x[0, 0] = -1.0
+    report = check_jvp(ClampR(), x)
+    assert not report.ok and not report["input"].ok, report
