@@ -418,3 +418,26 @@ def test_a_log_axis_of_less_than_a_decade_has_plain_labels():
     labels = [t.get_text() for t in ax.get_yticklabels(minor=True) + ax.get_yticklabels()]
     assert ax.get_yscale() == "log" and any(labels), labels
     assert not any("10^" in text or "times" in text for text in labels), labels
+
+
+def test_a_refused_resume_leaves_every_object_as_it_was(tmp_path):
+    """fit(resume=...) loaded the checkpoint into the model and optimizer before it refused
+    a one-shot iterator, so a refused resume left the model holding the checkpoint's
+    weights; every refusal now comes before anything is loaded."""
+    model, loss, opt, loader, val = setup()
+    ck = tmp_path / "run.npz"
+    train.fit(model, loss, opt, loader, epochs=1, checkpoint=ck, log_every=0)
+    m2, l2, o2, loader2, _ = setup()
+    before = {k: np.array(v) for k, v in m2.state_dict().items()}
+    assert not all(np.array_equal(before[k], model.state_dict()[k]) for k in before)
+
+    def batches():
+        return ((x, y) for x, y in loader2)
+    with pytest.raises(ValueError, match="train_loader is a one-shot iterator"):
+        train.fit(m2, l2, o2, batches(), epochs=3, resume=ck, log_every=0)
+    after = m2.state_dict()
+    assert all(np.array_equal(before[k], after[k]) for k in before)  # nothing loaded
+    assert o2.t == 0 and o2.state == {}
+    # one epoch left to run: a one-shot iterator is fine, and the resume loads
+    h = train.fit(m2, l2, o2, batches(), epochs=2, resume=ck, log_every=0)
+    assert len(h) == 2 and o2.t > 0

@@ -89,9 +89,14 @@ def test_resume_without_the_best_weights_is_refused(tmp_path):
     checkpoint.save(ck, model, opt, epoch=3, extra={"history": h.to_dict()},
                     rng={"train_loader": loader.rng, "val_loader": val.rng})
     m2, l2, o2, tl2, v2 = overfitting_problem()
+    before = {k: np.array(v) for k, v in m2.state_dict().items()}
+    rng_before = tl2.rng.bit_generator.state
     with pytest.raises(ValueError, match="does not hold that epoch's weights"):
         train.fit(m2, l2, o2, tl2, epochs=5, val_loader=v2, resume=ck, restore_best=True,
                   log_every=0)
+    # refused before anything was loaded (the weights and generators used to be replaced)
+    assert all(np.array_equal(before[k], v) for k, v in m2.state_dict().items())
+    assert o2.t == 0 and tl2.rng.bit_generator.state == rng_before
 
 
 # -- modes ---------------------------------------------------------------------------------

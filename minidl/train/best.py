@@ -70,12 +70,13 @@ class BestEpoch:
         """JSON-able description of the best epoch (its weights travel separately)."""
         return {"monitor": self.monitor, "epoch": self.epoch, "value": self.value}
 
-    def from_checkpoint(self, history, model, saved_meta, saved_state, epochs_done):
+    def from_checkpoint(self, history, last_weights, saved_meta, saved_state, epochs_done):
         """Rebuild the best epoch of a resumed run.
 
         Args:
             history: the resumed ``History``; its records give the best epoch.
-            model: the network, already holding the checkpoint's (last epoch's) weights.
+            last_weights: the checkpoint's own (last epoch's) weights, a model
+                ``state_dict()`` (host arrays); nothing is loaded into the model here.
             saved_meta: ``to_meta()`` as stored in the checkpoint, or None.
             saved_state: the best weights stored in the checkpoint, or None.
             epochs_done: the epochs the checkpoint had finished.
@@ -95,7 +96,7 @@ class BestEpoch:
         if same and saved_state:
             self.state = dict(saved_state)
         elif self.epoch == epochs_done:
-            self.state = model.state_dict()
+            self.state = dict(last_weights)
         else:
             raise ValueError(
                 f"cannot restore the best weights: the checkpoint's best {self.monitor} "

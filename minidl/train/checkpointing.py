@@ -34,8 +34,13 @@ def save_run(path, model, optimizer, precond, rngs, history, best):
               best=best.state)
 
 
-def resume_run(path, model, optimizer, precond, rngs, best):
+def resume_run(path, model, optimizer, precond, rngs, best, check=None):
     """Load a run's checkpoint into the given objects.
+
+    Everything that can refuse the resume runs before anything is loaded: reading and
+    checking the file, the preconditioner's presence, the best epoch's weights, and
+    ``check(epochs_done)`` (the caller's own refusal, e.g. of a one-shot iterator); so a
+    refused resume leaves the model, optimizer, preconditioner and generators as they were.
 
     Returns:
         ``(history, epochs_done)``; ``best`` knows the best epoch (and its weights), and
@@ -43,9 +48,10 @@ def resume_run(path, model, optimizer, precond, rngs, best):
         uninterrupted run would have stopped there).
 
     Raises:
-        CheckpointError: the file is damaged or belongs to other objects (nothing changed),
-            holds a preconditioner's state but none is given, or the best epoch's weights
-            are wanted but not in the file.
+        CheckpointError: the file is damaged or belongs to other objects, holds a
+            preconditioner's state but none is given, or the best epoch's weights are
+            wanted but not in the file; nothing was changed.
+        Whatever ``check`` raises, also before anything changed.
     """
     ck = ckpt.read(path)
     saved_precond = ck.meta["classes"].get("precond")
@@ -54,16 +60,18 @@ def resume_run(path, model, optimizer, precond, rngs, best):
             f"checkpoint {ck.path!r}: it holds the state of a {saved_precond} "
             "preconditioner, but no precond was given; pass the same preconditioner to "
             "continue the run")
-    ck = ckpt.load(ck, model, optimizer, precond, rng=rngs)
+    if check is not None:
+        check(ck.epoch)
     extra = ck.extra if isinstance(ck.extra, dict) else {}
     history = History()
     if isinstance(extra.get("history"), dict):
         history = History.from_dict(extra["history"])
         history.stop_reason, history.divergence = None, None
-    try:
-        best.from_checkpoint(history, model, extra.get("best"), ck.best, ck.epoch)
+    try:  # the last epoch's weights are the checkpoint's model section
+        best.from_checkpoint(history, ck.model, extra.get("best"), ck.best, ck.epoch)
     except ValueError as err:
         raise ckpt.CheckpointError(f"checkpoint {ck.path!r}: {err}") from None
+    ckpt.load(ck, model, optimizer, precond, rng=rngs)
     if best.patience_ran_out(ck.epoch):
         history.stop_reason = best.stop_reason()
     return history, ck.epoch

@@ -174,9 +174,12 @@ def fit(model, loss, optimizer, train_loader, epochs=1, precond=None, val_loader
     best = BestEpoch(_monitor(monitor, val_loader, with_acc), patience=early_stopping,
                      keep_weights=restore_best or bool(checkpoint))
     history, done = History(meta), 0
-    if resume is not None:
-        history, done = resume_run(resume, model, optimizer, precond, rngs, best)
-    _check_reiterable(train_loader, val_loader, int(epochs) - done)
+    if resume is not None:  # refusals (one-shot iterators too) before anything is loaded
+        history, done = resume_run(
+            resume, model, optimizer, precond, rngs, best,
+            check=lambda done: _check_reiterable(train_loader, val_loader, int(epochs) - done))
+    else:
+        _check_reiterable(train_loader, val_loader, int(epochs))
     _describe(history, model, optimizer, precond)
     wall_start = time.perf_counter() - history.last.get("wall", 0.0)
     last = int(epochs) if history.stop_reason is None else done  # early-stopped: no more
