@@ -196,7 +196,9 @@ class ArrayCheck:
         ok: no element failed (and the analytic array had the right shape).
         n_failed: elements out of tolerance in at least one direction.
         kinks: flat indices of elements skipped as kinks (in some direction).
-        max_abs_error, max_rel_error: over all directions, kinks excluded.
+        max_abs_error, max_rel_error: over all directions, kinks excluded; the relative
+            error is |a - n| / max(|a|, |n|), the relative part of the pass rule (an
+            element also passes while |a - n| <= atol, whatever its relative error).
         worst_index, worst_direction, worst_analytic, worst_numeric: the element with the
             largest error relative to its bound.
         problem: a sentence when the backward wrote no array or one of the wrong shape.
@@ -235,8 +237,11 @@ class ArrayCheck:
         self.ok = self.n_failed == 0
         size = diff.shape[1]
         self.max_abs_error = float(diff.max()) if size else 0.0
-        denom = xp.maximum(xp.abs(analytic) + xp.abs(numeric), 1e-12).reshape(K, -1)
-        self.max_rel_error = float((diff / denom).max()) if size else 0.0
+        # the relative part of the pass rule, |a - n| / max(|a|, |n|), so that a failed
+        # element always shows an error above rtol (CS231n's rel_error divides by
+        # |a| + |n|, up to 2x less: a FAIL could read "7.5e-06" against rtol 1e-05)
+        denom = xp.maximum(xp.maximum(xp.abs(analytic), xp.abs(numeric)), 1e-12)
+        self.max_rel_error = float((diff / denom.reshape(K, -1)).max()) if size else 0.0
         score = (diff / bound).reshape(-1)  # (K * size,)
         worst = int(score.argmax()) if size else 0
         k, i = divmod(worst, max(size, 1))
@@ -257,6 +262,9 @@ class ArrayCheck:
             line += (f"\n         {self.n_failed} element(s) out of tolerance; worst at index "
                      f"{self.worst_index}{where}: analytic {self.worst_analytic:.10g} vs "
                      f"numeric {self.worst_numeric:.10g}")
+        elif self.max_rel_error > self.rtol:
+            line += (f"\n         (relative error above rtol only where |a - n| <= atol = "
+                     f"{self.atol:g}: near-zero entries, which pass on the absolute error)")
         if self.kinks:
             line += f"\n         {len(self.kinks)} element(s) skipped: they sit on a kink"
         return line

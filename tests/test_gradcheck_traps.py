@@ -469,3 +469,32 @@ def test_check_jvp_fails_a_forward_that_writes_into_its_input():
     x[0, 0] = -1.0
     report = check_jvp(ClampR(), x)
     assert not report.ok and not report["input"].ok, report
+
+
+# -- the report's relative error is the one the pass rule uses ---------------------------------
+class SlightlyOffW(Linear):
+    """dW off by a factor 1 + 1.5e-5: just outside rtol = 1e-5."""
+
+    def backward(self, dout):
+        dx = super().backward(dout)
+        self.grads["W"] = self.grads["W"] * (1 + 1.5e-5)
+        return dx
+
+
+def test_a_failed_array_reports_a_relative_error_above_rtol():
+    """The report divided by |a| + |n| (CS231n) while the rule divides by max(|a|, |n|):
+    this FAIL read "max rel error 7.50e-06" under a header saying rtol 1e-05."""
+    rng = minidl.default_rng(0)
+    report = check_layer(SlightlyOffW(4, 3, rng=rng), rng.standard_normal((5, 4)))
+    assert not report["W"].ok and report["x"].ok
+    assert report["W"].max_rel_error == pytest.approx(1.5e-5, rel=0.01)
+    assert report["W"].max_rel_error > report["W"].rtol
+
+
+def test_a_passing_array_with_a_large_relative_error_says_why():
+    from minidl.gradcheck import ArrayCheck
+    analytic = np.array([[1e-9, 1.0]])  # (K = 1, 2): a near-zero entry off by 10%
+    numeric = np.array([[1.1e-9, 1.0]])
+    check = ArrayCheck("x", analytic, numeric, rtol=1e-5, atol=1e-7)
+    assert check.ok and check.max_rel_error > 1e-5
+    assert "pass on the absolute error" in str(check)
