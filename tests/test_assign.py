@@ -119,11 +119,79 @@ def _public_tests(name, question):
     ("01_mlp_backprop", "q2", "changed its input"),  # ReLU leaves x and dout alone
     ("04_optimizers", "q4", "step_sizes=(0.02, 0.07)"),  # Rprop's clip of the step sizes
     ("04_optimizers", "q5", "gd(_A, np.array([1.0, 2.0])"),  # b != 0
+    ("01_mlp_backprop", "q2", "standard_normal((3, 2, 5))"),  # x of 3 axes
+    ("01_mlp_backprop", "q4", "0.5, 12, _r"),  # one full-batch step moves p by -lr g
 ])
 def test_public_tests_cover_what_hidden_tests_grade(name, question, needle):
     # README: hidden tests check the same things on other shapes, so every behaviour they
     # grade has a public check the student can run with grader.check
     assert needle in _public_tests(name, question)
+
+
+def _run_public_tests(name, question, planted=()):
+    """Run a committed master as a student's kernel would (every code cell but the
+    otter_ignore ones, the solution with each (old, new) of ``planted`` put in), then the
+    public test cells of ``question``; the first failure's message, or None."""
+    import contextlib
+    from minidl.assign.master import read_master
+    nb = read_master(ROOT / "assignments" / name).notebook
+    code, tests, current, in_tests = [], [], None, False
+    for cell in nb.cells:
+        src = cell.source
+        if cell.cell_type == "raw":
+            current = src.split("name: ", 1)[1].split()[0] if "BEGIN QUESTION" in src else \
+                current
+            in_tests = "BEGIN TESTS" in src or (in_tests and "END TESTS" not in src)
+        elif cell.cell_type == "code" and "otter_ignore" not in cell.metadata.get("tags", []):
+            if not in_tests:
+                code.append(src)
+            elif current == question and "hidden: true" not in src:
+                tests.append(src)
+    solution = "\n\n".join(code)
+    for old, new in planted:
+        assert solution.count(old) == 1, f"{old!r} is in the solution {solution.count(old)} times"
+        solution = solution.replace(old, new)
+    namespace = {"__name__": "__main__"}
+    with contextlib.redirect_stdout(io.StringIO()):
+        exec(compile(solution, f"{name} (solution)", "exec"), namespace)
+        assert tests, f"{name} {question} has no public test"
+        for src in tests:
+            try:
+                exec(compile(src, f"{name} {question} (public test)", "exec"), namespace)
+            except Exception as e:  # noqa: BLE001 - any failure is the student's message
+                return f"{type(e).__name__}: {e}"
+    return None
+
+
+# Mistakes that only the hidden tests used to catch: a student passed grader.check and lost
+# the question at grading. (assignment, question, [(solution line, the mistake)])
+PUBLIC_TESTS_CATCH = [
+    ("01_mlp_backprop", "q2", [("        return np.maximum(x, 0)\n",   # loops over 2 axes
+                                "        out = x.copy()\n"
+                                "        for i in range(x.shape[0]):\n"
+                                "            for j in range(x.shape[1]):\n"
+                                "                out[i, j] = max(x[i, j], 0)\n"
+                                "        return out\n")]),
+    ("01_mlp_backprop", "q4", [("layer.params[k] -= lr * layer.grads[k]",
+                                "layer.params[k] -= lr / batch_size * layer.grads[k]")]),
+    ("01_mlp_backprop", "q4", [("        for layer in layers:\n            for k in layer.params",
+                                "        for layer in layers[-1:]:\n            for k in "
+                                "layer.params")]),  # only the last layer learns
+]
+
+
+@pytest.mark.parametrize("name", ["01_mlp_backprop"])
+def test_the_solution_passes_every_public_test(name):
+    from minidl.assign.master import read_master
+    for question in read_master(ROOT / "assignments" / name).questions:
+        assert _run_public_tests(name, question) is None, question
+
+
+@pytest.mark.parametrize("name, question, planted", PUBLIC_TESTS_CATCH)
+def test_public_tests_catch_what_only_hidden_tests_caught(name, question, planted):
+    """README: passing the public tests is necessary, and hidden tests check the same
+    things on other shapes; so a mistake the hidden tests grade must fail a public test."""
+    assert _run_public_tests(name, question, planted) is not None
 
 
 def test_readme_explains_release_grade_and_check():

@@ -31,8 +31,11 @@ ROOT = pathlib.Path(__file__).resolve().parent.parent
 # all their points); every other question keeps all of its points.
 BUGS = {
     "01_mlp_backprop": ([('self.grads["W"] = dout.T @ x', 'self.grads["W"] = x.T @ dout'),
-                         ("return dlogits / N", "return dlogits")],  # missing 1/N
-                        {"q1", "q3"}),
+                         ("return dlogits / N", "return dlogits"),  # missing 1/N
+                         # the step scaled by 1/batch_size (once caught by a hidden test only)
+                         ("layer.params[k] -= lr * layer.grads[k]",
+                          "layer.params[k] -= lr / batch_size * layer.grads[k]")],
+                        {"q1", "q3", "q4"}),
     "02_cnn_layers": ([('self.grads["W"] = (D.T @ self.cache["cols"]).reshape(W.shape)',
                         'self.grads["W"] = (self.cache["cols"].T @ D).reshape(W.shape)')],
                       {"q3"}),  # transposed weight gradient

@@ -130,8 +130,8 @@ assert_gradcheck(Linear(3, 8, _r), _r.standard_normal((2, 3)))
 # all_or_nothing: true
 
 # %% [markdown]
-# **Question 2 (2 points).** Complete `ReLU`: `out = max(x, 0)`, and its backward pass
-# (the gradient flows where `x > 0`).
+# **Question 2 (2 points).** Complete `ReLU`: `out = max(x, 0)` elementwise, for `x` of any
+# shape, and its backward pass (the gradient flows where `x > 0`).
 
 # %% [raw]
 # # BEGIN SOLUTION
@@ -167,6 +167,8 @@ _dout = np.array([[1.0, -2.0, 3.0, -4.0]])
 assert_close("ReLU dx", _relu.backward(_dout), [[0.0, 0.0, 3.0, -4.0]])
 assert np.array_equal(_dout, [[1.0, -2.0, 3.0, -4.0]]), "ReLU.backward changed its input dout in place; return a new array and leave dout as it was"
 assert_gradcheck(ReLU(), minidl.default_rng(4).standard_normal((3, 5)))
+# elementwise: any shape, e.g. a batch of 3-D feature maps
+assert_gradcheck(ReLU(), minidl.default_rng(7).standard_normal((3, 2, 5)))
 
 # %%
 """ # BEGIN TEST CONFIG
@@ -328,6 +330,25 @@ _full = _crit.forward(_out, _yall[:500])
 _got = train_epoch(_net, _crit, _x, _yall[:500], 0.0, 50, _r)
 assert str(_r.bit_generator.state) != _state, "train_epoch did not draw from rng: shuffle the examples with rng.permutation"
 assert abs(_got - _full) <= 1e-9 * abs(_full), f"with lr=0 and 10 batches of 50, train_epoch returned {_got}, but the mean of the batch losses is the loss of all 500 examples, {_full} (every batch once? the mean, not the sum or the last one?)"
+
+# %%
+import copy
+import minidl.layers as _L, minidl.losses as _losses
+from minidl.assign.feedback import assert_close
+# one batch of all 12 examples: the epoch is one gradient step, so every parameter of every
+# layer must move by exactly -lr times its gradient of the loss of all 12
+_r = minidl.default_rng(8)
+_net = [_L.Linear(4, 5, rng=_r).astype("float64"), _L.ReLU(), _L.Linear(5, 3, rng=_r).astype("float64")]
+_x = _r.standard_normal((12, 4)) * np.array([0.01, 1.0, 5.0, 0.3])
+_y = _r.integers(0, 3, 12)
+_start = _L.Sequential(*copy.deepcopy(_net))
+_crit = _losses.SoftmaxCrossEntropy()
+_ = _crit.forward(_start.forward(_x), _y)
+_ = _start.backward(_crit.backward())
+_ = train_epoch(_net, _losses.SoftmaxCrossEntropy(), _x, _y, 0.5, 12, _r)
+for _i, _k in ((0, "W"), (0, "b"), (2, "W"), (2, "b")):
+    _p0, _g = _start.layers[_i].params[_k], _start.layers[_i].grads[_k]
+    assert_close(f"layers[{_i}].params['{_k}'] after one full-batch epoch with lr = 0.5 (expected p - lr * g)", _net[_i].params[_k], _p0 - 0.5 * _g)
 
 # %%
 """ # BEGIN TEST CONFIG
