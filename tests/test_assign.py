@@ -121,6 +121,8 @@ def _public_tests(name, question):
     ("04_optimizers", "q5", "gd(_A, np.array([1.0, 2.0])"),  # b != 0
     ("01_mlp_backprop", "q2", "standard_normal((3, 2, 5))"),  # x of 3 axes
     ("01_mlp_backprop", "q4", "0.5, 12, _r"),  # one full-batch step moves p by -lr g
+    ("02_cnn_layers", "q3", "standard_normal((2, 3, 8, 5))"),  # Ho = 4, Wo = 3
+    ("02_cnn_layers", "q4", "MaxPool2d(3)"),    # k = 3, not only 2
 ])
 def test_public_tests_cover_what_hidden_tests_grade(name, question, needle):
     # README: hidden tests check the same things on other shapes, so every behaviour they
@@ -177,10 +179,17 @@ PUBLIC_TESTS_CATCH = [
     ("01_mlp_backprop", "q4", [("        for layer in layers:\n            for k in layer.params",
                                 "        for layer in layers[-1:]:\n            for k in "
                                 "layer.params")]),  # only the last layer learns
+    # Wo computed from H: every public output was square
+    ("02_cnn_layers", "q3", [("        Wo = (Wd + 2 * self.padding - self.k) // self.stride + 1",
+                              "        Wo = (H + 2 * self.padding - self.k) // self.stride + 1")]),
+    ("02_cnn_layers", "q3", [("    cols = cols.reshape(N, Ho, Wo, C, kh, kw)",
+                              "    Wo = (H + 2 * padding - kw) // stride + 1\n"
+                              "    cols = cols.reshape(N, Ho, Wo, C, kh, kw)")]),
+    ("02_cnn_layers", "q4", [("        k = self.k\n", "        k = 2\n")]),  # every window 2 x 2
 ]
 
 
-@pytest.mark.parametrize("name", ["01_mlp_backprop"])
+@pytest.mark.parametrize("name", ["01_mlp_backprop", "02_cnn_layers"])
 def test_the_solution_passes_every_public_test(name):
     from minidl.assign.master import read_master
     for question in read_master(ROOT / "assignments" / name).questions:

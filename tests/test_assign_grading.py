@@ -37,8 +37,9 @@ BUGS = {
                           "layer.params[k] -= lr / batch_size * layer.grads[k]")],
                         {"q1", "q3", "q4"}),
     "02_cnn_layers": ([('self.grads["W"] = (D.T @ self.cache["cols"]).reshape(W.shape)',
-                        'self.grads["W"] = (self.cache["cols"].T @ D).reshape(W.shape)')],
-                      {"q3"}),  # transposed weight gradient
+                        'self.grads["W"] = (self.cache["cols"].T @ D).reshape(W.shape)'),
+                       ("        k = self.k\n", "        k = 2\n")],  # MaxPool2d: only 2 x 2
+                      {"q3", "q4"}),  # transposed weight gradient; pooling windows
     "03_normalisation": ([("return inv_std * (dxhat - dxhat.mean(axis=0) - xhat",
                            "return inv_std * (dxhat - xhat")],
                          {"q2"}),  # BatchNorm backward without the mean term

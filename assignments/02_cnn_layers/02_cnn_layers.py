@@ -252,6 +252,8 @@ def _ref_im2col(x, kh, kw, stride=1, padding=0):
 with earlier_answers_from_reference(Conv2d.forward, im2col=_ref_im2col):
     assert_gradcheck(Conv2d(2, 3, 3, stride=1, padding=1, rng=minidl.default_rng(3)), minidl.default_rng(4).standard_normal((2, 2, 4, 4)))
     assert_gradcheck(Conv2d(2, 2, 3, stride=2, padding=1, rng=minidl.default_rng(7)), minidl.default_rng(8).standard_normal((1, 2, 5, 6)))
+    # taller than wide: the output is 4 x 3 (Ho from H, Wo from W)
+    assert_gradcheck(Conv2d(3, 2, 3, stride=2, padding=1, rng=minidl.default_rng(9)), minidl.default_rng(10).standard_normal((2, 3, 8, 5)))
 
 # %%
 """ # BEGIN TEST CONFIG
@@ -332,6 +334,11 @@ from minidl.assign.feedback import assert_close, assert_gradcheck
 _x = np.array([[[[1.0, 2.0, 0.0, -1.0], [3.0, 0.5, 4.0, 2.0]]]])
 assert_close("MaxPool2d forward", MaxPool2d(2).forward(_x), [[[[3.0, 4.0]]]])
 assert_gradcheck(MaxPool2d(2), minidl.default_rng(5).standard_normal((2, 2, 4, 4)))
+# 3 x 3 windows (any k, not only 2) on a 6 x 3 image
+import minidl.layers as _L
+_x = minidl.default_rng(6).standard_normal((2, 2, 6, 3))
+assert_close("MaxPool2d(3) forward", MaxPool2d(3).forward(_x), _L.MaxPool2d(3).forward(_x))
+assert_gradcheck(MaxPool2d(3), _x)
 
 # %%
 """ # BEGIN TEST CONFIG
