@@ -123,6 +123,8 @@ def _public_tests(name, question):
     ("01_mlp_backprop", "q4", "0.5, 12, _r"),  # one full-batch step moves p by -lr g
     ("02_cnn_layers", "q3", "standard_normal((2, 3, 8, 5))"),  # Ho = 4, Wo = 3
     ("02_cnn_layers", "q4", "MaxPool2d(3)"),    # k = 3, not only 2
+    ("03_normalisation", "q1", "(eval, gamma and beta not 1 and 0)"),  # and N != D
+    ("03_normalisation", "q4", "(N=5, m=3, eps1=1e-3, eps2=1e-2)"),  # q = 1, eps given
 ])
 def test_public_tests_cover_what_hidden_tests_grade(name, question, needle):
     # README: hidden tests check the same things on other shapes, so every behaviour they
@@ -186,10 +188,26 @@ PUBLIC_TESTS_CATCH = [
                               "    Wo = (H + 2 * padding - kw) // stride + 1\n"
                               "    cols = cols.reshape(N, Ho, Wo, C, kh, kw)")]),
     ("02_cnn_layers", "q4", [("        k = self.k\n", "        k = 2\n")]),  # every window 2 x 2
+    # BatchNorm1d: eval mode without gamma and beta (the public ones were 1 and 0); N/(N-1)
+    # with N = D (the public batch was 2 x 2); the running mean's old value dropped (one
+    # public batch, from a running mean of 0)
+    ("03_normalisation", "q1", [('            mu, var = self.buffers["running_mean"], '
+                                 'self.buffers["running_var"]',
+                                 '            return (x - self.buffers["running_mean"]) / '
+                                 'np.sqrt(self.buffers["running_var"] + self.eps)')]),
+    ("03_normalisation", "q1", [("            N = x.shape[0]\n", "            N = x.shape[1]\n")]),
+    ("03_normalisation", "q1", [('(1 - m) * self.buffers["running_mean"] + m * mu', "m * mu")]),
+    # BNP: q = sqrt(m / N) without max(., 1) (every public case had m >= N); eps1 and eps2
+    # written as numbers (every public case used the defaults)
+    ("03_normalisation", "q4", [("q = np.sqrt(max(m / N, 1.0))", "q = np.sqrt(m / N)")]),
+    ("03_normalisation", "q4", [("s2t = s2 + eps1 * s2.max() + eps2",
+                                 "s2t = s2 + 1e-4 * s2.max() + eps2")]),
+    ("03_normalisation", "q4", [("s2t = s2 + eps1 * s2.max() + eps2",
+                                 "s2t = s2 + eps1 * s2.max() + 1e-5")]),
 ]
 
 
-@pytest.mark.parametrize("name", ["01_mlp_backprop", "02_cnn_layers"])
+@pytest.mark.parametrize("name", ["01_mlp_backprop", "02_cnn_layers", "03_normalisation"])
 def test_the_solution_passes_every_public_test(name):
     from minidl.assign.master import read_master
     for question in read_master(ROOT / "assignments" / name).questions:

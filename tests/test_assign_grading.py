@@ -41,8 +41,14 @@ BUGS = {
                        ("        k = self.k\n", "        k = 2\n")],  # MaxPool2d: only 2 x 2
                       {"q3", "q4"}),  # transposed weight gradient; pooling windows
     "03_normalisation": ([("return inv_std * (dxhat - dxhat.mean(axis=0) - xhat",
-                           "return inv_std * (dxhat - xhat")],
-                         {"q2"}),  # BatchNorm backward without the mean term
+                           "return inv_std * (dxhat - xhat"),  # backward: no mean term
+                          # eval mode without gamma and beta (the backward is train mode's)
+                          ('mu, var = self.buffers["running_mean"], self.buffers["running_var"]',
+                           'return (x - self.buffers["running_mean"]) / '
+                           'np.sqrt(self.buffers["running_var"] + self.eps)'),
+                          # BNP's q without max(., 1)
+                          ("q = np.sqrt(max(m / N, 1.0))", "q = np.sqrt(m / N)")],
+                         {"q1", "q2", "q4"}),
     "04_optimizers": ([# Adam without bias correction
                        ("mhat = s[\"m\"] / (1 - beta1 ** k)", "mhat = s[\"m\"]"),
                        ("vhat = s[\"v\"] / (1 - beta2 ** k)", "vhat = s[\"v\"]"),

@@ -104,6 +104,26 @@ _ = _bn.eval()
 assert_close("BatchNorm1d forward (eval)", _bn.forward(_x), (_x - np.array([0.2, 0.4])) / np.sqrt(np.array([1.1, 1.7]) + 1e-5))
 
 # %%
+import minidl.layers as _L
+from minidl.assign.feedback import assert_close
+# against minidl's BatchNorm1d: gamma and beta that are not 1 and 0 (in both modes), two
+# batches of 4 examples of 3 features (N != D; the running statistics carry over), and
+# features of spread 1, 1e-3 (a variance below eps) and 20
+_bn, _lib = BatchNorm1d(3), _L.BatchNorm1d(3).astype("float64")
+_bn.params["gamma"], _bn.params["beta"] = np.array([2.0, -0.5, 1.5]), np.array([0.3, 1.0, -2.0])
+_lib.params["gamma"], _lib.params["beta"] = _bn.params["gamma"].copy(), _bn.params["beta"].copy()
+_g = minidl.default_rng(9)
+for _batch in (1, 2):
+    _x = _g.standard_normal((4, 3)) * np.array([1.0, 1e-3, 20.0]) + np.array([0.0, 5.0, -3.0])
+    assert_close(f"BatchNorm1d forward (train), batch {_batch}", _bn.forward(_x), _lib.forward(_x))
+    assert_close(f"running_mean after batch {_batch}", _bn.buffers["running_mean"], _lib.buffers["running_mean"])
+    assert_close(f"running_var after batch {_batch}", _bn.buffers["running_var"], _lib.buffers["running_var"])
+_ = _bn.eval()
+_ = _lib.eval()
+_x = _g.standard_normal((3, 3)) * np.array([1.0, 1e-3, 20.0]) + np.array([0.0, 5.0, -3.0])
+assert_close("BatchNorm1d forward (eval, gamma and beta not 1 and 0)", _bn.forward(_x), _lib.forward(_x))
+
+# %%
 """ # BEGIN TEST CONFIG
 hidden: true
 """ # END TEST CONFIG
@@ -319,6 +339,21 @@ _s2t, _q = _s2 + 1e-4 * 4.0 + 1e-5, np.sqrt(1.5)
 _expected = (np.array([[1.0, 2.0, -1.0], [0.0, 1.0, 3.0]]) - np.outer([0.5, -1.0], _mu)) / _s2t / _q
 assert_close("G_W (N=2, m=3)", _GW, _expected)
 assert_close("G_b (N=2, m=3)", _Gb, np.array([0.5, -1.0]) / _q - _expected @ _mu)
+
+# %%
+import minidl.layers as _L, minidl.precond as _P
+from minidl.assign.feedback import assert_close
+# against minidl's BNP: more examples than inputs (N = 5 > m = 3, so q = 1), eps1 and eps2
+# that are not the defaults, and inputs of spread 1, 1e-3 (a variance below eps2) and 3
+_g = minidl.default_rng(10)
+_net = _L.Sequential(_L.Linear(3, 2, rng=_g)).astype("float64")
+_h = _g.standard_normal((5, 3)) * np.array([1.0, 1e-3, 3.0]) + np.array([2.0, -1.0, 0.5])
+_ = _net.forward(_h)
+_ = _net.backward(_g.standard_normal((5, 2)))
+_GW, _Gb = bnp_direction(_h, _net.layers[0].grads["W"].copy(), _net.layers[0].grads["b"].copy(), eps1=1e-3, eps2=1e-2)
+_ = _P.BNP(_net, eps1=1e-3, eps2=1e-2, warn=False).step()
+assert_close("G_W (N=5, m=3, eps1=1e-3, eps2=1e-2)", _GW, _net.layers[0].grads["W"])
+assert_close("G_b (N=5, m=3, eps1=1e-3, eps2=1e-2)", _Gb, _net.layers[0].grads["b"])
 
 # %%
 """ # BEGIN TEST CONFIG
