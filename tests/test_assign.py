@@ -125,6 +125,8 @@ def _public_tests(name, question):
     ("02_cnn_layers", "q4", "MaxPool2d(3)"),    # k = 3, not only 2
     ("03_normalisation", "q1", "(eval, gamma and beta not 1 and 0)"),  # and N != D
     ("03_normalisation", "q4", "(N=5, m=3, eps1=1e-3, eps2=1e-2)"),  # q = 1, eps given
+    ("05_curvature", "q1", "standard_normal((5, 2))"),  # x not the shape of the logits
+    ("05_curvature", "q3", "[6, 7, 11]"),      # F = 4 blocks of m + 1 = 3
 ])
 def test_public_tests_cover_what_hidden_tests_grade(name, question, needle):
     # README: hidden tests check the same things on other shapes, so every behaviour they
@@ -204,10 +206,17 @@ PUBLIC_TESTS_CATCH = [
                                  "s2t = s2 + 1e-4 * s2.max() + eps2")]),
     ("03_normalisation", "q4", [("s2t = s2 + eps1 * s2.max() + eps2",
                                  "s2t = s2 + eps1 * s2.max() + 1e-5")]),
+    # the jvp's input shaped like the logits (public x had as many columns as classes)
+    ("05_curvature", "q1", [("model.jvp(np.zeros_like(x))", "model.jvp(np.zeros_like(logits))")]),
+    # one block per input + 1 instead of per neuron (public F = m + 1)
+    ("05_curvature", "q3", [('    return np.einsum("no,ni,nj->oij", delta ** 2, a_hat, a_hat) / N',
+                             "    return np.stack([(delta[:, o:o + 1] ** 2 * a_hat).T @ a_hat "
+                             "for o in range(a_hat.shape[1])]) / N")]),
 ]
 
 
-@pytest.mark.parametrize("name", ["01_mlp_backprop", "02_cnn_layers", "03_normalisation"])
+@pytest.mark.parametrize("name", ["01_mlp_backprop", "02_cnn_layers", "03_normalisation",
+                                  "05_curvature"])
 def test_the_solution_passes_every_public_test(name):
     from minidl.assign.master import read_master
     for question in read_master(ROOT / "assignments" / name).questions:

@@ -55,8 +55,12 @@ BUGS = {
                        # Rprop's steps right, but written into the layer's gradient
                        ("gbar = np.where(p < 0, 0.0, g)", "gbar = g\n        gbar[p < 0] = 0")],
                       {"q3", "q4"}),
-    "05_curvature": ([("keepdims=True)) / N", "keepdims=True))")],
-                     {"q1"}),  # GGN-vector product without the 1/N of the mean loss
+    "05_curvature": ([("keepdims=True)) / N", "keepdims=True))"),  # G v without 1/N
+                      # MBF: one block per input + 1, not per neuron
+                      ('return np.einsum("no,ni,nj->oij", delta ** 2, a_hat, a_hat) / N',
+                       "return np.stack([(delta[:, o:o + 1] ** 2 * a_hat).T @ a_hat "
+                       "for o in range(a_hat.shape[1])]) / N")],
+                     {"q1", "q3"}),
 }
 
 

@@ -77,8 +77,9 @@ def ggn_vector_product(model, x, y, v):
 import minidl.curvature as _C, minidl.losses as _losses
 from minidl.assign.feedback import assert_close
 _r = minidl.default_rng(1)
-_model = L.Sequential(L.Linear(3, 4, rng=_r), L.Tanh(), L.Linear(4, 3, rng=_r)).astype("float64")
-_x, _y = _r.standard_normal((5, 3)), np.array([0, 2, 1, 1, 0])
+# 2 inputs, 3 classes: the logits are not the shape of x
+_model = L.Sequential(L.Linear(2, 4, rng=_r), L.Tanh(), L.Linear(4, 3, rng=_r)).astype("float64")
+_x, _y = _r.standard_normal((5, 2)), np.array([0, 2, 1, 1, 0])
 _v = _r.standard_normal(_C.num_params(_model))
 _expected = _C.ggn_vp(_model, _losses.SoftmaxCrossEntropy(), _x, _y, _v)
 assert_close("G v", ggn_vector_product(_model, _x, _y, _v), _expected)
@@ -225,14 +226,15 @@ def mbf_blocks(a, dout):
 import minidl.curvature as _C, minidl.losses as _losses
 from minidl.assign.feedback import assert_close
 _r = minidl.default_rng(3)
-_model = L.Sequential(L.Linear(2, 3, rng=_r)).astype("float64")
-_x, _y = _r.standard_normal((4, 2)), np.array([0, 1, 2, 1])
+# F = 4 neurons, each a block of m + 1 = 3: W[o, 0], W[o, 1], b[o]
+_model = L.Sequential(L.Linear(2, 4, rng=_r)).astype("float64")
+_x, _y = _r.standard_normal((4, 2)), np.array([0, 3, 2, 1])
 _loss = _losses.SoftmaxCrossEntropy()
 _ = _loss.forward(_model.forward(_x), _y)
 _ = _model.backward(_loss.backward())
 _B = mbf_blocks(_x, _model.layers[0].cache["dout"])
 _EF = _C.empirical_fisher(_model, _losses.SoftmaxCrossEntropy(), _x, _y)
-_idx = [[0, 1, 6], [2, 3, 7], [4, 5, 8]]
+_idx = [[0, 1, 8], [2, 3, 9], [4, 5, 10], [6, 7, 11]]
 assert_close("mini-blocks", _B, np.array([_EF[np.ix_(i, i)] for i in _idx]))
 
 # %%
