@@ -215,8 +215,7 @@ PUBLIC_TESTS_CATCH = [
 ]
 
 
-@pytest.mark.parametrize("name", ["01_mlp_backprop", "02_cnn_layers", "03_normalisation",
-                                  "05_curvature"])
+@pytest.mark.parametrize("name", ASSIGNMENTS)
 def test_the_solution_passes_every_public_test(name):
     from minidl.assign.master import read_master
     for question in read_master(ROOT / "assignments" / name).questions:
