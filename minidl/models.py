@@ -40,6 +40,8 @@ References: Q. Ye et al., BNP slides (seed 000); A. Bahamou, D. Goldfarb, Y. Ren
 J. Sun, "Deep Residual Learning for Image Recognition", CVPR 2016; K. Simonyan,
 A. Zisserman, "Very Deep Convolutional Networks", ICLR 2015.
 """
+import numbers
+
 from . import backend
 from .layers.base import Layer
 from .layers import (Linear, ReLU, LeakyReLU, Sigmoid, Tanh, Flatten, Sequential,
@@ -66,24 +68,61 @@ _VGG_CONFIGS = {  # filters per 3x3 conv; "M" is a 2x2 max pool
 }
 
 
-def _rng(rng):
-    return rng if rng is not None else backend.default_rng()
+def _rng(rng, owner):
+    """``rng``, checked to be a generator, or a fresh unseeded one when None."""
+    if rng is None:
+        return backend.default_rng()
+    backend.check_rng(rng, owner)
+    return rng
 
 
-def _activation(name):
+def _is_count(value):
+    """True for a positive integer (Python or NumPy), False for bools, floats, strings."""
+    return not isinstance(value, bool) and hasattr(value, "__index__") and value > 0
+
+
+def _count(value, what, owner):
+    """``value`` as an int when it is a positive integer; a clear error otherwise."""
+    if not _is_count(value):
+        raise ValueError(f"{owner} expects a positive integer {what}, got {value!r}")
+    return int(value)
+
+
+def _sizes(values, what, owner, example):
+    """A list of positive integers from a sequence; a clear error otherwise."""
+    if isinstance(values, (str, bytes)) or not hasattr(values, "__len__"):
+        raise ValueError(f"{owner} expects {what} as a sequence of positive integers, "
+                         f"e.g. {example}, got {values!r}")
+    if not all(_is_count(v) for v in values):
+        raise ValueError(f"{owner} expects {what} of positive integers, e.g. {example}, "
+                         f"got {values!r}")
+    return [int(v) for v in values]
+
+
+def _input_shape(input_shape, owner):
+    """The shape of one example, ``(D,)`` or ``(C, H, W)``: a tuple of positive ints."""
+    shape = _sizes(input_shape, "input_shape", owner, "(1, 28, 28) or (784,)")
+    if not shape:
+        raise ValueError(f"{owner} expects input_shape with at least one size, e.g. "
+                         f"(1, 28, 28) or (784,), got {tuple(input_shape)}")
+    return tuple(shape)
+
+
+def _activation_class(name, owner):
     key = str(name).lower()
     if key not in ACTIVATIONS:
-        raise ValueError(f"unknown activation {name!r}; choose one of {sorted(ACTIVATIONS)}")
-    return ACTIVATIONS[key]()
+        raise ValueError(f"{owner} got an unknown activation {name!r}; choose one of "
+                         f"{sorted(ACTIVATIONS)}")
+    return ACTIVATIONS[key]
 
 
 def _shape(input_shape, owner):
     """``(C, H, W)`` from an image shape; a clear error otherwise."""
-    shape = tuple(int(s) for s in input_shape)
-    if len(shape) != 3 or min(shape) <= 0:
+    shape = _sizes(input_shape, "input_shape", owner, "(3, 32, 32)")
+    if len(shape) != 3:
         raise ValueError(f"{owner} expects input_shape (C, H, W) of an image, e.g. (3, 32, 32), "
                          f"got {tuple(input_shape)}")
-    return shape
+    return tuple(shape)
 
 
 def mlp(sizes, activation="relu", batchnorm=False, dropout=0.0, rng=None, flatten=True):
@@ -103,19 +142,22 @@ def mlp(sizes, activation="relu", batchnorm=False, dropout=0.0, rng=None, flatte
     Returns:
         A ``Sequential``.
     """
-    sizes = [int(s) for s in sizes]
-    if len(sizes) < 2 or min(sizes) <= 0:
-        raise ValueError(f"mlp expects at least two positive sizes (input and output), "
-                         f"got {sizes}")
-    if not 0.0 <= float(dropout) < 1.0:
-        raise ValueError(f"mlp expects dropout in [0, 1), got {dropout}")
-    rng = _rng(rng)
+    given = sizes
+    sizes = _sizes(sizes, "sizes", "mlp", "(784, 100, 10)")
+    if len(sizes) < 2:
+        raise ValueError(f"mlp expects at least two sizes (input and output), e.g. "
+                         f"(784, 100, 10), got {given!r}")
+    if (isinstance(dropout, bool) or not isinstance(dropout, numbers.Real)
+            or not 0.0 <= dropout < 1.0):
+        raise ValueError(f"mlp expects dropout as a number in [0, 1), got {dropout!r}")
+    act = _activation_class(activation, "mlp")
+    rng = _rng(rng, "mlp")
     layers = [Flatten()] if flatten else []
     for n_in, n_out in zip(sizes[:-2], sizes[1:-1]):
         layers.append(Linear(n_in, n_out, rng=rng))
         if batchnorm:
             layers.append(BatchNorm1d(n_out))
-        layers.append(_activation(activation))
+        layers.append(act())
         if dropout > 0:
             layers.append(Dropout(dropout, rng=rng))
     layers.append(Linear(sizes[-2], sizes[-1], rng=rng))
@@ -143,14 +185,17 @@ def cnn5(input_shape=(3, 32, 32), num_classes=10, hidden=128, batchnorm=False, r
         rng: generator for the weights.
     """
     C, H, W = _shape(input_shape, "cnn5")
-    rng = _rng(rng)
+    num_classes = _count(num_classes, "num_classes", "cnn5")
+    hidden = _count(hidden, "hidden", "cnn5")
+    if H < 8 or W < 8:  # three 2x2 poolings
+        raise ValueError(f"cnn5 needs images of at least 8x8 pixels, got input_shape "
+                         f"{tuple(input_shape)}")
+    rng = _rng(rng, "cnn5")
     layers = []
     c_in = C
     for c_out in (32, 64, 32):
         layers += _conv_block(c_in, c_out, 3, batchnorm, rng) + [MaxPool2d(2)]
         c_in, H, W = c_out, H // 2, W // 2
-    if H < 1 or W < 1:
-        raise ValueError(f"cnn5 needs images of at least 8x8 pixels, got {input_shape}")
     layers += [Flatten(), Linear(32 * H * W, hidden, rng=rng)]
     layers += ([BatchNorm1d(hidden)] if batchnorm else []) + [ReLU()]
     layers.append(Linear(hidden, num_classes, rng=rng))
@@ -167,14 +212,16 @@ def simple_cnn(input_shape=(1, 28, 28), num_classes=10, batchnorm=False, rng=Non
         rng: generator for the weights.
     """
     C, H, W = _shape(input_shape, "simple_cnn")
-    rng = _rng(rng)
+    num_classes = _count(num_classes, "num_classes", "simple_cnn")
+    if H < 4 or W < 4:  # two 2x2 poolings
+        raise ValueError(f"simple_cnn needs images of at least 4x4 pixels, got input_shape "
+                         f"{tuple(input_shape)}")
+    rng = _rng(rng, "simple_cnn")
     layers = []
     c_in = C
     for c_out in (32, 64):
         layers += _conv_block(c_in, c_out, 5, batchnorm, rng) + [MaxPool2d(2)]
         c_in, H, W = c_out, H // 2, W // 2
-    if H < 1 or W < 1:
-        raise ValueError(f"simple_cnn needs images of at least 4x4 pixels, got {input_shape}")
     layers += [Flatten(), Linear(64 * H * W, 1024, rng=rng)]
     layers += ([BatchNorm1d(1024)] if batchnorm else []) + [ReLU()]
     layers.append(Linear(1024, num_classes, rng=rng))
@@ -201,7 +248,8 @@ def autoencoder(name="mnist", activation="relu", batchnorm=False, rng=None):
     encoder, _ = AUTOENCODERS[key]
     widths = list(encoder) + list(reversed(encoder[:-1]))  # input ... code ... input
     code_index = len(encoder) - 1
-    rng = _rng(rng)
+    act = _activation_class(activation, "autoencoder")
+    rng = _rng(rng, "autoencoder")
     layers = [Flatten()]
     for i, (n_in, n_out) in enumerate(zip(widths[:-1], widths[1:]), start=1):
         layers.append(Linear(n_in, n_out, rng=rng))
@@ -209,7 +257,7 @@ def autoencoder(name="mnist", activation="relu", batchnorm=False, rng=None):
             continue  # the code layer and the output layer are linear
         if batchnorm:
             layers.append(BatchNorm1d(n_out))
-        layers.append(_activation(activation))
+        layers.append(act())
     return Sequential(*layers)
 
 
@@ -309,15 +357,16 @@ def resnet(depth=20, input_shape=(3, 32, 32), num_classes=10, shortcut="A", batc
             convolutions get biases.
         rng: generator for the weights (He-normal convolutions, as in the paper).
     """
-    if int(depth) != depth or depth < 8 or (depth - 2) % 6:
-        raise ValueError(f"resnet expects depth = 6n + 2 with n >= 1 (20, 32, 44, 56, 110), "
-                         f"got {depth}")
+    if not _is_count(depth) or depth < 8 or (depth - 2) % 6:
+        raise ValueError(f"resnet expects an integer depth = 6n + 2 with n >= 1 (20, 32, 44, "
+                         f"56, 110), got {depth!r}")
     if shortcut not in ("A", "B"):
         raise ValueError(f"resnet expects shortcut 'A' (zero padding) or 'B' (1x1 "
                          f"convolution), got {shortcut!r}")
     C, _, _ = _shape(input_shape, "resnet")
+    num_classes = _count(num_classes, "num_classes", "resnet")
     n = (int(depth) - 2) // 6
-    rng = _rng(rng)
+    rng = _rng(rng, "resnet")
     layers = _conv_block(C, 16, 3, batchnorm, rng, init="he_normal")
     c_in = 16
     for stage, c_out in enumerate((16, 32, 64)):
@@ -340,16 +389,17 @@ def vgg(depth=16, input_shape=(3, 32, 32), num_classes=10, batchnorm=True, rng=N
         batchnorm: BatchNorm2d after every convolution (VGG-BN).
         rng: generator for the weights (He-normal convolutions).
     """
-    if depth not in _VGG_CONFIGS:
+    if not _is_count(depth) or int(depth) not in _VGG_CONFIGS:
         raise ValueError(f"vgg expects depth 11 or 16, got {depth!r}")
     C, H, W = _shape(input_shape, "vgg")
+    num_classes = _count(num_classes, "num_classes", "vgg")
     if H % 32 or W % 32:
         raise ValueError(f"vgg pools five times by 2, so it expects H and W that are "
-                         f"multiples of 32 (e.g. (3, 32, 32)), got {input_shape}")
-    rng = _rng(rng)
+                         f"multiples of 32 (e.g. (3, 32, 32)), got {tuple(input_shape)}")
+    rng = _rng(rng, "vgg")
     layers = []
     c_in = C
-    for item in _VGG_CONFIGS[depth]:
+    for item in _VGG_CONFIGS[int(depth)]:
         if item == "M":
             layers.append(MaxPool2d(2))
             continue
@@ -364,12 +414,14 @@ def vgg(depth=16, input_shape=(3, 32, 32), num_classes=10, batchnorm=True, rng=N
 def _flat(input_shape):
     size = 1
     for s in input_shape:
-        size *= int(s)
+        size *= s
     return size
 
 
 def _mlp_entry(input_shape, num_classes, rng, hidden=(100, 100, 100), **kw):
-    return mlp((_flat(input_shape),) + tuple(hidden) + (num_classes,), rng=rng, **kw)
+    num_classes = _count(num_classes, "num_classes", "mlp")
+    hidden = _sizes(hidden, "hidden", "mlp", "(100, 100, 100)")
+    return mlp([_flat(input_shape)] + hidden + [num_classes], rng=rng, **kw)
 
 
 def _autoencoder_entry(key):
@@ -422,4 +474,4 @@ def get_model(name, input_shape, num_classes, rng, **kw):
     key = str(name).lower()
     if key not in MODELS:
         raise ValueError(f"unknown model {name!r}; choose one of {', '.join(MODELS)}")
-    return MODELS[key](tuple(input_shape), int(num_classes), rng, **kw)
+    return MODELS[key](_input_shape(input_shape, name), num_classes, rng, **kw)

@@ -144,3 +144,67 @@ def test_get_model_registry():
         models.get_model("vgg11", (1, 28, 28), 10, r)
     assert set(models.MODELS) >= {"mlp", "cnn5", "simple_cnn", "resnet20", "resnet32",
                                   "resnet110", "vgg11", "vgg16", "autoencoder-mnist"}
+
+
+# -- bad arguments: a clear error before any weight is drawn -----------------------------
+def _gm(name, input_shape, num_classes, **kw):
+    return lambda r: models.get_model(name, input_shape, num_classes, r, **kw)
+
+
+BAD_ARGUMENTS = [  # (case, build(rng), what the message must name)
+    ("num_classes 0", _gm("resnet20", (3, 32, 32), 0), "num_classes, got 0"),
+    ("num_classes -3", _gm("cnn5", (3, 32, 32), -3), "num_classes, got -3"),
+    ("num_classes 2.5", _gm("cnn5", (3, 32, 32), 2.5), "num_classes, got 2.5"),
+    ("num_classes True", _gm("vgg11", (3, 32, 32), True), "num_classes, got True"),
+    ("num_classes '10'", _gm("simple_cnn", (1, 28, 28), "10"), "num_classes, got '10'"),
+    ("num_classes None", _gm("resnet20", (3, 32, 32), None), "num_classes, got None"),
+    ("mlp num_classes 0", _gm("mlp", (784,), 0), "num_classes, got 0"),
+    ("vgg num_classes -1", lambda r: models.vgg(11, num_classes=-1, rng=r), "num_classes"),
+    ("resnet num_classes 2.5", lambda r: models.resnet(8, (3, 8, 8), num_classes=2.5, rng=r),
+     "num_classes, got 2.5"),
+    ("input_shape 32", _gm("cnn5", 32, 10), r"input_shape.*got 32"),
+    ("input_shape 'abc'", _gm("resnet20", "abc", 10), "input_shape"),
+    ("input_shape (3, 32.5, 32)", _gm("cnn5", (3, 32.5, 32), 10), r"\(3, 32.5, 32\)"),
+    ("input_shape (True, 32, 32)", _gm("resnet20", (True, 32, 32), 10), "input_shape"),
+    ("mlp input_shape ()", _gm("mlp", (), 10), r"input_shape.*got \(\)"),
+    ("mlp input_shape (2.5, 4)", _gm("mlp", (2.5, 4), 10), r"\(2.5, 4\)"),
+    ("mlp hidden 50", _gm("mlp", (784,), 10, hidden=50), "hidden"),
+    ("mlp hidden (50, 0)", _gm("mlp", (784,), 10, hidden=(50, 0)), r"hidden.*\(50, 0\)"),
+    ("mlp sizes 784", lambda r: models.mlp(784, rng=r), "sizes"),
+    ("mlp sizes (784, 2.5)", lambda r: models.mlp((784, 2.5), rng=r), r"\(784, 2.5\)"),
+    ("mlp sizes (784, True, 10)", lambda r: models.mlp((784, True, 10), rng=r), "True"),
+    ("mlp dropout '0.5'", lambda r: models.mlp((4, 3, 2), dropout="0.5", rng=r), "dropout"),
+    ("mlp activation with no hidden layer", lambda r: models.mlp((4, 2), activation="foo",
+                                                                 rng=r), "activation 'foo'"),
+    ("cnn5 hidden 0", lambda r: models.cnn5(hidden=0, rng=r), "hidden, got 0"),
+    ("cnn5 hidden 2.5", lambda r: models.cnn5(hidden=2.5, rng=r), "hidden, got 2.5"),
+    ("cnn5 image 7x7", lambda r: models.cnn5((3, 7, 7), rng=r), "8x8"),
+    ("simple_cnn image 3x3", lambda r: models.simple_cnn((1, 3, 3), rng=r), "4x4"),
+    ("resnet depth 20.0", lambda r: models.resnet(20.0, rng=r), "6n"),
+    ("resnet depth None", lambda r: models.resnet(None, rng=r), "6n"),
+    ("resnet depth 15", lambda r: models.resnet(15, rng=r), "6n"),
+    ("vgg depth [16]", lambda r: models.vgg([16], rng=r), r"11 or 16, got \[16\]"),
+    ("vgg depth 16.0", lambda r: models.vgg(16.0, rng=r), "11 or 16, got 16.0"),
+    ("autoencoder activation", lambda r: models.autoencoder("curves", activation="foo",
+                                                            rng=r), "activation 'foo'"),
+]
+
+
+@pytest.mark.parametrize("case, build, match", BAD_ARGUMENTS, ids=[b[0] for b in BAD_ARGUMENTS])
+def test_bad_arguments_refused_before_any_weight_is_drawn(case, build, match):
+    rng = minidl.default_rng(0)
+    before = rng.bit_generator.state
+    with pytest.raises(ValueError, match=match):
+        build(rng)
+    assert rng.bit_generator.state == before, "weights were drawn before the refusal"
+
+
+@pytest.mark.parametrize("build", [
+    lambda: models.get_model("mlp", (784,), 10, 0),
+    lambda: models.resnet(8, (3, 8, 8), rng=0),
+    lambda: models.autoencoder("curves", rng=42),
+], ids=["get_model", "resnet", "autoencoder"])
+def test_a_seed_instead_of_a_generator_names_the_builder(build):
+    with pytest.raises(TypeError, match=r"^(mlp|resnet|autoencoder) needs an explicit generator"):
+        build()
+
