@@ -282,11 +282,13 @@ class ZeroPadShortcut(Layer):
 
     def __init__(self, in_channels, out_channels, stride=2):
         super().__init__()
+        in_channels = _count(in_channels, "in_channels", "ZeroPadShortcut")
+        out_channels = _count(out_channels, "out_channels", "ZeroPadShortcut")
+        self.stride = _count(stride, "stride", "ZeroPadShortcut")
         if out_channels < in_channels:
             raise ValueError(f"ZeroPadShortcut pads channels, so out_channels "
                              f"({out_channels}) must be >= in_channels ({in_channels})")
-        self.in_channels, self.out_channels = int(in_channels), int(out_channels)
-        self.stride = int(stride)
+        self.in_channels, self.out_channels = in_channels, out_channels
         self.pad = (self.out_channels - self.in_channels) // 2
 
     def _forward(self, x):

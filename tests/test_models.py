@@ -208,3 +208,10 @@ def test_a_seed_instead_of_a_generator_names_the_builder(build):
     with pytest.raises(TypeError, match=r"^(mlp|resnet|autoencoder) needs an explicit generator"):
         build()
 
+
+
+def test_zero_pad_shortcut_refuses_bad_sizes():
+    for args, match in [((0, 32), "in_channels"), ((16, 32, 0), "stride"),
+                        ((16, 32, 1.5), "stride"), ((16, 8), "must be >= in_channels")]:
+        with pytest.raises(ValueError, match=match):
+            models.ZeroPadShortcut(*args)
