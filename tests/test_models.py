@@ -7,6 +7,8 @@ import minidl
 from minidl import gradcheck, models
 from minidl.layers import BatchNorm1d, BatchNorm2d, Conv2d, Dropout, Linear
 
+from conftest import torch_or_skip
+
 # Counts worked out from the layer shapes and checked against PyTorch builds of the same
 # networks (ResNet-20 with option A is the "0.27M" of He et al.'s Table 6; VGG-16-BN for
 # CIFAR-10 is the usual 14.7M; simple_cnn is TensorFlow's deep-MNIST network, 3,274,634).
@@ -215,3 +217,212 @@ def test_zero_pad_shortcut_refuses_bad_sizes():
                         ((16, 32, 1.5), "stride"), ((16, 8), "must be >= in_channels")]:
         with pytest.raises(ValueError, match=match):
             models.ZeroPadShortcut(*args)
+
+
+# -- parity with PyTorch builds written from the papers ----------------------------------
+def _torch_references(torch):
+    """Independent PyTorch builds of the seed papers' networks: (name -> builder)."""
+    nn, F = torch.nn, torch.nn.functional
+
+    def mlp(sizes, act=nn.ReLU, bn=False):
+        layers = [nn.Flatten()]
+        for n_in, n_out in zip(sizes[:-2], sizes[1:-1]):
+            layers += [nn.Linear(n_in, n_out)] + ([nn.BatchNorm1d(n_out)] if bn else [])
+            layers.append(act())
+        return nn.Sequential(*layers, nn.Linear(sizes[-2], sizes[-1]))
+
+    def cnn(C, size, classes, filters, kernel, hidden, bn):
+        """conv (same padding) [BN] ReLU 2x2-maxpool per filter count, dense hidden, dense."""
+        layers = []
+        for f in filters:
+            layers += [nn.Conv2d(C, f, kernel, padding=kernel // 2, bias=not bn)]
+            layers += ([nn.BatchNorm2d(f)] if bn else []) + [nn.ReLU(), nn.MaxPool2d(2)]
+            C, size = f, size // 2
+        layers += [nn.Flatten(), nn.Linear(C * size * size, hidden)]
+        layers += ([nn.BatchNorm1d(hidden)] if bn else []) + [nn.ReLU()]
+        return nn.Sequential(*layers, nn.Linear(hidden, classes))
+
+    def autoencoder(encoder, act=nn.ReLU):
+        """MBF Table 6: act after every Linear but the code (middle) and output layers."""
+        widths = list(encoder) + list(encoder[-2::-1])
+        layers = [nn.Flatten()]
+        for i, (n_in, n_out) in enumerate(zip(widths[:-1], widths[1:]), start=1):
+            layers.append(nn.Linear(n_in, n_out))
+            if i not in (len(encoder) - 1, len(widths) - 1):
+                layers.append(act())
+        return nn.Sequential(*layers)
+
+    class OptionA(nn.Module):  # He et al. (2016) CIFAR: subsample, zero-pad the channels
+        def __init__(self, planes):
+            super().__init__()
+            self.pad = planes // 4
+
+        def forward(self, x):
+            return F.pad(x[:, :, ::2, ::2], (0, 0, 0, 0, self.pad, self.pad))
+
+    class BasicBlock(nn.Module):
+        def __init__(self, c_in, c_out, stride, option, bn):
+            super().__init__()
+            norm = (lambda c: nn.BatchNorm2d(c)) if bn else (lambda c: nn.Identity())
+            self.conv1 = nn.Conv2d(c_in, c_out, 3, stride, 1, bias=not bn)
+            self.bn1 = norm(c_out)
+            self.conv2 = nn.Conv2d(c_out, c_out, 3, 1, 1, bias=not bn)
+            self.bn2 = norm(c_out)
+            self.shortcut = nn.Identity()
+            if stride != 1 or c_in != c_out:
+                self.shortcut = OptionA(c_out) if option == "A" else nn.Sequential(
+                    nn.Conv2d(c_in, c_out, 1, stride, bias=not bn), norm(c_out))
+
+        def forward(self, x):
+            out = self.bn2(self.conv2(F.relu(self.bn1(self.conv1(x)))))
+            return F.relu(out + self.shortcut(x))
+
+    class ResNet(nn.Module):
+        def __init__(self, depth, C, classes, option, bn=True):
+            super().__init__()
+            n = (depth - 2) // 6
+            self.conv = nn.Conv2d(C, 16, 3, 1, 1, bias=not bn)
+            self.bn = nn.BatchNorm2d(16) if bn else nn.Identity()
+            blocks, c_in = [], 16
+            for stage, c_out in enumerate((16, 32, 64)):
+                for i in range(n):
+                    stride = 2 if stage > 0 and i == 0 else 1
+                    blocks.append(BasicBlock(c_in, c_out, stride, option, bn))
+                    c_in = c_out
+            self.blocks = nn.Sequential(*blocks)
+            self.fc = nn.Linear(64, classes)
+
+        def forward(self, x):
+            out = self.blocks(F.relu(self.bn(self.conv(x))))
+            return self.fc(out.mean(dim=(2, 3)))  # global average pooling
+
+    def vgg(config, classes, bn):
+        """The CIFAR VGG: conv3x3 (with bias) [BN] ReLU, 2x2 max pools, Linear(512, classes)."""
+        layers, C = [], 3
+        for item in config:
+            if item == "M":
+                layers.append(nn.MaxPool2d(2, 2))
+                continue
+            layers += [nn.Conv2d(C, item, 3, padding=1)] + ([nn.BatchNorm2d(item)] if bn else [])
+            layers.append(nn.ReLU())
+            C = item
+        return nn.Sequential(*layers, nn.Flatten(), nn.Linear(512, classes))
+
+    VGG11 = (64, "M", 128, "M", 256, 256, "M", 512, 512, "M", 512, 512, "M")
+    VGG16 = (64, 64, "M", 128, 128, "M", 256, 256, 256, "M", 512, 512, 512, "M",
+             512, 512, 512, "M")
+    MNIST, CURVES = (784, 1000, 500, 250, 30), (784, 400, 200, 100, 50, 25, 6)
+    FACES = (625, 2000, 1000, 500, 30)
+    return {
+        "mlp bn": lambda: mlp((12, 7, 5, 3), bn=True),
+        "mlp tanh": lambda: mlp((12, 7, 3), act=nn.Tanh),
+        "cnn5": lambda: cnn(3, 16, 4, (32, 64, 32), 3, 8, False),
+        "cnn5 bn": lambda: cnn(3, 16, 4, (32, 64, 32), 3, 8, True),
+        "simple_cnn mnist": lambda: cnn(1, 28, 10, (32, 64), 5, 1024, False),
+        "autoencoder mnist sigmoid": lambda: autoencoder(MNIST, act=nn.Sigmoid),
+        "autoencoder curves": lambda: autoencoder(CURVES),
+        "autoencoder faces": lambda: autoencoder(FACES),
+        "resnet20 A": lambda: ResNet(20, 3, 10, "A"),
+        "resnet20 B": lambda: ResNet(20, 3, 10, "B"),
+        "resnet32 A": lambda: ResNet(32, 3, 10, "A"),
+        "resnet110 A": lambda: ResNet(110, 3, 10, "A"),
+        "resnet8 B no bn": lambda: ResNet(8, 1, 10, "B", bn=False),
+        "resnet8 A odd 7x7": lambda: ResNet(8, 3, 10, "A"),
+        "vgg11 bn": lambda: vgg(VGG11, 100, True),
+        "vgg16 bn": lambda: vgg(VGG16, 10, True),
+        "vgg16": lambda: vgg(VGG16, 10, False),
+    }
+
+
+PARITY = [  # (name, our build(rng), input shape): the torch twin has the same name
+    ("mlp bn", lambda r: models.mlp((12, 7, 5, 3), batchnorm=True, rng=r), (4, 3, 2, 2)),
+    ("mlp tanh", lambda r: models.mlp((12, 7, 3), activation="tanh", rng=r), (4, 12)),
+    ("cnn5", lambda r: models.cnn5((3, 16, 16), 4, hidden=8, rng=r), (2, 3, 16, 16)),
+    ("cnn5 bn", lambda r: models.cnn5((3, 16, 16), 4, hidden=8, batchnorm=True, rng=r),
+     (3, 3, 16, 16)),
+    ("simple_cnn mnist", lambda r: models.simple_cnn(rng=r), (2, 1, 28, 28)),
+    ("autoencoder mnist sigmoid", lambda r: models.autoencoder("mnist", "sigmoid", rng=r),
+     (2, 1, 28, 28)),
+    ("autoencoder curves", lambda r: models.autoencoder("curves", rng=r), (2, 784)),
+    ("autoencoder faces", lambda r: models.autoencoder("faces", rng=r), (2, 625)),
+    ("resnet20 A", lambda r: models.resnet(20, (3, 8, 8), rng=r), (2, 3, 8, 8)),
+    ("resnet20 B", lambda r: models.resnet(20, (3, 8, 8), shortcut="B", rng=r), (2, 3, 8, 8)),
+    ("resnet32 A", lambda r: models.resnet(32, (3, 8, 8), rng=r), (2, 3, 8, 8)),
+    ("resnet110 A", lambda r: models.resnet(110, (3, 8, 8), rng=r), (2, 3, 8, 8)),
+    ("resnet8 B no bn", lambda r: models.resnet(8, (1, 8, 8), shortcut="B", batchnorm=False,
+                                                rng=r), (2, 1, 8, 8)),
+    ("resnet8 A odd 7x7", lambda r: models.resnet(8, (3, 7, 7), rng=r), (2, 3, 7, 7)),
+    ("vgg11 bn", lambda r: models.vgg(11, num_classes=100, rng=r), (2, 3, 32, 32)),
+    ("vgg16 bn", lambda r: models.vgg(16, rng=r), (2, 3, 32, 32)),
+    ("vgg16", lambda r: models.vgg(16, batchnorm=False, rng=r), (2, 3, 32, 32)),
+]
+
+
+def _close(ours, theirs, what):
+    theirs = theirs.detach().numpy()
+    scale = max(1.0, float(np.abs(theirs).max()))
+    assert ours.shape == theirs.shape, what
+    assert np.abs(ours - theirs).max() <= 1e-10 * scale, what
+
+
+PARITY_SLOW = {"vgg16 bn", "vgg16"}  # 14.7M weights each: a few seconds
+
+
+@pytest.mark.torch
+@pytest.mark.parametrize("name, build, x_shape", [
+    pytest.param(*case, id=case[0], marks=[pytest.mark.slow] if case[0] in PARITY_SLOW else [])
+    for case in PARITY])
+def test_models_match_independent_torch_builds(name, build, x_shape):
+    """Same weights in, same outputs, input gradient and weight gradients out (float64):
+    the layer sizes, their order and the shortcuts are those of the papers."""
+    torch = torch_or_skip()
+    minidl.set_default_dtype("float64")
+    ours = build(minidl.default_rng(0))
+    theirs = _torch_references(torch)[name]().double()
+    ours_params, their_params = ours.parameters(), list(theirs.parameters())
+    assert [tuple(layer.params[key].shape) for _, layer, key in ours_params] == \
+        [tuple(p.shape) for p in their_params]
+    with torch.no_grad():
+        for (_, layer, key), p in zip(ours_params, their_params):
+            p.copy_(torch.from_numpy(layer.params[key]))
+    g = np.random.default_rng(1)
+    x = g.standard_normal(x_shape)
+    xt = torch.from_numpy(x.copy()).requires_grad_(True)
+    out, out_t = ours.forward(x), theirs(xt)
+    _close(out, out_t, "forward (train mode)")
+    dout = g.standard_normal(out.shape)
+    dx = ours.backward(dout)
+    out_t.backward(torch.from_numpy(dout))
+    _close(dx, xt.grad, "input gradient")
+    for (pname, layer, key), p in zip(ours_params, their_params):
+        _close(layer.grads[key], p.grad, f"gradient of {pname}")
+    ours.eval()
+    theirs.eval()
+    _close(ours.forward(x[:1]), theirs(torch.from_numpy(x[:1])), "forward (eval mode)")
+
+
+def test_default_initialisation():
+    """PyTorch's default U(-1/sqrt(fan_in), 1/sqrt(fan_in)) for every weight and bias of
+    mlp, cnn5, simple_cnn, the autoencoders and the dense heads; He-normal N(0, 2/fan_in)
+    for the convolutions of ResNet (He et al. 2016 take the init of He et al. 2015) and
+    VGG; BatchNorm starts as gamma = 1, beta = 0."""
+    r = minidl.default_rng(0)
+    uniform = [models.mlp((784, 100, 10), rng=r), models.cnn5(rng=r), models.simple_cnn(rng=r),
+               models.autoencoder("curves", rng=r)]
+    he = [models.resnet(20, shortcut="B", rng=r), models.vgg(11, rng=r)]
+    for model in uniform + he:
+        for name, layer in model.named_leaves():
+            if isinstance(layer, (BatchNorm1d, BatchNorm2d)):
+                assert (layer.params["gamma"] == 1).all() and not layer.params["beta"].any()
+            if not isinstance(layer, (Linear, Conv2d)):
+                continue
+            W = layer.params["W"]
+            fan_in = W[0].size
+            if model in he and isinstance(layer, Conv2d):
+                assert abs(W.std() * np.sqrt(fan_in / 2) - 1) < 0.1, name
+            else:
+                assert np.abs(W).max() <= 1 / np.sqrt(fan_in), name
+                if W.size >= 1000:  # the std of U(-a, a) is a / sqrt(3)
+                    assert abs(W.std() * np.sqrt(3 * fan_in) - 1) < 0.1, name
+            if "b" in layer.params:
+                assert np.abs(layer.params["b"]).max() <= 1 / np.sqrt(fan_in), name
