@@ -6,9 +6,9 @@ builder            network                                                    pa
 ``mlp``            Linear-[BN]-act blocks, e.g. 784-100-100-100-10 (the BNP   e.g. 99,710
                    experiment on CIFAR-10 uses 3072-100-100-100-10)
 ``cnn5``           BNP's 5-layer CNN: three 3x3 convolutions with 32-64-32    (3,32,32):
-                   filters, each followed by ReLU and 2x2 max pooling, then   104,810
-                   two dense layers (hidden width 128, our choice: the slides
-                   only say "two dense layers")
+                   filters, then two dense layers (the slides say no more;    104,810
+                   our choices: same padding, ReLU and 2x2 max pooling after
+                   each convolution, hidden width 128)
 ``simple_cnn``     conv 5x5/32 - pool - conv 5x5/64 - pool - dense 1024 -     (1,28,28):
                    dense (the TensorFlow "deep MNIST" network)                3,274,634
 ``autoencoder``    the deep autoencoders of Hinton and Salakhutdinov (2006)   MNIST
@@ -174,8 +174,10 @@ def _conv_block(c_in, c_out, kernel, batchnorm, rng, stride=1, init="uniform"):
 def cnn5(input_shape=(3, 32, 32), num_classes=10, hidden=128, batchnorm=False, rng=None):
     """BNP's 5-layer CNN: 3x3 convs with 32-64-32 filters, then two dense layers.
 
-    Each convolution (padding 1) is followed by [BatchNorm2d], ReLU and 2x2 max pooling,
-    so a 32x32 image leaves the convolutions as 32 x 4 x 4 (28x28: 32 x 3 x 3).
+    The BNP slides give only the kernels, the filters and "two dense layers"; the rest is
+    our choice: each convolution (padding 1) is followed by [BatchNorm2d], ReLU and 2x2
+    max pooling, so a 32x32 image leaves the convolutions as 32 x 4 x 4 (28x28:
+    32 x 3 x 3), and the hidden dense layer has ``hidden`` units.
 
     Args:
         input_shape: (C, H, W) of one image.
@@ -204,6 +206,10 @@ def cnn5(input_shape=(3, 32, 32), num_classes=10, hidden=128, batchnorm=False, r
 
 def simple_cnn(input_shape=(1, 28, 28), num_classes=10, batchnorm=False, rng=None):
     """Two 5x5 convolutions (32 and 64 filters) with 2x2 max pooling, dense 1024, dense out.
+
+    MBF's "Simple CNN" (the base model of Shallue et al. 2019): stride 1, same padding,
+    ReLU, no BatchNorm. Pooling floors odd sizes (TensorFlow's "same" pooling rounds up),
+    so the two agree on sizes that are multiples of 4, such as 28x28.
 
     Args:
         input_shape: (C, H, W) of one image (28x28 leaves the convolutions as 64 x 7 x 7).
@@ -262,7 +268,13 @@ def autoencoder(name="mnist", activation="relu", batchnorm=False, rng=None):
 
 
 def autoencoder_loss(name):
-    """The loss the papers use for autoencoder ``name`` (mean reduction)."""
+    """The loss the papers use for autoencoder ``name``, with mean reduction.
+
+    Mean reduction averages over the N examples and the D = 784 (FACES: 625) outputs.
+    The per-example loss summed over the outputs, the scale that second-order papers
+    usually report, is D times this value; its gradients, and so learning rates or
+    damping tuned for it, differ by the same factor D.
+    """
     key = str(name).lower()
     if key not in AUTOENCODERS:
         raise ValueError(f"unknown autoencoder {name!r}; choose one of {sorted(AUTOENCODERS)}")
@@ -388,8 +400,11 @@ def vgg(depth=16, input_shape=(3, 32, 32), num_classes=10, batchnorm=True, rng=N
         input_shape: (C, H, W); H and W must be multiples of 32 (a 32x32 image ends as
             512 x 1 x 1).
         num_classes: outputs.
-        batchnorm: BatchNorm2d after every convolution (VGG-BN).
-        rng: generator for the weights (He-normal convolutions).
+        batchnorm: BatchNorm2d after every convolution (VGG-BN). The convolutions keep
+            their biases even then, as the usual CIFAR VGG code does (VGG-16-BN's
+            14,728,266 parameters count them).
+        rng: generator for the weights (He-normal N(0, 2/fan_in) convolution weights,
+            PyTorch's default uniform for their biases and the dense layer).
     """
     if not _is_count(depth) or int(depth) not in _VGG_CONFIGS:
         raise ValueError(f"vgg expects depth 11 or 16, got {depth!r}")
