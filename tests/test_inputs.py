@@ -1,6 +1,8 @@
 """Inputs that used to go silently wrong or crash raw get the same clear answer in every
 layer and loss: integer arrays, mixed precision, empty batches, backward before forward,
 an optimizer step without gradients, NaN reaching the loss."""
+import re
+
 import numpy as np
 import pytest
 
@@ -238,3 +240,29 @@ def test_nan_in_the_target_and_an_overflow_are_told_apart():
         MSELoss().forward(np.full((2, 2), 1e200), np.zeros((2, 2)))
     with pytest.warns(NonFiniteWarning, match=r"BCEWithLogits.*logits non-finite in 2 row"):
         BCEWithLogits().forward(np.full((2, 2), np.nan), np.zeros((2, 2)))
+
+
+# sizes given as a float, a bool or a string used to be truncated or parsed by int():
+# Linear(2.5, 3) became Linear(2, 3), BatchNorm1d(True) became BatchNorm1d(1)
+SIZED = {
+    "Linear in_features": lambda v: Linear(v, 3, rng=_rng()),
+    "Linear out_features": lambda v: Linear(4, v, rng=_rng()),
+    "BatchNorm1d": lambda v: BatchNorm1d(v),
+    "BatchNorm2d": lambda v: BatchNorm2d(v),
+    "GroupNorm num_groups": lambda v: GroupNorm(v, 4),
+    "GroupNorm num_channels": lambda v: GroupNorm(2, v),
+    "LayerNorm": lambda v: LayerNorm(v),
+    "LayerNorm shape": lambda v: LayerNorm((3, v)),
+}
+
+
+@pytest.mark.parametrize("name", list(SIZED))
+@pytest.mark.parametrize("value", [2.5, 4.0, True, "4", 0, -2, None])
+def test_every_size_must_be_a_positive_integer(name, value):
+    with pytest.raises(ValueError, match=f"positive integer.*got .*{re.escape(repr(value))}"):
+        SIZED[name](value)
+
+
+@pytest.mark.parametrize("name", list(SIZED))
+def test_numpy_integer_sizes_are_accepted(name):
+    SIZED[name](np.int64(4))

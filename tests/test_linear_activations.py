@@ -114,7 +114,7 @@ def test_linear_bad_input_messages(rng):
         layer.forward(np.zeros((2, 784), dtype="int64"))
     with pytest.raises(TypeError, match="got list"):
         layer.forward([[0.0] * 784])
-    with pytest.raises(ValueError, match="positive sizes"):
+    with pytest.raises(ValueError, match="positive integer in_features, got 0"):
         Linear(0, 3)
 
 

@@ -280,7 +280,7 @@ def test_bad_input_messages():
         GroupNorm(3, 6).forward(np.zeros(6, f32))
     with pytest.raises(ValueError, match="BatchNorm2d expects momentum in \\[0, 1\\], got 1.5"):
         BatchNorm2d(3, momentum=1.5)
-    with pytest.raises(ValueError, match="BatchNorm1d expects num_features > 0, got 0"):
+    with pytest.raises(ValueError, match="BatchNorm1d expects a positive integer num_features, got 0"):
         BatchNorm1d(0)
     with pytest.raises(ValueError, match="LayerNorm expects eps > 0, got eps=0"):
         LayerNorm(3, eps=0)

@@ -353,6 +353,15 @@ def expect_dim(layer, x, axis, size, what):
                          f"(axis {axis} of the input), got input of shape {tuple(x.shape)}")
 
 
+def expect_size(owner, what, value):
+    """``value`` as an int when it is a positive integer (Python or NumPy); a ``ValueError``
+    naming ``what`` otherwise. Bools, floats (even 4.0) and strings are refused rather
+    than truncated or parsed."""
+    if isinstance(value, bool) or not hasattr(value, "__index__") or value <= 0:
+        raise ValueError(f"{owner} expects a positive integer {what}, got {value!r}")
+    return int(value)
+
+
 def expect_finite(name, x):
     """Raise a ``ValueError`` when ``x`` holds NaN or infinity."""
     xp = backend.array_module(x)

@@ -70,7 +70,7 @@ need only those.
 import math
 
 from .. import backend, parallel
-from .base import Layer, expect_dim, expect_forward_done, expect_ndim
+from .base import Layer, expect_dim, expect_forward_done, expect_ndim, expect_size
 
 __all__ = ["BatchNorm1d", "BatchNorm2d", "Normalization"]
 
@@ -212,13 +212,11 @@ class _BatchNorm(Normalization):
 
     def __init__(self, num_features, eps=1e-5, momentum=0.1):
         super().__init__(eps)
-        if int(num_features) <= 0:
-            raise ValueError(f"{type(self).__name__} expects num_features > 0, "
-                             f"got {num_features}")
+        num_features = expect_size(type(self).__name__, "num_features", num_features)
         if not 0.0 <= float(momentum) <= 1.0:
             raise ValueError(f"{type(self).__name__} expects momentum in [0, 1], got "
                              f"{momentum}; running = (1 - momentum) * running + momentum * batch")
-        self.num_features = int(num_features)
+        self.num_features = num_features
         self.momentum = float(momentum)
         xp, dtype = backend.xp(), backend.get_default_dtype()
         self.params["gamma"] = xp.ones(self.num_features, dtype=dtype)  # (C,)

@@ -20,7 +20,7 @@ G = 1 is LayerNorm over (C, *S) with per-channel affine; G = C is InstanceNorm.
 There is no running state: train and eval mode compute the same thing.
 """
 from .. import backend
-from .base import expect_dim, expect_ndim
+from .base import expect_dim, expect_ndim, expect_size
 from .batchnorm import Normalization
 
 __all__ = ["GroupNorm"]
@@ -39,10 +39,8 @@ class GroupNorm(Normalization):
 
     def __init__(self, num_groups, num_channels, eps=1e-5):
         super().__init__(eps)
-        G, C = int(num_groups), int(num_channels)
-        if G <= 0 or C <= 0:
-            raise ValueError(f"GroupNorm expects positive num_groups and num_channels, got "
-                             f"num_groups={num_groups}, num_channels={num_channels}")
+        G = expect_size("GroupNorm", "num_groups", num_groups)
+        C = expect_size("GroupNorm", "num_channels", num_channels)
         if C % G != 0:
             raise ValueError(f"GroupNorm expects num_groups to divide num_channels, got "
                              f"num_groups={G} and num_channels={C} (C % G = {C % G}); "

@@ -20,7 +20,7 @@ over the leading dims::
 There is no running state: train and eval mode compute the same thing.
 """
 from .. import backend
-from .base import expect_ndim
+from .base import expect_ndim, expect_size
 from .batchnorm import Normalization
 
 __all__ = ["LayerNorm"]
@@ -38,12 +38,14 @@ class LayerNorm(Normalization):
 
     def __init__(self, normalized_shape, eps=1e-5):
         super().__init__(eps)
-        if isinstance(normalized_shape, int):
-            normalized_shape = (normalized_shape,)
-        shape = tuple(int(d) for d in normalized_shape)
-        if not shape or any(d <= 0 for d in shape):
-            raise ValueError(f"LayerNorm expects normalized_shape of positive sizes, got "
-                             f"{normalized_shape!r}")
+        sizes = normalized_shape
+        if not hasattr(sizes, "__len__") or isinstance(sizes, (str, bytes)):
+            sizes = (sizes,)  # one size
+        if not len(sizes):
+            raise ValueError(f"LayerNorm expects a positive integer normalized_shape or a "
+                             f"sequence of them, got {normalized_shape!r}")
+        shape = tuple(expect_size("LayerNorm", "normalized_shape (or each of its sizes)", d)
+                      for d in sizes)
         self.normalized_shape = shape
         xp, dtype = backend.xp(), backend.get_default_dtype()
         self.params["gamma"] = xp.ones(shape, dtype=dtype)  # D

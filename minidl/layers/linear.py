@@ -20,7 +20,7 @@ With several threads allowed, forward and backward share each product over them
 partial sums are needed and every piece is one BLAS product on one core.
 """
 from .. import backend, init, parallel
-from .base import Layer, expect_dim, expect_forward_done, expect_ndim
+from .base import Layer, expect_dim, expect_forward_done, expect_ndim, expect_size
 
 __all__ = ["Linear"]
 
@@ -41,10 +41,8 @@ class Linear(Layer):
 
     def __init__(self, in_features, out_features, bias=True, rng=None, init="uniform"):
         super().__init__()
-        if int(in_features) <= 0 or int(out_features) <= 0:
-            raise ValueError(f"Linear expects positive sizes, got in_features={in_features}, "
-                             f"out_features={out_features}")
-        self.in_features, self.out_features = int(in_features), int(out_features)
+        self.in_features = expect_size("Linear", "in_features", in_features)
+        self.out_features = expect_size("Linear", "out_features", out_features)
         rng = rng if rng is not None else backend.default_rng()
         shape = (self.out_features, self.in_features)
         self.params["W"] = _init_module.get(init)(shape, rng)  # (out, in)
