@@ -43,7 +43,7 @@ A. Zisserman, "Very Deep Convolutional Networks", ICLR 2015.
 import numbers
 
 from . import backend
-from .layers.base import Layer
+from .layers.base import Layer, expect_size
 from .layers import (Linear, ReLU, LeakyReLU, Sigmoid, Tanh, Flatten, Sequential,
                      BatchNorm1d, BatchNorm2d, Dropout, Residual, Conv2d, MaxPool2d,
                      GlobalAvgPool2d)
@@ -79,13 +79,6 @@ def _rng(rng, owner):
 def _is_count(value):
     """True for a positive integer (Python or NumPy), False for bools, floats, strings."""
     return not isinstance(value, bool) and hasattr(value, "__index__") and value > 0
-
-
-def _count(value, what, owner):
-    """``value`` as an int when it is a positive integer; a clear error otherwise."""
-    if not _is_count(value):
-        raise ValueError(f"{owner} expects a positive integer {what}, got {value!r}")
-    return int(value)
 
 
 def _sizes(values, what, owner, example):
@@ -187,8 +180,8 @@ def cnn5(input_shape=(3, 32, 32), num_classes=10, hidden=128, batchnorm=False, r
         rng: generator for the weights.
     """
     C, H, W = _shape(input_shape, "cnn5")
-    num_classes = _count(num_classes, "num_classes", "cnn5")
-    hidden = _count(hidden, "hidden", "cnn5")
+    num_classes = expect_size("cnn5", "num_classes", num_classes)
+    hidden = expect_size("cnn5", "hidden", hidden)
     if H < 8 or W < 8:  # three 2x2 poolings
         raise ValueError(f"cnn5 needs images of at least 8x8 pixels, got input_shape "
                          f"{tuple(input_shape)}")
@@ -218,7 +211,7 @@ def simple_cnn(input_shape=(1, 28, 28), num_classes=10, batchnorm=False, rng=Non
         rng: generator for the weights.
     """
     C, H, W = _shape(input_shape, "simple_cnn")
-    num_classes = _count(num_classes, "num_classes", "simple_cnn")
+    num_classes = expect_size("simple_cnn", "num_classes", num_classes)
     if H < 4 or W < 4:  # two 2x2 poolings
         raise ValueError(f"simple_cnn needs images of at least 4x4 pixels, got input_shape "
                          f"{tuple(input_shape)}")
@@ -294,9 +287,9 @@ class ZeroPadShortcut(Layer):
 
     def __init__(self, in_channels, out_channels, stride=2):
         super().__init__()
-        in_channels = _count(in_channels, "in_channels", "ZeroPadShortcut")
-        out_channels = _count(out_channels, "out_channels", "ZeroPadShortcut")
-        self.stride = _count(stride, "stride", "ZeroPadShortcut")
+        in_channels = expect_size("ZeroPadShortcut", "in_channels", in_channels)
+        out_channels = expect_size("ZeroPadShortcut", "out_channels", out_channels)
+        self.stride = expect_size("ZeroPadShortcut", "stride", stride)
         if out_channels < in_channels:
             raise ValueError(f"ZeroPadShortcut pads channels, so out_channels "
                              f"({out_channels}) must be >= in_channels ({in_channels})")
@@ -378,7 +371,7 @@ def resnet(depth=20, input_shape=(3, 32, 32), num_classes=10, shortcut="A", batc
         raise ValueError(f"resnet expects shortcut 'A' (zero padding) or 'B' (1x1 "
                          f"convolution), got {shortcut!r}")
     C, _, _ = _shape(input_shape, "resnet")
-    num_classes = _count(num_classes, "num_classes", "resnet")
+    num_classes = expect_size("resnet", "num_classes", num_classes)
     n = (int(depth) - 2) // 6
     rng = _rng(rng, "resnet")
     layers = _conv_block(C, 16, 3, batchnorm, rng, init="he_normal")
@@ -409,7 +402,7 @@ def vgg(depth=16, input_shape=(3, 32, 32), num_classes=10, batchnorm=True, rng=N
     if not _is_count(depth) or int(depth) not in _VGG_CONFIGS:
         raise ValueError(f"vgg expects depth 11 or 16, got {depth!r}")
     C, H, W = _shape(input_shape, "vgg")
-    num_classes = _count(num_classes, "num_classes", "vgg")
+    num_classes = expect_size("vgg", "num_classes", num_classes)
     if H % 32 or W % 32:
         raise ValueError(f"vgg pools five times by 2, so it expects H and W that are "
                          f"multiples of 32 (e.g. (3, 32, 32)), got {tuple(input_shape)}")
@@ -436,7 +429,7 @@ def _flat(input_shape):
 
 
 def _mlp_entry(input_shape, num_classes, rng, hidden=(100, 100, 100), **kw):
-    num_classes = _count(num_classes, "num_classes", "mlp")
+    num_classes = expect_size("mlp", "num_classes", num_classes)
     hidden = _sizes(hidden, "hidden", "mlp", "(100, 100, 100)")
     return mlp([_flat(input_shape)] + hidden + [num_classes], rng=rng, **kw)
 
