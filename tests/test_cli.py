@@ -271,6 +271,17 @@ def test_resume_with_another_method_or_model_is_refused(kfac_checkpoint, tmp_pat
     one_line_refusal(capsys, argv, "written with other settings", expected)
 
 
+def test_resume_of_a_cosine_schedule_with_more_epochs_is_refused(tmp_path, capsys):
+    """A cosine laid out over 1 epoch, resumed with --epochs 3, went on along a cosine over
+    3 epochs: its learning rate jumped from ~0 back to 0.75 lr without a word."""
+    ck = tmp_path / "cos.npz"
+    assert cli.main(["train", "--epochs", "1", "--schedule", "cosine", *TINY, "--checkpoint",
+                     str(ck), "--out", str(tmp_path / "a")]) == 0
+    one_line_refusal(capsys, ["train", "--epochs", "3", "--schedule", "cosine", *TINY,
+                              "--resume", str(ck), "--out", str(tmp_path / "b")],
+                     "written with other settings", "cosine_epochs 1 (now 3)")
+
+
 def test_resume_with_no_epochs_left_is_refused(kfac_checkpoint, tmp_path, capsys):
     one_line_refusal(capsys, ["train", "--method", "kfac", "--epochs", "1", *TINY, "--resume",
                               str(kfac_checkpoint), "--out", str(tmp_path / "o")],

@@ -27,9 +27,11 @@ def _check(args):
     # its subset with --seed), the batches (another batch size is another batch order) and
     # the method's settings (the optimizer's saved state, lr included, would otherwise
     # silently win over new ones; a dropped --schedule kept the last scheduled lr, ~0 at
-    # the end of a cosine)
+    # the end of a cosine); a cosine is laid out over --epochs, so a resume with more
+    # epochs would jump its learning rate back up mid-run
     run = dict(model_options(args), method=name, limit=args.limit, seed=args.seed,
                batch_size=args.batch_size, schedule=args.schedule,
+               cosine_epochs=args.epochs if args.schedule == "cosine" else None,
                lr=args.lr if args.lr is not None else METHODS[name].lr,
                optimizer_kw=optim_kw, precond_kw=precond_kw)
     if args.resume is not None:
