@@ -92,13 +92,19 @@ def test_state_saved_with_other_settings_is_refused(cls, base, others, tmp_path)
             np.testing.assert_array_equal(after[k], before[k], err_msg=f"{name}: {k}")
 
 
-def test_kfac_eigen_state_into_factored_kfac_names_the_setting():
-    """The case that used to end in ``KeyError: 'G_inv'`` two steps after the load."""
+def kfac_after_one_step(T2):
+    """A KFAC (lr 0.1, T1 = 1) on a 3-4-3 MLP after one training step; and its loss."""
     rng = np.random.default_rng(0)
     model, loss = mlp(minidl.default_rng(1), SIZES), SoftmaxCrossEntropy()
-    p = KFAC(model, loss=loss, lr=0.1, T1=1, T2=2)
+    p = KFAC(model, loss=loss, lr=0.1, T1=1, T2=T2)
     x, y = rng.standard_normal((6, 3)), rng.integers(0, 3, 6)
     train_step(model, loss, x, y, p, SGD(model, lr=0.1))
+    return p, loss
+
+
+def test_kfac_eigen_state_into_factored_kfac_names_the_setting():
+    """The case that used to end in ``KeyError: 'G_inv'`` two steps after the load."""
+    p, loss = kfac_after_one_step(T2=2)
     other = KFAC(mlp(minidl.default_rng(1), SIZES), loss=loss, lr=0.1, T1=1, T2=2,
                  damping_mode="factored")
     with pytest.raises(ValueError, match=r"damping_mode 'eigen' \(this one: 'factored'\)"):
@@ -107,11 +113,7 @@ def test_kfac_eigen_state_into_factored_kfac_names_the_setting():
 
 def test_state_of_another_model_is_refused_before_any_change():
     """KFAC's factors (identity from the start) of a 3-4-3 MLP into one for a 3-5-3 MLP."""
-    rng = np.random.default_rng(0)
-    model, loss = mlp(minidl.default_rng(1), SIZES), SoftmaxCrossEntropy()
-    p = KFAC(model, loss=loss, lr=0.1, T1=1, T2=1)
-    x, y = rng.standard_normal((6, 3)), rng.integers(0, 3, 6)
-    train_step(model, loss, x, y, p, SGD(model, lr=0.1))
+    p, loss = kfac_after_one_step(T2=1)
     wider = KFAC(mlp(minidl.default_rng(1), (3, 5, 3)), loss=loss, lr=0.1, T1=1, T2=1)
     A_before = np.array(wider.state[0]["A"], copy=True)
     with pytest.raises(ValueError, match=r"entry '0.[AG]' has shape \(4, 4\).*\(is it the state "
