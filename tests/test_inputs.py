@@ -160,6 +160,23 @@ def test_backward_before_forward_says_what_to_call(name):
         make().backward(np.zeros(shape, dtype="float32"))
 
 
+@pytest.mark.parametrize("name", list(LAYERS))
+@pytest.mark.parametrize("wrong", ["one row", "one more row", "ones"])
+def test_backward_refuses_dout_of_another_shape_than_the_output(name, wrong):
+    """A dout that broadcasts against the output used to give every example the gradient
+    of row 0 (the elementwise layers, Dropout, the pools, Residual) and Conv2d ignored
+    extra rows; PyTorch refuses both ("Mismatch in shape")."""
+    make, shape = LAYERS[name]
+    layer = make()
+    out = layer.forward(_rng().standard_normal(shape).astype("float32"))
+    bad = {"one row": (1,) + out.shape[1:], "one more row": (out.shape[0] + 1,) + out.shape[1:],
+           "ones": (1,) * out.ndim}[wrong]
+    with pytest.raises(ValueError, match=re.escape(f"expects dout of the output's shape "
+                                                   f"{tuple(out.shape)}, got {bad}")):
+        layer.backward(np.ones(bad, dtype="float32"))
+    assert layer.backward(np.ones(out.shape, dtype="float32")).shape == shape
+
+
 class ForgetsItsCache(minidl.layers.Layer):
     """A student's ELU whose forward saves nothing for backward."""
 

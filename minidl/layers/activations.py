@@ -19,7 +19,7 @@ the output is usually the next layer's input, so keeping it costs nothing extra.
 others keep both x and out (``keeps``).
 """
 from .. import backend, parallel
-from .base import Layer, expect_forward_done, expect_input
+from .base import Layer, expect_forward_done, expect_input, expect_output_grad
 
 __all__ = ["ReLU", "LeakyReLU", "Sigmoid", "Tanh", "sigmoid"]
 
@@ -70,6 +70,9 @@ class _Elementwise(Layer):
 
     def backward(self, dout):
         expect_forward_done(self, dout)
+        kept = self.cache.get("out", self.cache.get("x"))  # the shape of x and of out
+        if kept is not None:
+            expect_output_grad(self, dout, kept.shape)
         self.cache["dout"] = dout
         return dout * self.df()
 
@@ -121,9 +124,10 @@ class ReLU(_Elementwise):
         if type(self).df is not ReLU.df:
             return super().backward(dout)  # a redefined df: the shared pass uses it
         expect_forward_done(self, dout)
+        out = self.cache["out"]
+        expect_output_grad(self, dout, out.shape)
         self.cache["dout"] = dout
         xp = backend.array_module(dout)
-        out = self.cache["out"]
         dx = xp.empty(dout.shape, dtype=xp.result_type(dout.dtype, out.dtype))  # shape of x
         parallel.map_pieces(lambda p: xp.multiply(dout[p], out[p] > 0, out=dx[p]),
                             parallel.pieces_of(dout), like=dout)

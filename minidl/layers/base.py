@@ -55,6 +55,9 @@ the end of this module, called on the first line of ``forward`` and ``backward``
   0/0; PyTorch returns NaN).
 * ``backward`` before ``forward`` (or after a ``forward`` that cached nothing) raises
   ``RuntimeError`` naming the layer and saying to call ``forward`` first, or to cache x.
+* ``backward`` with a ``dout`` of another shape than the last output raises
+  ``ValueError`` (``expect_output_grad``), as PyTorch does: a (1, D) dout against an (N, D)
+  output would otherwise broadcast and give every example the same gradient.
 * NaN and infinity are not searched for in every activation (that would cost a pass over
   each array per step); the losses check their one value and warn (``NonFiniteWarning``)
   naming the rows of the batch whose logits or targets are not finite.
@@ -65,7 +68,7 @@ import contextlib
 from .. import backend
 
 __all__ = ["Layer", "expect_ndim", "expect_dim", "expect_finite", "expect_input",
-           "expect_forward_done"]
+           "expect_forward_done", "expect_output_grad"]
 
 
 class Layer:
@@ -326,6 +329,25 @@ def expect_forward_done(layer, dout, what="backward"):
     if not backend.is_array(dout):
         raise TypeError(f"{name}.{what} expects dout as an array of the output's shape, got "
                         f"{type(dout).__name__}")
+
+
+def expect_output_grad(layer, dout, shape):
+    """Raise a ``ValueError`` unless ``dout`` has the shape of the output, ``shape``.
+
+    Called by the built-in layers' ``backward`` right after ``expect_forward_done``. A
+    dout of another shape that broadcasts against the cached arrays ((1, D) against
+    (N, D)) would give every example the gradient of one row, and one with extra rows
+    could be read only in part; PyTorch refuses both ("Mismatch in shape").
+
+    Args:
+        layer: the layer doing the check (its class name goes into the message).
+        dout: the gradient that arrived at the output.
+        shape: the shape of the output of the last ``forward``.
+    """
+    if tuple(dout.shape) != tuple(shape):
+        raise ValueError(f"{type(layer).__name__}.backward expects dout of the output's shape "
+                         f"{tuple(shape)}, got {tuple(dout.shape)}; pass the gradient of the "
+                         "loss with respect to this layer's output")
 
 
 def expect_ndim(layer, x, ndims, what):

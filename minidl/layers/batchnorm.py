@@ -70,7 +70,8 @@ need only those.
 import math
 
 from .. import backend, parallel
-from .base import Layer, expect_dim, expect_forward_done, expect_ndim, expect_size
+from .base import (Layer, expect_dim, expect_forward_done, expect_ndim, expect_output_grad,
+                   expect_size)
 
 __all__ = ["BatchNorm1d", "BatchNorm2d", "Normalization"]
 
@@ -153,6 +154,7 @@ class Normalization(Layer):
     def backward(self, dout):
         expect_forward_done(self, dout)
         x = x_hat = self.cache["x_hat"]  # x only for its shape
+        expect_output_grad(self, dout, x_hat.shape)
         self.cache["dout"] = dout
         axes = self.param_axes(x)
         gamma_shape = self.params["gamma"].shape
@@ -316,6 +318,7 @@ class _BatchNorm(Normalization):
     def backward(self, dout):
         expect_forward_done(self, dout)
         x_hat, sigma = self.cache["x_hat"], self.cache["sigma"]
+        expect_output_grad(self, dout, x_hat.shape)
         self.cache["dout"] = dout
         N, C = dout.shape[:2]
         L = math.prod(dout.shape[2:])

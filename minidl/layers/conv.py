@@ -46,7 +46,7 @@ References: CS231n "Convolutional Networks" notes; K. Chellapilla et al. 2006 (i
 PyTorch ``torch.nn.Conv2d`` for the conventions and the default initialisation.
 """
 from .. import backend, init, parallel
-from .base import Layer, expect_dim, expect_forward_done, expect_ndim
+from .base import Layer, expect_dim, expect_forward_done, expect_ndim, expect_output_grad
 from .im2col import col2im, col2im_wide, im2col, im2col_wide, output_size, pair
 
 # the most values one chunk of the im2col matrix holds: 1M (4 MB in float32). Measured on a
@@ -310,6 +310,9 @@ class Conv2d(Layer):
     def backward(self, dout):
         expect_forward_done(self, dout)
         x, W = self.cache["x"], self.params["W"]
+        Ho, Wo = output_size(x.shape[2], x.shape[3], self.kernel_size, self.stride,
+                             self.padding)
+        expect_output_grad(self, dout, (x.shape[0], self.out_channels, Ho, Wo))
         self.cache["dout"] = dout
         W2 = W.reshape(self.out_channels, -1)  # (F, C kh kw)
         col2im_dx = self.needs_input_grad and self._col2im_route()  # dx from the same chunks

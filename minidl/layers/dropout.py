@@ -16,7 +16,7 @@ layer.frozen_mask():``) and forward reuses the last mask instead of drawing a ne
 import contextlib
 
 from .. import backend
-from .base import Layer, expect_forward_done, expect_input
+from .base import Layer, expect_forward_done, expect_input, expect_output_grad
 
 __all__ = ["Dropout"]
 
@@ -96,6 +96,7 @@ class Dropout(Layer):
 
     def backward(self, dout):
         expect_forward_done(self, dout)
+        expect_output_grad(self, dout, self.cache["x"].shape)
         self.cache["dout"] = dout
         mask = self.cache["mask"]
         return dout if mask is None else mask * dout

@@ -2,7 +2,7 @@
 
 Backward and both R-operator passes just reshape back.
 """
-from .base import Layer, expect_forward_done, expect_input
+from .base import Layer, expect_forward_done, expect_input, expect_output_grad
 
 __all__ = ["Flatten"]
 
@@ -27,7 +27,9 @@ class Flatten(Layer):
 
     def backward(self, dout):
         expect_forward_done(self, dout)
-        return dout.reshape(self.cache["shape"])
+        shape = self.cache["shape"]
+        expect_output_grad(self, dout, (shape[0], _rest(shape)))
+        return dout.reshape(shape)
 
     def jvp(self, Rx):
         return Rx.reshape(Rx.shape[0], _rest(Rx.shape))

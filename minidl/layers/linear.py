@@ -20,7 +20,8 @@ With several threads allowed, forward and backward share each product over them
 partial sums are needed and every piece is one BLAS product on one core.
 """
 from .. import backend, init, parallel
-from .base import Layer, expect_dim, expect_forward_done, expect_ndim, expect_size
+from .base import (Layer, expect_dim, expect_forward_done, expect_ndim, expect_output_grad,
+                   expect_size)
 
 __all__ = ["Linear"]
 
@@ -71,6 +72,7 @@ class Linear(Layer):
     def backward(self, dout):
         expect_forward_done(self, dout)
         x = self.cache["x"]
+        expect_output_grad(self, dout, (x.shape[0], self.out_features))
         W = self.params["W"]
         self.cache["dout"] = dout
         xp = backend.array_module(dout, x, W)

@@ -47,7 +47,7 @@ Reference: CS231n "Convolutional Networks" notes (pooling layer); PyTorch
 ``torch.nn.MaxPool2d`` / ``AvgPool2d`` for the conventions.
 """
 from .. import backend, parallel
-from .base import Layer, expect_forward_done, expect_ndim
+from .base import Layer, expect_forward_done, expect_ndim, expect_output_grad
 from .im2col import add_windows, pair, sliding_windows
 
 __all__ = ["MaxPool2d", "AvgPool2d", "GlobalAvgPool2d", "window_argmax"]
@@ -69,6 +69,17 @@ class _Pool2d(Layer):
         if kh > H or kw > W:
             raise ValueError(f"{type(self).__name__}: kernel_size {(kh, kw)} is larger than "
                              f"the input {(H, W)}; use a smaller kernel or a larger image")
+
+    def _out_shape(self, x):
+        """(Ho, Wo) of the output for input x (N, C, H, W)."""
+        (kh, kw), (sh, sw) = self.kernel_size, self.stride
+        return (x.shape[2] - kh) // sh + 1, (x.shape[3] - kw) // sw + 1
+
+    def _check_output_grad(self, dout):
+        """Both pools' first lines of backward: forward ran, dout (N, C, Ho, Wo)."""
+        expect_forward_done(self, dout)
+        x = self.cache["x"]
+        expect_output_grad(self, dout, x.shape[:2] + self._out_shape(x))
 
     def _windows(self, x):
         """(N, C, K, Ho, Wo): the K = kh kw elements of every window (a copy)."""
@@ -121,10 +132,6 @@ class MaxPool2d(_Pool2d):
         i, j = divmod(k, kw)
         return a[:, :, i:i + sh * (Ho - 1) + 1:sh, j:j + sw * (Wo - 1) + 1:sw]  # (N, C, Ho, Wo)
 
-    def _out_shape(self, x):
-        (kh, kw), (sh, sw) = self.kernel_size, self.stride
-        return (x.shape[2] - kh) // sh + 1, (x.shape[3] - kw) // sw + 1
-
     def forward(self, x):
         self._check_input(x)
         xp = backend.array_module(x)
@@ -173,7 +180,7 @@ class MaxPool2d(_Pool2d):
         return dx
 
     def backward(self, dout):
-        expect_forward_done(self, dout)
+        self._check_output_grad(dout)
         self.cache["dout"] = dout
         return self._scatter(dout)
 
@@ -217,7 +224,7 @@ class AvgPool2d(_Pool2d):
         return self._mean(x)  # (N, C, Ho, Wo)
 
     def backward(self, dout):
-        expect_forward_done(self, dout)
+        self._check_output_grad(dout)
         self.cache["dout"] = dout
         return self._spread(dout)
 
@@ -246,6 +253,7 @@ class GlobalAvgPool2d(Layer):
 
     def backward(self, dout):
         expect_forward_done(self, dout)
+        expect_output_grad(self, dout, self.cache["x"].shape[:2])  # (N, C)
         self.cache["dout"] = dout
         return self._spread(dout)
 
