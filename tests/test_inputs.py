@@ -283,3 +283,39 @@ def test_every_size_must_be_a_positive_integer(name, value):
 @pytest.mark.parametrize("name", list(SIZED))
 def test_numpy_integer_sizes_are_accepted(name):
     SIZED[name](np.int64(4))
+
+
+# the real-valued hyperparameters: each factory takes the value under test
+REALS = {
+    "BatchNorm1d momentum": lambda v: BatchNorm1d(3, momentum=v),
+    "BatchNorm2d momentum": lambda v: BatchNorm2d(3, momentum=v),
+    "BatchNorm1d eps": lambda v: BatchNorm1d(3, eps=v),
+    "LayerNorm eps": lambda v: LayerNorm(3, eps=v),
+    "GroupNorm eps": lambda v: GroupNorm(1, 3, eps=v),
+    "Dropout p": lambda v: Dropout(v),
+    "LeakyReLU negative_slope": lambda v: LeakyReLU(v),
+}
+
+
+@pytest.mark.parametrize("name", list(REALS))
+@pytest.mark.parametrize("value", [None, "0.1", True, float("nan"), float("inf")])
+def test_every_real_hyperparameter_must_be_a_finite_number(name, value):
+    """None used to fail inside float() ("float() argument must be a string or a real
+    number, not 'NoneType'"), a string was parsed, True read as 1 and a NaN slope made
+    every output NaN."""
+    what = name.split()[1]
+    with pytest.raises(ValueError, match=rf"expects {what} as a finite real number, got "
+                                         + re.escape(repr(value))):
+        REALS[name](value)
+
+
+def test_momentum_none_says_the_cumulative_average_is_not_supported():
+    with pytest.raises(ValueError, match=r"momentum=None \(PyTorch's cumulative average\) "
+                                         r"is not supported"):
+        BatchNorm2d(3, momentum=None)
+
+
+@pytest.mark.parametrize("name", list(REALS))
+def test_numpy_real_hyperparameters_are_accepted(name):
+    REALS[name](np.float32(0.25))
+    REALS[name](np.float64(0.25))

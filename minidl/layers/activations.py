@@ -19,7 +19,7 @@ the output is usually the next layer's input, so keeping it costs nothing extra.
 others keep both x and out (``keeps``).
 """
 from .. import backend, parallel
-from .base import Layer, expect_forward_done, expect_input, expect_output_grad
+from .base import Layer, expect_forward_done, expect_input, expect_output_grad, expect_real
 
 __all__ = ["ReLU", "LeakyReLU", "Sigmoid", "Tanh", "sigmoid"]
 
@@ -139,7 +139,7 @@ class LeakyReLU(_Elementwise):
 
     def __init__(self, negative_slope=0.01):
         super().__init__()
-        self.negative_slope = float(negative_slope)
+        self.negative_slope = expect_real("LeakyReLU", "negative_slope", negative_slope)
 
     # Both passes are written without ``where``: a select by the sign of each element is
     # a branch per element, and with random signs it measured 5-7x slower than these

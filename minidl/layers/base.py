@@ -64,6 +64,8 @@ the end of this module, called on the first line of ``forward`` and ``backward``
   ``expect_finite(name, x)`` (this module) checks a batch explicitly.
 """
 import contextlib
+import math
+import numbers
 
 from .. import backend
 
@@ -382,6 +384,24 @@ def expect_size(owner, what, value):
     if isinstance(value, bool) or not hasattr(value, "__index__") or value <= 0:
         raise ValueError(f"{owner} expects a positive integer {what}, got {value!r}")
     return int(value)
+
+
+def expect_real(owner, what, value, hint=""):
+    """``value`` as a float when it is a finite real number (Python or NumPy); a
+    ``ValueError`` naming ``what`` otherwise. None, bools, strings and NaN or infinity are
+    refused rather than parsed, read as 0 or 1, or let through to make every output NaN.
+
+    Args:
+        owner: the class name, for the message.
+        what: the argument's name, for the message.
+        value: what arrived.
+        hint: a sentence appended to the message (e.g. what a PyTorch value means here).
+    """
+    if (isinstance(value, bool) or not isinstance(value, numbers.Real)
+            or not math.isfinite(value)):
+        raise ValueError(f"{owner} expects {what} as a finite real number, got {value!r}"
+                         + (f"; {hint}" if hint else ""))
+    return float(value)
 
 
 def expect_finite(name, x):

@@ -71,7 +71,7 @@ import math
 
 from .. import backend, parallel
 from .base import (Layer, expect_dim, expect_forward_done, expect_ndim, expect_output_grad,
-                   expect_size)
+                   expect_real, expect_size)
 
 __all__ = ["BatchNorm1d", "BatchNorm2d", "Normalization"]
 
@@ -88,9 +88,10 @@ class Normalization(Layer):
 
     def __init__(self, eps):
         super().__init__()
-        if not float(eps) > 0:
+        eps = expect_real(type(self).__name__, "eps", eps)
+        if not eps > 0:
             raise ValueError(f"{type(self).__name__} expects eps > 0, got eps={eps}")
-        self.eps = float(eps)
+        self.eps = eps
 
     # -- what subclasses give ----------------------------------------------------------
     def check_input(self, x):
@@ -215,11 +216,15 @@ class _BatchNorm(Normalization):
     def __init__(self, num_features, eps=1e-5, momentum=0.1):
         super().__init__(eps)
         num_features = expect_size(type(self).__name__, "num_features", num_features)
-        if not 0.0 <= float(momentum) <= 1.0:
+        momentum = expect_real(type(self).__name__, "momentum", momentum,
+                               "momentum=None (PyTorch's cumulative average) is not supported; "
+                               "give a number in [0, 1] such as 0.1"
+                               if momentum is None else "")
+        if not 0.0 <= momentum <= 1.0:
             raise ValueError(f"{type(self).__name__} expects momentum in [0, 1], got "
                              f"{momentum}; running = (1 - momentum) * running + momentum * batch")
         self.num_features = num_features
-        self.momentum = float(momentum)
+        self.momentum = momentum
         xp, dtype = backend.xp(), backend.get_default_dtype()
         self.params["gamma"] = xp.ones(self.num_features, dtype=dtype)  # (C,)
         self.params["beta"] = xp.zeros(self.num_features, dtype=dtype)  # (C,)

@@ -16,7 +16,7 @@ layer.frozen_mask():``) and forward reuses the last mask instead of drawing a ne
 import contextlib
 
 from .. import backend
-from .base import Layer, expect_forward_done, expect_input, expect_output_grad
+from .base import Layer, expect_forward_done, expect_input, expect_output_grad, expect_real
 
 __all__ = ["Dropout"]
 
@@ -36,10 +36,11 @@ class Dropout(Layer):
 
     def __init__(self, p=0.5, rng=None):
         super().__init__()
-        if not 0.0 <= float(p) < 1.0:
+        p = expect_real("Dropout", "p", p)
+        if not 0.0 <= p < 1.0:
             raise ValueError(f"Dropout expects a drop probability p in [0, 1), got p={p}; "
                              "p=1 would drop everything")
-        self.p = float(p)
+        self.p = p
         self.rng = rng if rng is not None else backend.default_rng()
         self.freeze_mask = False
         self.mask = None
