@@ -1,4 +1,6 @@
 """Losses: gradient checks, torch parity, stability, Hessians, bad input."""
+import warnings
+
 import numpy as np
 import pytest
 from hypothesis import given, strategies as st
@@ -72,6 +74,30 @@ def test_cross_entropy_is_finite_for_huge_logits():
     bce = BCEWithLogits()
     assert np.isfinite(bce.forward(logits, np.ones_like(logits)))
     assert np.isfinite(bce.backward()).all()
+
+
+@pytest.mark.parametrize("target", [np.array([0, 2]),
+                                    np.array([[0.5, 0.0, 0.5], [0.0, 0.0, 1.0]])],
+                         ids=["labels", "probs"])
+def test_cross_entropy_takes_minus_infinity_for_a_masked_class(target):
+    """A logit of -inf (a class masked out) is a probability 0, as in PyTorch: the loss
+    is that of the other classes, and no 0 * (-inf) = NaN is made on the way (it used to
+    be, inside a masked ``where``, with NumPy's "invalid value" RuntimeWarning)."""
+    logits = np.array([[0.0, -np.inf, 1.0], [2.0, -np.inf, -1.0]])
+    Y = np.eye(3)[target] if target.ndim == 1 else target
+    # softmax over the finite logits only, written out: p = exp(x) / sum exp(x)
+    p = np.zeros((2, 3))
+    for n, cols in enumerate([[0, 2], [0, 2]]):
+        e = np.exp(logits[n, cols])
+        p[n, cols] = e / e.sum()
+    expected = -np.sum(Y[:, [0, 2]] * np.log(p[:, [0, 2]])) / 2
+    loss = SoftmaxCrossEntropy()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        value = loss.forward(logits, target)
+        grad = loss.backward()
+    assert value == pytest.approx(expected, rel=1e-12)
+    np.testing.assert_allclose(grad, (p - Y) / 2, atol=1e-15)  # 0 for the masked class
 
 
 @pytest.mark.parametrize("cls,kind", CASES, ids=["ce", "ce-probs", "mse", "bce"])

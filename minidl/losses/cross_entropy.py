@@ -53,8 +53,9 @@ class SoftmaxCrossEntropy(Loss):
         Y = self._target_matrix(xp, logits, target)  # (N, K)
         logp = log_softmax(logits)  # (N, K)
         self.cache = {"p": xp.exp(logp), "Y": Y, "c": c, "logits": logits}
-        # 0 * log p is 0 even where p underflows, so mask instead of multiplying
-        total = -(xp.where(Y != 0, Y * logp, 0.0)).sum()
+        # 0 * log p is 0 even where log p = -inf (a logit of -inf, a masked class): mask
+        # log p before multiplying, so that no 0 * (-inf) = NaN is ever made
+        total = -(Y * xp.where(Y != 0, logp, 0.0)).sum()
         return self._finish(float(total) * c, logits, target)
 
     def _target_matrix(self, xp, logits, target):
