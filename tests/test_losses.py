@@ -165,6 +165,21 @@ def test_bad_targets_get_clear_errors():
         MSELoss().backward()
 
 
+def test_cross_entropy_refuses_negative_target_probabilities():
+    """A row such as [1.5, -0.5, 0] used to be taken: the loss is then unbounded below
+    (send the logit of the negative class up) and, where a row sums below 0, the Hessian
+    factor sqrt(c s_n) is NaN. Rows that do not sum to 1 stay allowed (they scale the
+    row's loss by s_n, as in PyTorch), so that is what this checks alongside."""
+    loss = SoftmaxCrossEntropy()
+    logits = np.zeros((2, 3))
+    with pytest.raises(ValueError, match=r"target probabilities >= 0, got a smallest entry "
+                                         r"of -0\.5 \(in row 1\)"):
+        loss.forward(logits, np.array([[1.0, 0.0, 0.0], [1.5, -0.5, 0.0]]))
+    with pytest.raises(ValueError, match="got a smallest entry of -1"):
+        loss.forward(logits, np.array([[1.0, 0.0, 0.0], [0.0, -1.0, 0.0]]))
+    assert loss.forward(logits, np.full((2, 3), 2 / 3)) == pytest.approx(2 * np.log(3))
+
+
 def test_numerical_gradient_requires_float64():
     with pytest.raises(TypeError, match="float64"):
         numerical_gradient(lambda: 0.0, np.zeros(3, dtype=np.float32))

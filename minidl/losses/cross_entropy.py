@@ -1,6 +1,7 @@
 """Softmax cross-entropy, fused and numerically stable.
 
-For logits x_n (K classes) and a target distribution y_n (one-hot for a label)::
+For logits x_n (K classes) and a target distribution y_n (one-hot for a label; any
+entries >= 0, as PyTorch's probability targets, which need not sum to 1)::
 
     log p_n = x_n - logsumexp(x_n)          (shifted by max_k x_nk: finite for |x| ~ 1e4)
     l_n     = - sum_k y_nk log p_nk
@@ -79,7 +80,14 @@ class SoftmaxCrossEntropy(Loss):
             raise ValueError("SoftmaxCrossEntropy expects labels of shape (N,) or target "
                              f"probabilities of shape {tuple(logits.shape)}, got "
                              f"{tuple(target.shape)}")
-        return target.astype(logits.dtype)
+        Y = target.astype(logits.dtype)  # (N, K)
+        if Y.size and float(Y.min()) < 0:
+            row = int(Y.min(axis=1).argmin())
+            raise ValueError(
+                f"SoftmaxCrossEntropy expects target probabilities >= 0, got a smallest entry "
+                f"of {float(Y.min()):g} (in row {row}); with a negative weight on a class the "
+                "loss has no minimum. (A row need not sum to 1: its sum scales its loss.)")
+        return Y
 
     def backward(self):
         p, Y, c = self._need("p"), self.cache["Y"], self.cache["c"]
