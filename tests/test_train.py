@@ -111,6 +111,23 @@ def test_schedule_sets_the_learning_rate_before_each_update():
     assert h2.last["lr"] == pytest.approx(optim.Cosine(0.1, 10)(opt.t - 1))
 
 
+@pytest.mark.parametrize("schedule", ["cosine", [0.1, 0.01]])
+def test_a_schedule_that_is_not_callable_is_refused_before_training(schedule, tmp_path):
+    model, loss, opt, loader, _ = setup()
+    before = {n: layer.params[k].copy() for n, layer, k in model.parameters()}
+    with pytest.raises(ValueError, match=r"fit: schedule must be .*callable k -> lr.*got"):
+        train.fit(model, loss, opt, loader, epochs=1, schedule=schedule, log_every=0)
+    assert opt.t == 0
+    for n, layer, k in model.parameters():
+        np.testing.assert_array_equal(layer.params[k], before[n])
+
+
+def test_a_number_as_the_schedule_is_a_constant_rate():
+    model, loss, opt, loader, _ = setup(lr=0.5)
+    h = train.fit(model, loss, opt, loader, epochs=1, schedule=0.02, log_every=0)
+    assert opt.lr == 0.02 and h.last["lr"] == 0.02
+
+
 @pytest.mark.filterwarnings("ignore::RuntimeWarning")
 def test_divergence_stops_cleanly():
     x, y = blobs()

@@ -140,14 +140,18 @@ class Cosine(Schedule):
         return self.min_lr + 0.5 * (self.c - self.min_lr) * (1.0 + math.cos(math.pi * ratio))
 
 
-def as_schedule(schedule):
-    """A ``Schedule`` (or any callable of k) unchanged; a number becomes ``Constant``."""
+def as_schedule(schedule, owner=None):
+    """A ``Schedule`` (or any callable of k) unchanged; a number becomes ``Constant``.
+
+    ``owner`` (e.g. ``"fit"``) starts the error message for anything else.
+    """
     if isinstance(schedule, numbers.Real) and not isinstance(schedule, bool):
         return Constant(schedule)
     if callable(schedule):
         return schedule
-    raise ValueError(f"expected a schedule (a callable k -> lr) or a number, got "
-                     f"{schedule!r}")
+    where = f"{owner}: schedule must be" if owner else "expected"
+    raise ValueError(f"{where} a schedule (a callable k -> lr, e.g. minidl.optim.Cosine(lr, "
+                     f"total_steps)) or a number, got {schedule!r} ({type(schedule).__name__})")
 
 
 class LinearWarmup(Schedule):

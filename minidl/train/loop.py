@@ -10,6 +10,7 @@ import collections.abc
 import dataclasses
 import time
 
+from ..optim.schedules import as_schedule
 from ..progress import ProgressBar
 from . import divergence
 from .best import BestEpoch
@@ -28,7 +29,8 @@ class Trainer:
     Attributes:
         model, loss, optimizer: the network, the loss object and the optimizer.
         precond: a preconditioner stepped between backward and the optimizer, or None.
-        schedule: ``lr = schedule(k)`` set before update k (k from 0), or None.
+        schedule: ``lr = schedule(k)`` set before update k (k from 0), a number for a
+            constant rate, or None.
         with_acc: count correct predictions for the accuracy.
         progress: show a progress bar (True, False, or None: in a terminal or notebook).
         log_every: print the running loss every n steps (None or 0: never).
@@ -43,6 +45,11 @@ class Trainer:
     progress: object = None
     log_every: int = None
     log: object = print
+
+    def __post_init__(self):
+        # refused here, before fit loads or trains anything; a number is a constant rate
+        if self.schedule is not None:
+            self.schedule = as_schedule(self.schedule, owner=type(self).__name__)
 
     def step(self, x, y):
         """One update; returns ``(loss_value, out, diverged)``.
@@ -138,7 +145,10 @@ def fit(model, loss, optimizer, train_loader, epochs=1, precond=None, val_loader
         epochs: the total number of epochs (a resumed run counts the finished ones).
         precond: a ``minidl.precond`` preconditioner, or None.
         val_loader: batches evaluated after every epoch, or None.
-        schedule: ``lr = schedule(k)`` before update k = 0, 1, ... (``minidl.optim.Cosine``).
+        schedule: ``lr = schedule(k)`` before update k = 0, 1, ... (``minidl.optim.Cosine``),
+            with k the optimizer's step count ``optimizer.t`` (so a resumed run continues
+            the schedule where it stopped); a number is a constant rate. Anything else is
+            refused before training starts.
         early_stopping: patience P: stop when the monitored metric has not improved for P
             epochs in a row. None never stops early.
         monitor: the metric watched for the best epoch (``"val_loss"`` with a validation
@@ -165,7 +175,7 @@ def fit(model, loss, optimizer, train_loader, epochs=1, precond=None, val_loader
         CheckpointError: ``checkpoint`` cannot be written, ``resume`` cannot be read (or
             lacks the best epoch's weights that ``restore_best`` needs).
     """
-    _check_arguments(epochs, early_stopping, log_every, checkpoint)
+    schedule = _check_arguments(epochs, early_stopping, log_every, checkpoint, schedule)
     with_acc = wants_accuracy(metrics, loss)
     log = print if log is None else log
     trainer = Trainer(model, loss, optimizer, precond, schedule, with_acc, progress,
@@ -218,9 +228,12 @@ def _stop_reason(history, best, epoch):
     return None
 
 
-def _check_arguments(epochs, early_stopping, log_every, checkpoint):
+def _check_arguments(epochs, early_stopping, log_every, checkpoint, schedule):
+    """Refuse bad arguments before anything is loaded or trained; returns the schedule (a
+    number made a ``Constant``)."""
     if int(epochs) != epochs or epochs < 0:
         raise ValueError(f"fit: epochs must be an integer >= 0, got {epochs!r}")
+    schedule = None if schedule is None else as_schedule(schedule, owner="fit")
     if early_stopping is not None and (int(early_stopping) != early_stopping
                                        or early_stopping < 1):
         raise ValueError(f"fit: early_stopping is a patience in epochs, an integer >= 1, "
@@ -230,6 +243,7 @@ def _check_arguments(epochs, early_stopping, log_every, checkpoint):
     if checkpoint is not None:
         from ..checkpoint import check_writable
         check_writable(checkpoint)  # fail now, not after the first epoch
+    return schedule
 
 
 def _monitor(monitor, val_loader, with_acc):
