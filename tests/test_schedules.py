@@ -101,6 +101,30 @@ def test_lr_scheduler_drives_the_optimizer():
     assert resumed.k == 6 and resumed.optimizer.lr == pytest.approx(0.1)
 
 
+def test_lr_scheduler_state_round_trips_through_npz(tmp_path):
+    model = Sequential(Linear(2, 1, rng=minidl.default_rng(0)))
+    sched = LRScheduler(SGD(model, lr=1.0), Cosine(0.5, total_steps=10))
+    for _ in range(4):
+        sched.step()
+    np.savez(tmp_path / "sched.npz", **sched.state_dict())
+    resumed = LRScheduler(SGD(model, lr=1.0), Cosine(0.5, total_steps=10))
+    with np.load(tmp_path / "sched.npz") as f:
+        resumed.load_state_dict(f)  # the NpzFile itself, a mapping
+    assert resumed.k == 4 and resumed.optimizer.lr == sched.optimizer.lr == Cosine(0.5, 10)(4)
+
+
+@pytest.mark.parametrize("state", [{"k": 2.5}, {"k": -3}, {"k": "3"}, {"k": True}, {},
+                                   {"k": np.array([1, 2])}])
+def test_lr_scheduler_refuses_a_bad_state_and_keeps_its_own(state):
+    model = Sequential(Linear(2, 1, rng=minidl.default_rng(0)))
+    sched = LRScheduler(SGD(model, lr=1.0), StepDecay(0.8, step_size=2, gamma=0.5))
+    sched.step()
+    sched.step()
+    with pytest.raises(ValueError, match="LRScheduler.load_state_dict"):
+        sched.load_state_dict(state)
+    assert sched.k == 2 and sched.optimizer.lr == pytest.approx(0.4)
+
+
 @pytest.mark.parametrize("make,match", [
     (lambda: Constant(-1.0), "c must be"),
     (lambda: StepDecay(0.1, step_size=0), "step_size"),

@@ -25,6 +25,7 @@ References: A. Karpathy, nanoGPT ``train.py`` (get_lr: linear warm-up then cosin
 I. Loshchilov, F. Hutter, "SGDR: stochastic gradient descent with warm restarts", ICLR 2017
 (cosine annealing); P. Goyal et al., "Accurate, large minibatch SGD", 2017 (warm-up).
 """
+import collections.abc
 import math
 import numbers
 
@@ -207,9 +208,26 @@ class LRScheduler:
         return {"k": int(self.k)}
 
     def load_state_dict(self, state):
-        """Resume at the saved k and set the optimizer's lr to schedule(k)."""
-        self.k = int(state["k"])
-        self.optimizer.lr = self.schedule(self.k)
+        """Resume at the saved k and set the optimizer's lr to schedule(k).
+
+        Raises:
+            ValueError: no ``"k"``, or one that is not an integer >= 0 (a 0-d array from an
+                ``.npz`` file is fine); the scheduler and the optimizer are left as they were.
+        """
+        owner = "LRScheduler.load_state_dict"
+        if not isinstance(state, collections.abc.Mapping) or "k" not in state:
+            got = (f"one with the entries {sorted(state)}"
+                   if isinstance(state, collections.abc.Mapping)
+                   else type(state).__name__)
+            raise ValueError(f"{owner}: expected a mapping with the entry 'k' (what state_dict "
+                             f"wrote), got {got}")
+        k = state["k"]
+        if getattr(k, "ndim", None) == 0 and hasattr(k, "item"):
+            k = k.item()  # a 0-d array, as np.load gives it back
+        k = _count(owner, "the saved update count k", k, low=0)
+        lr = self.schedule(k)
+        self.optimizer.lr = lr  # the optimizer checks it before anything is changed here
+        self.k = k
         return self
 
     def __repr__(self):
