@@ -223,6 +223,45 @@ def test_ema_with_an_optimizer_and_state_dict(tmp_path):
         np.testing.assert_array_equal(layer.params[k], ema.averages[n])
 
 
+def test_ema_load_state_dict_inside_averaged_is_refused():
+    """Loading while the averages are swapped in would hand the loaded averages to the
+    model on leaving the block and lose the training weights."""
+    model, gen = _model(), np.random.default_rng(3)
+    ema = EMA(model, gamma=0.9)
+    _random_step(model, gen)
+    ema.update()
+    saved = ema.state_dict()
+    theta = {n: layer.params[k].copy() for n, layer, k in model.parameters()}
+    with ema.averaged():
+        with pytest.raises(RuntimeError, match="load_state_dict.*outside ema.averaged"):
+            ema.load_state_dict(saved)
+    for n, layer, k in model.parameters():
+        np.testing.assert_array_equal(layer.params[k], theta[n])
+
+
+@pytest.mark.parametrize("change,match", [
+    (lambda s: s.update({"ema.9.W": np.zeros((2, 2))}), "'ema.9.W'.*does not have"),
+    (lambda s: s.update({"t": 2.5}), "t must be an integer >= 0"),
+    (lambda s: s.update({"t": -1}), "t must be an integer >= 0"),
+    (lambda s: s.update({"gamma": 1.0}), "gamma"),
+    (lambda s: s.update({"momentum": 0.9}), "'momentum'"),
+])
+def test_ema_load_state_dict_refuses_state_of_another_model(change, match):
+    model, gen = _model(), np.random.default_rng(4)
+    ema = EMA(model, gamma=0.9)
+    _random_step(model, gen)
+    ema.update()
+    state = ema.state_dict()
+    change(state)
+    fresh = EMA(_model(), gamma=0.8)
+    before = {n: a.copy() for n, a in fresh.averages.items()}
+    with pytest.raises(ValueError, match=match):
+        fresh.load_state_dict(state)
+    assert fresh.t == 0 and fresh.gamma == 0.8
+    for n, a in fresh.averages.items():
+        np.testing.assert_array_equal(a, before[n])
+
+
 def test_ema_bad_gamma():
     with pytest.raises(ValueError, match=r"gamma must lie in \[0, 1\)"):
         EMA(_model(), gamma=1.0)

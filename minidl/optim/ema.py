@@ -25,6 +25,7 @@ Reference: B. T. Polyak, A. B. Juditsky, "Acceleration of stochastic approximati
 averaging", SIAM J. Control Optim. 1992 (iterate averaging).
 """
 import contextlib
+import numbers
 
 from .. import backend
 from .base import check_number
@@ -106,24 +107,50 @@ class EMA:
         return out
 
     def load_state_dict(self, state):
-        """Restore what ``state_dict`` wrote; arrays go to each parameter's device."""
+        """Restore what ``state_dict`` wrote; arrays go to each parameter's device.
+
+        Raises:
+            RuntimeError: called inside ``ema.averaged()``.
+            ValueError: a missing or unknown entry (the averages of another model), a shape
+                that does not match, t not an integer >= 0, gamma outside [0, 1); the EMA is
+                left as it was.
+        """
+        owner = "EMA.load_state_dict"
+        if self._swapped:
+            raise RuntimeError(f"{owner}(): call it outside ema.averaged() (the model holds "
+                               "the averages inside)")
+        params = {f"ema.{name}": layer.params[key] for name, layer, key in self.param_list}
+        unknown = sorted(set(state) - set(params) - {"t", "gamma"})
+        if unknown:
+            raise ValueError(f"{owner}: entries {unknown} name parameters the model does not "
+                             f"have; it has {sorted(params)} (and 't', 'gamma')")
         new = {}
-        for name, layer, key in self.param_list:
-            entry = f"ema.{name}"
-            theta = layer.params[key]
+        for entry, theta in params.items():
             if entry not in state:
-                raise ValueError(f"EMA.load_state_dict: missing entry {entry!r}")
+                raise ValueError(f"{owner}: missing entry {entry!r}")
             host = backend.to_numpy(state[entry])
             if tuple(host.shape) != tuple(theta.shape):
-                raise ValueError(f"EMA.load_state_dict: {entry!r} has shape "
-                                 f"{tuple(host.shape)}, the parameter {tuple(theta.shape)}")
-            new[name] = backend.array_module(theta).asarray(host, dtype=theta.dtype)
-        self.averages = new
-        self.t = int(backend.to_numpy(state.get("t", 0)))
+                raise ValueError(f"{owner}: {entry!r} has shape {tuple(host.shape)}, the "
+                                 f"parameter {tuple(theta.shape)}")
+            new[entry[len("ema."):]] = backend.array_module(theta).asarray(host,
+                                                                          dtype=theta.dtype)
+        t = _plain(state.get("t", 0))
+        if isinstance(t, bool) or not isinstance(t, numbers.Integral) or t < 0:
+            raise ValueError(f"{owner}: t must be an integer >= 0 (the number of updates), "
+                             f"got {t!r}")
+        gamma = self.gamma
         if "gamma" in state:
-            self.gamma = check_number("EMA", "gamma", float(backend.to_numpy(state["gamma"])),
-                                      0.0, 1.0, high_open=True)
+            gamma = check_number("EMA", "gamma", _plain(state["gamma"]), 0.0, 1.0,
+                                 high_open=True)
+        self.averages, self.t, self.gamma = new, int(t), gamma
         return self
 
     def __repr__(self):
         return f"EMA(gamma={self.gamma:g}, t={self.t}, {len(self.averages)} parameters)"
+
+
+def _plain(value):
+    """A saved number as a Python number (a 0-d array from an ``.npz`` file unwrapped)."""
+    if getattr(value, "ndim", None) == 0 and hasattr(value, "item"):
+        return backend.to_numpy(value).item()
+    return value
