@@ -625,6 +625,21 @@ def test_clip_grad_norm_leaves_small_gradients_and_validates():
         add_l2_grad(model, -1.0)
 
 
+@pytest.mark.parametrize("dtype,scale", [("float32", 1e20), ("float64", 1e160)])
+def test_clip_grad_norm_of_a_huge_but_finite_gradient(dtype, scale):
+    """An exploding gradient is what clipping is for: a norm whose square overflows the
+    dtype is still finite, so the gradient is scaled down to max_norm, not zeroed."""
+    minidl.set_default_dtype(dtype)
+    model = Sequential(Linear(2, 2, rng=minidl.default_rng(0)))
+    model.zero_grad()
+    g = np.array([[3.0, 0.0], [0.0, -4.0]])  # norm 5, times the scale
+    model[0].grads["W"][...] = g * scale
+    norm = clip_grad_norm(model, 2.0)
+    assert norm == pytest.approx(5.0 * scale, rel=1e-6)
+    np.testing.assert_allclose(model[0].grads["W"], g * 2.0 / 5.0, rtol=1e-6)
+    np.testing.assert_array_equal(model[0].grads["b"], 0.0)
+
+
 # -- backends ----------------------------------------------------------------------------
 @pytest.mark.parametrize("name", sorted(OPTIMIZERS))
 def test_runs_on_each_backend(on_backend, name):

@@ -91,17 +91,28 @@ def clip_grad_norm(model, max_norm):
 
     Returns:
         The joint norm before clipping, as a float (log it to watch for exploding
-        gradients).
+        gradients). It is computed in Python floats from each array's norm, so a finite
+        gradient whose sum of squares overflows its dtype (float32 beyond ~1.8e19) still
+        has a finite norm and is clipped. An inf or NaN in a gradient gives a norm that is
+        not finite, and the gradients are then unusable (torch does the same); check it
+        with ``math.isfinite`` before stepping.
     """
     max_norm = check_number("clip_grad_norm", "max_norm", max_norm, low=0.0, low_open=True)
     grads = [(layer, key) for _, layer, key in model.parameters() if key in layer.grads]
-    total = 0.0
-    for layer, key in grads:
-        g = layer.grads[key]
-        total += float((g * g).sum())
-    n = math.sqrt(total)
+    n = math.hypot(*(_norm(layer.grads[key]) for layer, key in grads))
     factor = max_norm / (n + 1e-6)
     if factor < 1.0:
         for layer, key in grads:
             layer.grads[key] = layer.grads[key] * factor
     return n
+
+
+def _norm(g):
+    """||g||_2 as a Python float, also when sum(g^2) overflows g's dtype."""
+    with backend.host().errstate(over="ignore"):  # an overflow is handled just below
+        squares = float((g * g).sum())
+    if math.isinf(squares):
+        peak = float(backend.array_module(g).abs(g).max())  # ||g|| = peak ||g / peak||
+        if math.isfinite(peak):
+            return peak * math.sqrt(float(((g / peak) ** 2).sum()))
+    return math.sqrt(squares)
