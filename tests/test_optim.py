@@ -572,6 +572,24 @@ def test_l2_grad_equals_sgd_weight_decay():
         np.testing.assert_allclose(host_params(b)[name], value, rtol=0, atol=1e-15)
 
 
+def test_l2_grad_equals_adam_weight_decay_but_not_adamw():
+    """The module docstring's claim: Adam's weight_decay is the L2 gradient term, AdamW's
+    decoupled decay is something else."""
+    crit = MSELoss()
+    for cls, same in ((Adam, True), (AdamW, False)):
+        a, b = make_mlp(), make_mlp()
+        opt_a, opt_b = cls(a, lr=0.01, weight_decay=0.03), cls(b, lr=0.01, weight_decay=0.0)
+        for x, y in make_batches(steps=5):
+            minidl_step(a, crit, opt_a, x, y)
+            crit.forward(b.forward(x), y)
+            b.backward(crit.backward())
+            add_l2_grad(b, 0.03, include_bias=True)
+            opt_b.step()
+        gap = max(np.abs(host_params(b)[name] - value).max()
+                  for name, value in host_params(a).items())
+        assert (gap < 1e-15) == same, f"{cls.__name__}: largest difference {gap:g}"
+
+
 def test_penalties_and_their_gradients():
     model = make_mlp()
     lam = 0.2

@@ -7,12 +7,18 @@ and the terms they add to the gradient, with lambda >= 0::
     L1 (sparse):                  r(w) = lambda ||w||_1         grad r = lambda sign(w)
 
 (sign(0) = 0, a subgradient.) L2 shrinks the directions the loss is insensitive to towards
-zero; L1 sets small, insignificant weights exactly to zero (a sparse solution). Biases need
-no regularisation, so by default only weights of two or more dimensions (W of Linear and
+zero; the minimiser of the L1-penalised loss has small, insignificant weights exactly at
+zero (a sparse solution), though subgradient steps with ``add_l1_grad`` only bring them
+near zero (a proximal step, soft thresholding, lands on it). Biases need no
+regularisation, so by default only weights of two or more dimensions (W of Linear and
 Conv2d) are penalised, the rule nanoGPT uses; ``include_bias=True`` also penalises the
-1-D parameters (b, and the gamma/beta of normalisation layers). The optimizers'
-``weight_decay`` applies lambda w to every parameter; ``add_l2_grad(model, lam,
-include_bias=True)`` before ``SGD.step()`` gives the same update as SGD's weight_decay=lam.
+1-D parameters (b, and the gamma/beta of normalisation layers).
+
+The optimizers' ``weight_decay`` acts on every parameter. SGD's and Adam's add lambda w
+to the gradient, so ``add_l2_grad(model, lam, include_bias=True)`` before ``step()``
+gives the same update as their weight_decay=lam. AdamW's is decoupled, w <- (1 - lr
+lambda) w next to the Adam step, which for an adaptive method is not an L2 penalty
+(Loshchilov and Hutter, "Decoupled weight decay regularization", ICLR 2019).
 
 Call the ``add_*_grad`` functions after ``model.backward(...)`` and before ``opt.step()``,
 and add the matching ``*_penalty`` to the loss value when reporting it.
