@@ -374,6 +374,23 @@ def test_load_state_dict_rejects_mismatches():
     assert fresh.state == {} and fresh.t == 0 and fresh.lr == 1e-3
 
 
+
+@pytest.mark.parametrize("entry,value,match", [
+    ("t", 2.5, "'t' must be an integer >= 0"), ("t", -1, "'t' must be an integer >= 0"),
+    ("state.0.W.step", 1.5, "'state.0.W.step' must be an integer >= 1"),
+    ("state.0.W.step", 0, "'state.0.W.step' must be an integer >= 1"),
+])
+def test_load_state_dict_refuses_a_count_that_is_not_a_count(entry, value, match):
+    """t and the per-parameter step were truncated with int(); step 0 would divide Adam's
+    bias correction 1 - beta^0 by zero."""
+    model = make_mlp()
+    opt = Adam(model)
+    _parabola_grads(model, {n: 0.0 for n, _, _ in model.parameters()})
+    opt.step()
+    fresh = Adam(make_mlp())
+    with pytest.raises(ValueError, match=match):
+        fresh.load_state_dict(dict(opt.state_dict(), **{entry: value}))
+    assert fresh.state == {} and fresh.t == 0
 # each optimizer, its settings (other than lr) and another value for each of them
 SETTINGS = [
     (SGD, dict(lr=0.1, momentum=0.9, nesterov=True, weight_decay=1e-4),

@@ -129,6 +129,16 @@ def check_saved_settings(owner, settings, state):
                          "continue that run")
 
 
+def _saved_count(owner, entry, value, low):
+    """A saved count (a step number) as an int, refusing anything but an integer >= low."""
+    host = backend.to_numpy(value)
+    count = host.item() if host.ndim == 0 else host
+    if isinstance(count, bool) or not isinstance(count, numbers.Integral) or count < low:
+        raise ValueError(f"{owner}: entry {entry!r} must be an integer >= {low} (a count of "
+                         f"updates), got {value!r}")
+    return int(count)
+
+
 class Optimizer:
     """Base class: parameter bookkeeping, the step loop, zero_grad and checkpoints.
 
@@ -309,8 +319,8 @@ class Optimizer:
                                  f"{sorted(slots)}); is this another method's state?")
             theta = params[name]
             host = backend.to_numpy(value)
-            if slot == "step":
-                new.setdefault(name, {})[slot] = int(host)
+            if slot == "step":  # the updates this parameter has had, from 1
+                new.setdefault(name, {})[slot] = _saved_count(owner, entry, host, low=1)
                 continue
             if tuple(host.shape) != tuple(theta.shape):
                 raise ValueError(f"{owner}: entry {entry!r} has shape {tuple(host.shape)}, "
@@ -322,7 +332,7 @@ class Optimizer:
             if "step" not in s:
                 raise ValueError(f"{owner}: parameter {name} has state but no "
                                  f"'state.{name}.step' entry")
-        t = int(backend.to_numpy(state["t"])) if "t" in state else 0
+        t = _saved_count(owner, "t", state["t"], low=0) if "t" in state else 0
         if "lr" in state:  # the setter checks it, before the state is replaced
             self.lr = float(backend.to_numpy(state["lr"]))
         self.state, self.t = new, t
