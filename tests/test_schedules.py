@@ -262,6 +262,13 @@ def test_ema_load_state_dict_refuses_state_of_another_model(change, match):
         np.testing.assert_array_equal(a, before[n])
 
 
+def test_ema_of_something_without_parameters_is_refused():
+    with pytest.raises(TypeError, match="EMA expects a model"):
+        EMA([np.zeros(3)])
+    with pytest.raises(ValueError, match="no trainable parameters"):
+        EMA(Sequential(Tanh()))
+
+
 def test_ema_bad_gamma():
     with pytest.raises(ValueError, match=r"gamma must lie in \[0, 1\)"):
         EMA(_model(), gamma=1.0)

@@ -37,7 +37,7 @@ class EMA:
     """An exponential moving average theta' of a model's parameters.
 
     Args:
-        model: the network (a ``Layer``).
+        model: the network (a ``Layer`` with at least one parameter).
         gamma: the decay in [0, 1); theta' starts as a copy of the current parameters.
 
     Attributes:
@@ -47,8 +47,14 @@ class EMA:
 
     def __init__(self, model, gamma=0.999):
         self.gamma = check_number("EMA", "gamma", gamma, 0.0, 1.0, high_open=True)
+        if not hasattr(model, "parameters"):
+            raise TypeError(f"EMA expects a model (a minidl Layer with .parameters()), got "
+                            f"{type(model).__name__}")
         self.model = model
         self.param_list = model.parameters()  # [(qualified_name, layer, key), ...]
+        if not self.param_list:
+            raise ValueError("EMA: the model has no trainable parameters "
+                             "(model.parameters() is empty), so there is nothing to average")
         self.averages = {name: layer.params[key].copy()  # same shape as theta
                          for name, layer, key in self.param_list}
         self.t = 0
