@@ -61,6 +61,25 @@ def test_step_decay_matches_torch_step_lr():
         sched.step()
 
 
+@pytest.mark.filterwarnings("ignore::UserWarning")  # SequentialLR's step(epoch) notice
+@pytest.mark.parametrize("W,T,floor", [(3, 10, 0.01), (1, 4, 0.0), (7, 3, 0.02)])
+def test_warmup_then_cosine_matches_torch_linear_lr_then_cosine(W, T, floor):
+    """LinearWarmup(Cosine(c, T), W) is torch's LinearLR(start_factor=1/(W+1), W) followed
+    (SequentialLR, milestone W) by CosineAnnealingLR(T), for every update through W + T."""
+    torch = torch_or_skip()
+    param = torch.nn.Parameter(torch.zeros(1))
+    opt = torch.optim.SGD([param], lr=0.3)
+    lr_scheduler = torch.optim.lr_scheduler
+    sched = lr_scheduler.SequentialLR(opt, [
+        lr_scheduler.LinearLR(opt, start_factor=1 / (W + 1), total_iters=W),
+        lr_scheduler.CosineAnnealingLR(opt, T_max=T, eta_min=floor)], milestones=[W])
+    ours = LinearWarmup(Cosine(0.3, total_steps=T, min_lr=floor), warmup_steps=W)
+    for k in range(W + T + 1):
+        assert ours(k) == pytest.approx(opt.param_groups[0]["lr"], rel=1e-12), f"k={k}"
+        opt.step()
+        sched.step()
+
+
 # -- warm-up and composition -----------------------------------------------------------
 def test_linear_warmup_then_constant():
     sched = LinearWarmup(0.4, warmup_steps=3)
