@@ -81,6 +81,27 @@ def test_standardise_errors():
         s.transform(np.zeros((2, 3, 1)))
 
 
+@pytest.mark.parametrize("axis, train_shape, other_shape", [
+    ((0, 2, 3), (6, 1, 4, 4), (2, 3, 4, 4)),  # grey-scale statistics, colour images
+    ((0, 2, 3), (6, 3, 4, 4), (2, 1, 4, 4)),
+    (0, (6, 1), (2, 4)),                      # one feature's statistics, four features
+    (0, (6, 2, 1), (2, 2, 5)),
+])
+def test_standardise_refuses_data_whose_kept_axes_differ(axis, train_shape, other_shape):
+    """Statistics fitted per channel (or per feature) belong to those channels: data with
+    another number of them used to broadcast against them without a word (one grey-scale
+    mean applied to all three colour channels) or fail inside NumPy's broadcasting."""
+    rng = np.random.default_rng(0)
+    s = data.Standardise(axis=axis).fit(rng.standard_normal(train_shape))
+    other = rng.standard_normal(other_shape)
+    for method in (s.transform, s.inverse_transform):
+        with pytest.raises(ValueError, match=r"fitted on data of shape .* got shape"):
+            method(other)
+    # the reduced axes may have any size: more examples, or images of another size
+    per_channel = data.Standardise(axis=(0, 2, 3)).fit(rng.standard_normal((6, 3, 4, 4)))
+    assert per_channel.transform(rng.standard_normal((2, 3, 8, 8))).shape == (2, 3, 8, 8)
+
+
 # ---------------------------------------------------------------- whitening
 
 def test_zca_whitened_data_has_identity_covariance():

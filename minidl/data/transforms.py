@@ -128,7 +128,23 @@ class Standardise:
         if x.ndim != len(self.shape_):
             raise ValueError(f"Standardise.{name}: fitted on {len(self.shape_)}-d data "
                              f"{self.shape_}, got shape {x.shape}")
+        # the statistics belong to the kept axes (channels, features): those must match,
+        # or a grey-scale mean would broadcast over three colour channels without a word
+        kept = [a for a in range(x.ndim) if not self._reduces(a)]
+        if any(x.shape[a] != self.shape_[a] for a in kept):
+            raise ValueError(f"Standardise.{name}: fitted on data of shape {self.shape_} "
+                             f"with statistics of shape {self.mean_.shape} (axis="
+                             f"{self.axis}), got shape {x.shape}; the axes not averaged "
+                             "over must have the same sizes")
         return backend.check_same_device(f"Standardise.{name}", x, self.mean_)
+
+    def _reduces(self, a):
+        """Whether the fit averaged over axis ``a`` of the data it was fitted on."""
+        if self.axis is None:
+            return True
+        ndim = len(self.shape_)
+        axes = self.axis if isinstance(self.axis, tuple) else (self.axis,)
+        return a in {int(b) % ndim for b in axes}
 
     def transform(self, x):
         """(x - mean_) / std_ in the output float dtype; x's shape is kept."""
