@@ -49,6 +49,26 @@ def test_normalise_per_channel_on_each_backend(on_backend):
     np.testing.assert_allclose(minidl.to_numpy(out), expect, rtol=1e-5, atol=1e-6)
 
 
+def test_normalise_refuses_statistics_that_do_not_fit_the_images():
+    """normalise promises x's shape, but colour statistics (1, 3, 1, 1) broadcast grey-scale
+    images (N, 1, H, W) up to three channels, and a per-channel mean of shape (3,) lines up
+    with the image width (per column on 3-pixel-wide images, NumPy's error otherwise)."""
+    grey = np.zeros((2, 1, 4, 4), np.uint8)
+    colour_mean, colour_std = np.full((1, 3, 1, 1), 0.5), np.full((1, 3, 1, 1), 0.25)
+    with pytest.raises(ValueError, match=r"mean of shape \(1, 3, 1, 1\).*images of shape "
+                                         r"\(2, 1, 4, 4\)"):
+        data.normalise(grey, colour_mean, colour_std)
+    with pytest.raises(ValueError, match=r"std of shape \(1, 3, 1, 1\)"):
+        data.normalise(grey, 0.5, colour_std)
+    narrow = np.zeros((2, 3, 5, 3), np.uint8)  # width 3: a (3,) mean would apply per column
+    with pytest.raises(ValueError, match=r"mean of shape \(3,\).*\(1, C, 1, 1\)"):
+        data.normalise(narrow, np.full(3, 0.5), np.full(3, 0.25))
+    # what fits: a number, per channel (1, C, 1, 1) or (C, 1, 1), per pixel (C, H, W)
+    for mean in (0.5, np.full((1, 3, 1, 1), 0.5), np.full((3, 1, 1), 0.5),
+                 np.full((3, 5, 3), 0.5)):
+        assert data.normalise(narrow, mean, 0.25).shape == narrow.shape
+
+
 # ---------------------------------------------------------------- standardisation
 
 def test_standardise_fits_on_train_and_applies_to_test():

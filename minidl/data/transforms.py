@@ -71,8 +71,10 @@ def normalise(x, mean=None, std=None, dtype=None):
 
     Args:
         x: uint8 array 0..255, e.g. (N, 1, 28, 28).
-        mean: None, a number, or an array broadcastable to x (e.g. (1, C, 1, 1) per channel),
-            in the [0, 1] scale. Usually computed on the training set.
+        mean: None, a number, or an array with an axis for every axis of an example, each
+            of size 1 or x's size (``(1, C, 1, 1)`` or ``(C, 1, 1)`` per channel,
+            ``(C, H, W)`` per pixel), in the [0, 1] scale. Usually computed on the
+            training set.
         std: like mean; both or neither.
         dtype: output dtype; default the default floating dtype.
 
@@ -81,7 +83,9 @@ def normalise(x, mean=None, std=None, dtype=None):
 
     Raises:
         TypeError: x is not integer pixels (see ``to_float``).
-        ValueError: only one of mean and std is given, or std is not > 0.
+        ValueError: only one of mean and std is given, std is not > 0, or mean or std
+            would change x's shape or line up with the wrong axis (a ``(3,)`` mean of
+            NCHW images would meet the width, not the channels).
     """
     if (mean is None) != (std is None):
         raise ValueError("normalise: give both mean and std, or neither")
@@ -91,10 +95,28 @@ def normalise(x, mean=None, std=None, dtype=None):
     xp = backend.array_module(out)
     mean = xp.asarray(mean, dtype=out.dtype)
     std = xp.asarray(std, dtype=out.dtype)
+    for name, stat in (("mean", mean), ("std", std)):
+        _check_statistic(name, stat, x.shape)
     if not bool(xp.all(std > 0)):  # also catches NaN
         raise ValueError(f"normalise: std must be > 0 everywhere, got {std}; a constant "
                          "channel has std 0: leave it out or add a small epsilon")
     return (out - mean) / std  # same shape as x
+
+
+def _check_statistic(name, stat, shape):
+    """Refuse a mean or std that would change the shape of data of ``shape`` or line up
+    with the wrong axis: it must be one number, or have an axis for every axis of an
+    example (``(1, C, 1, 1)`` or ``(C, 1, 1)`` per channel of NCHW images, ``(D,)`` per
+    feature of (N, D) data), each of size 1 or the data's size."""
+    ndim = len(shape)
+    fits = stat.size == 1 and stat.ndim <= ndim
+    if not fits and ndim - 1 <= stat.ndim <= ndim:
+        fits = all(s in (1, n) for s, n in zip(stat.shape[::-1], shape[::-1]))
+    if not fits:
+        hint = " (per channel of NCHW images: shape (1, C, 1, 1))" if ndim == 4 else ""
+        raise ValueError(f"normalise: {name} of shape {tuple(stat.shape)} does not fit images "
+                         f"of shape {tuple(shape)}: give one number, or an array with an axis "
+                         f"for every axis of an example, each of size 1 or the data's{hint}")
 
 
 class Standardise:
