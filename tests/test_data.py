@@ -400,6 +400,8 @@ def test_cifar10_tarball_with_wrong_md5_is_rejected(tiny_cifar10, monkeypatch):
 def test_cifar100_fine_and_coarse(monkeypatch, data_dir):
     keys = (b"fine_labels", b"coarse_labels")
     train, test = _cifar_batch(5, 1, keys, 100), _cifar_batch(2, 2, keys, 100)
+    for batch in (train, test):  # 20 coarse classes (superclasses), 5 fine ones in each
+        batch[b"coarse_labels"] = [fine // 5 for fine in batch[b"fine_labels"]]
     meta = {b"fine_label_names": [b"c%d" % i for i in range(100)],
             b"coarse_label_names": [b"s%d" % i for i in range(20)]}
     raw = _write_tar(data_dir / "cifar-100-python.tar.gz",

@@ -4,6 +4,7 @@ protocol 5, str keys) are read, still without unpickling arbitrary objects."""
 import gzip
 import os
 import pickle
+import re
 import struct
 
 import numpy as np
@@ -151,11 +152,44 @@ def test_damaged_cifar_batch_names_the_file(data_dir):
         data.cifar10("test", download=False)
 
 
+@pytest.mark.parametrize("labels, message", [
+    ([0, 10, 3], r"label 10 at index 1.*expected 0\.\.9"),
+    ([0, -1, 3], r"label -1 at index 1.*expected 0\.\.9"),
+    ([255, 1, 2], r"label 255 at index 0.*expected 0\.\.9"),
+    ([0.5, 1.0, 2.0], r"'labels' should be integers, got float64"),
+])
+def test_cifar10_labels_outside_the_classes_are_refused(data_dir, labels, message):
+    """An extracted batch is read without an MD5 check; its labels were cast to int64 as
+    they came: 10, -1 or 255 passed through to the loss (an index error there, or a wrong
+    one-hot), and fractional labels were truncated without a word."""
+    folder = data_dir / "cifar-10-batches-py"
+    folder.mkdir()
+    batch = _batch(3, 0)
+    batch[b"labels"] = labels
+    (folder / "test_batch").write_bytes(pickle.dumps(batch, protocol=2))
+    where = os.path.join(str(folder), "test_batch")  # the file on disk, in full
+    with pytest.raises(data.CifarFormatError, match=re.escape(where) + ": " + message):
+        data.cifar10("test", download=False)
+
+
+def test_cifar100_labels_are_checked_against_their_own_classes(data_dir):
+    folder = data_dir / "cifar-100-python"
+    folder.mkdir()
+    batch = _batch(3, 0)
+    del batch[b"labels"]
+    batch[b"fine_labels"], batch[b"coarse_labels"] = [99, 50, 0], [19, 20, 0]
+    (folder / "test").write_bytes(pickle.dumps(batch, protocol=2))
+    _, fine = data.cifar100("test", download=False)
+    assert fine.tolist() == [99, 50, 0]
+    with pytest.raises(data.CifarFormatError, match=r"label 20 at index 1.*0\.\.19"):
+        data.cifar100("test", label="coarse", download=False)
+
+
 @pytest.mark.parametrize("protocol", [2, 4, 5])
 def test_no_damaged_cifar_batch_escapes_raw(protocol):
     raw = pickle.dumps(_batch(2, 1), protocol=protocol)
     for damaged in _damaged(raw, protocol, flips=200):
         try:
-            cifar._batch_arrays(cifar.safe_load_pickle(damaged, "b"), b"labels", "b")
+            cifar._batch_arrays(cifar.safe_load_pickle(damaged, "b"), b"labels", 10, "b")
         except (data.CifarFormatError, data.UnsafePickleError):
             pass

@@ -33,7 +33,9 @@ A batch written by current Python has ``str`` keys (``"data"``, ``"labels"``) wh
 published files have ``bytes`` (``b"data"``); both are read.
 
 A damaged file (truncated, bytes flipped, not a pickle at all) raises
-``CifarFormatError`` naming the file, whatever the unpickler tripped over.
+``CifarFormatError`` naming the file, whatever the unpickler tripped over; so does a batch
+whose labels are not integers in 0..K-1 (an extracted folder is read without an MD5
+check, so this is the only guard on its labels).
 
 Where to find the files: an extracted folder ``<folder>/cifar-10-batches-py/`` (as other
 libraries leave it) is read directly; otherwise ``<folder>/cifar-10-python.tar.gz`` is
@@ -163,8 +165,9 @@ def _str_keys(batch):
     return {k.decode("latin1") if isinstance(k, bytes) else k: v for k, v in batch.items()}
 
 
-def _batch_arrays(batch, label_key, source):
-    """(x, y) from one unpickled batch dict: x uint8 (n, 3, 32, 32), y int64 (n,).
+def _batch_arrays(batch, label_key, classes, source):
+    """(x, y) from one unpickled batch dict: x uint8 (n, 3, 32, 32), y int64 (n,) in
+    0..classes-1.
 
     Keys may be ``bytes`` (the published files) or ``str`` (written by Python 3).
     """
@@ -177,28 +180,36 @@ def _batch_arrays(batch, label_key, source):
                                f"or bytes keys), got {type(batch).__name__}")
     try:
         data = np.asarray(batch["data"])
-        y = np.asarray(batch[label], dtype=np.int64)  # (n,)
+        labels = np.asarray(batch[label])  # (n,) as stored
     except (TypeError, ValueError) as err:
         raise CifarFormatError(f"{source}: 'data' or {label!r} is not an array ({err})") \
             from None
+    if labels.size and labels.dtype.kind not in "iu":
+        raise CifarFormatError(f"{source}: {label!r} should be integers, got {labels.dtype}")
+    y = labels.astype(np.int64)  # (n,)
     if data.dtype != np.uint8 or data.ndim != 2 or data.shape[1] != 3072:
         raise CifarFormatError(f"{source}: 'data' should be uint8 (n, 3072), got "
                                f"{data.dtype} {data.shape}")
     x = data.reshape(-1, 3, 32, 32)  # (n, 3, 32, 32) NCHW: R, G, B planes, rows in order
     if y.shape != (x.shape[0],):
         raise CifarFormatError(f"{source}: {x.shape[0]} images but labels of shape {y.shape}")
+    bad = np.flatnonzero((y < 0) | (y >= classes))  # indices of labels outside the classes
+    if bad.size:
+        raise CifarFormatError(f"{source}: label {y[bad[0]]} at index {bad[0]} ({bad.size} "
+                               f"such); expected 0..{classes - 1} for {label!r}")
     return x, y
 
 
 def _read_members(folder, tarball, members, download, data_dir=None):
-    """{member: bytes} from the extracted ``folder`` if complete, else from the tarball."""
+    """{member: (bytes, where)} from the extracted ``folder`` if complete, else from the
+    tarball; ``where`` names the file (or the tarball and member) in errors."""
     for base, _ in search_folders("", data_dir):
         paths = [os.path.join(base, folder, m) for m in members]
         if all(os.path.isfile(p) for p in paths):
             out = {}
             for m, p in zip(members, paths):
                 with open(p, "rb") as f:
-                    out[m] = f.read()
+                    out[m] = (f.read(), p)
             return out
     path = fetch(tarball, download, data_dir)
     wanted = {f"{folder}/{m}": m for m in members}
@@ -207,7 +218,8 @@ def _read_members(folder, tarball, members, download, data_dir=None):
         with tarfile.open(path, "r:gz") as tar:
             for info in tar:
                 if info.name in wanted and info.isfile():
-                    out[wanted[info.name]] = tar.extractfile(info).read()
+                    out[wanted[info.name]] = (tar.extractfile(info).read(),
+                                              f"{path} (member {info.name})")
     except (tarfile.TarError, OSError, EOFError, zlib.error) as err:
         raise CifarFormatError(f"{path}: damaged tarball ({type(err).__name__}: {err}); "
                                "delete it and download it again") from None
@@ -218,14 +230,14 @@ def _read_members(folder, tarball, members, download, data_dir=None):
     return out
 
 
-def _load(folder, tarball, members, label_key, download, data_dir=None):
-    """Concatenate the batches named by ``members`` into (x, y)."""
+def _load(folder, tarball, members, label_key, classes, download, data_dir=None):
+    """Concatenate the batches named by ``members`` into (x, y), labels in 0..classes-1."""
     np = backend.host()
     raw = _read_members(folder, tarball, members, download, data_dir)
     xs, ys = [], []
     for m in members:
-        source = f"{folder}/{m}"
-        x, y = _batch_arrays(safe_load_pickle(raw[m], source), label_key, source)
+        batch, source = raw[m]
+        x, y = _batch_arrays(safe_load_pickle(batch, source), label_key, classes, source)
         xs.append(x)
         ys.append(y)
     return np.concatenate(xs), np.concatenate(ys)  # (N, 3, 32, 32), (N,)
@@ -246,12 +258,14 @@ def cifar10(split="train", download=True, data_dir=None):
     Raises:
         DataNotFoundError: the files are neither on disk nor downloadable.
         UnsafePickleError: a batch names a global that a genuine batch never needs.
+        CifarFormatError: a batch is damaged, not a CIFAR batch, or has a label outside
+            0..9 (the error names the file).
     """
     members = {"train": [f"data_batch_{i}" for i in range(1, 6)], "test": ["test_batch"]}
     if split not in members:
         raise ValueError(f"cifar10: split must be 'train' or 'test', got {split!r}")
-    return _load("cifar-10-batches-py", CIFAR10_FILE, members[split], b"labels", download,
-                 data_dir)
+    return _load("cifar-10-batches-py", CIFAR10_FILE, members[split], b"labels", 10,
+                 download, data_dir)
 
 
 def cifar100(split="train", label="fine", download=True, data_dir=None):
@@ -269,10 +283,13 @@ def cifar100(split="train", label="fine", download=True, data_dir=None):
     Raises:
         DataNotFoundError: the files are neither on disk nor downloadable.
         UnsafePickleError: the pickle names a global that a genuine file never needs.
+        CifarFormatError: the file is damaged, not a CIFAR batch, or has a label outside
+            0..99 (fine) or 0..19 (coarse); the error names the file.
     """
     if split not in ("train", "test"):
         raise ValueError(f"cifar100: split must be 'train' or 'test', got {split!r}")
     if label not in ("fine", "coarse"):
         raise ValueError(f"cifar100: label must be 'fine' or 'coarse', got {label!r}")
-    key = b"fine_labels" if label == "fine" else b"coarse_labels"
-    return _load("cifar-100-python", CIFAR100_FILE, [split], key, download, data_dir)
+    key, classes = (b"fine_labels", 100) if label == "fine" else (b"coarse_labels", 20)
+    return _load("cifar-100-python", CIFAR100_FILE, [split], key, classes, download,
+                 data_dir)
