@@ -182,6 +182,29 @@ def test_whitening_errors():
         zca.transform(np.zeros((2, 4)))
 
 
+@pytest.mark.parametrize("make, match", [
+    (lambda: data.PCAWhiten(n_components=2.5), r"n_components must be an integer >= 1 or "
+                                               r"None, got 2\.5"),
+    (lambda: data.PCAWhiten(n_components=True), "n_components must be an integer"),
+    (lambda: data.PCAWhiten(n_components="2"), "n_components must be an integer"),
+    (lambda: data.PCAWhiten(eps="1e-5"), r"PCAWhiten: eps must be a number >= 0, got '1e-5'"),
+    (lambda: data.ZCAWhiten(eps=None), r"ZCAWhiten: eps must be a number >= 0, got None"),
+    (lambda: data.Standardise(eps=True), "Standardise: eps must be a number >= 0, got True"),
+    (lambda: data.Standardise(eps=float("nan")), "eps must be a number >= 0, got nan"),
+    (lambda: data.random_hflip(_images(), minidl.default_rng(0), p="0.5"),
+     r"p must be a number in \[0, 1\], got '0\.5'"),
+    (lambda: data.random_hflip(_images(), minidl.default_rng(0), p=True),
+     r"p must be a number in \[0, 1\], got True"),
+])
+def test_settings_of_the_wrong_type_are_refused_by_name(make, match):
+    """A fractional n_components failed when fit sliced with it ("slice indices must be
+    integers"), True meant 1 component, a string eps or p failed inside a comparison
+    ("'<' not supported between instances of 'str' and 'int'"), and eps=True meant 1."""
+    with pytest.raises(ValueError, match=match):
+        make()
+    assert data.PCAWhiten(n_components=np.int64(2)).n_components == 2  # NumPy integers fit
+
+
 # ---------------------------------------------------------------- crops and flips
 
 def _images(n=6, c=2, h=5, w=7, seed=0):
@@ -270,5 +293,5 @@ def test_crop_and_flip_errors():
         data.random_crop(x[0], 3, minidl.default_rng(0))
     with pytest.raises(ValueError, match="does not fit"):
         data.random_crop(x, 9, minidl.default_rng(0), padding=1)
-    with pytest.raises(ValueError, match=r"p must be in \[0, 1\]"):
+    with pytest.raises(ValueError, match=r"p must be a number in \[0, 1\]"):
         data.random_hflip(x, minidl.default_rng(0), p=1.5)

@@ -39,6 +39,19 @@ def _float_dtype(x):
     return backend.get_default_dtype()
 
 
+def _is_real(value):
+    """Whether value is a real number (Python or NumPy, not bool, not NaN)."""
+    np = backend.host()
+    return (isinstance(value, (int, float, np.integer, np.floating))
+            and not isinstance(value, (bool, np.bool_)) and value == value)
+
+
+def _check_eps(eps, owner):
+    if not _is_real(eps) or eps < 0:
+        raise ValueError(f"{owner}: eps must be a number >= 0, got {eps!r}")
+    return float(eps)
+
+
 def to_float(x, dtype=None):
     """Pixels to floats in [0, 1]: ``x / 255``, on the device ``x`` lives on.
 
@@ -129,10 +142,8 @@ class Standardise:
     """
 
     def __init__(self, axis=0, eps=1e-8):
-        if eps < 0:
-            raise ValueError(f"Standardise: eps must be >= 0, got {eps}")
         self.axis = axis
-        self.eps = eps
+        self.eps = _check_eps(eps, "Standardise")
 
     def fit(self, x):
         """Compute ``mean_`` and ``std_`` of the training data x; returns self."""
@@ -232,12 +243,14 @@ class PCAWhiten(_Whiten):
     """
 
     def __init__(self, n_components=None, eps=1e-5):
-        if eps < 0:
-            raise ValueError(f"PCAWhiten: eps must be >= 0, got {eps}")
-        if n_components is not None and n_components < 1:
-            raise ValueError(f"PCAWhiten: n_components must be >= 1 or None, got {n_components}")
-        self.n_components = n_components
-        self.eps = eps
+        np = backend.host()
+        if n_components is not None and (isinstance(n_components, (bool, np.bool_)) or
+                                         not isinstance(n_components, (int, np.integer)) or
+                                         n_components < 1):
+            raise ValueError(f"PCAWhiten: n_components must be an integer >= 1 or None, got "
+                             f"{n_components!r}")
+        self.n_components = None if n_components is None else int(n_components)
+        self.eps = _check_eps(eps, "PCAWhiten")
 
     def fit(self, x):
         """Fit mean_, eigenvalues_ (D,), components_ (D, k) and W_ (D, k) on x (N, ...)."""
@@ -265,9 +278,7 @@ class ZCAWhiten(_Whiten):
     """
 
     def __init__(self, eps=1e-5):
-        if eps < 0:
-            raise ValueError(f"ZCAWhiten: eps must be >= 0, got {eps}")
-        self.eps = eps
+        self.eps = _check_eps(eps, "ZCAWhiten")
 
     def fit(self, x):
         """Fit mean_ (D,), eigenvalues_ (D,), components_ (D, D) and W_ (D, D) on x (N, ...)."""
@@ -356,8 +367,8 @@ def random_hflip(x, rng, p=0.5):
     """
     _check_images(x, "random_hflip")
     backend.check_rng(rng, "random_hflip")
-    if not 0.0 <= p <= 1.0:
-        raise ValueError(f"random_hflip: p must be in [0, 1], got {p}")
+    if not _is_real(p) or not 0.0 <= p <= 1.0:
+        raise ValueError(f"random_hflip: p must be a number in [0, 1], got {p!r}")
     xp = backend.array_module(x)
     flip = xp.asarray(rng.random(x.shape[0]) < p)  # (N,) bool
     return xp.where(flip[:, None, None, None], x[:, :, :, ::-1], x)  # (N, C, H, W)
