@@ -711,6 +711,19 @@ def test_loader_transform_gets_the_batch_and_the_rng():
     assert all(r is loader.rng for r in seen) and len(seen) == 2
 
 
+def test_dataloader_seed_from_a_numpy_grid_and_no_bool_seed():
+    """rng took a Python int as a seed but refused a NumPy one (a seed from np.arange),
+    while rng=True was taken as seed 1 without a word."""
+    x, y = _toy(10)
+    for seed in np.arange(2, 4):
+        got = [yb.tolist() for _, yb in data.DataLoader(x, y, 4, rng=seed)]
+        ref = [yb.tolist() for _, yb in data.DataLoader(x, y, 4, rng=int(seed))]
+        assert got == ref
+    for bad in (True, np.bool_(False), 1.0, -1):
+        with pytest.raises(ValueError, match="rng must be a Generator .* or an int seed >= 0"):
+            data.DataLoader(x, y, 4, rng=bad)
+
+
 def test_dataloader_takes_a_numpy_integer_batch_size():
     """A batch size from a NumPy grid (np.int64) is an int >= 1 like any other; floats and
     bools are still refused."""

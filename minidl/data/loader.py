@@ -32,8 +32,8 @@ class DataLoader:
             autoencoder.
         batch_size: examples per batch, an int >= 1.
         shuffle: draw a new permutation each epoch; False keeps the stored order.
-        rng: host ``Generator`` (``backend.default_rng(seed)``) or an int seed; None means
-            seed 0, so runs are reproducible unless you pass your own generator.
+        rng: host ``Generator`` (``backend.default_rng(seed)``) or an int seed >= 0; None
+            means seed 0, so runs are reproducible unless you pass your own generator.
         drop_last: skip the final batch when it is smaller than ``batch_size``.
         transform: optional callable ``transform(xb, rng) -> xb`` applied to every input
             batch on the device (augmentation, normalisation), sharing the loader's rng.
@@ -64,11 +64,7 @@ class DataLoader:
         if transform is not None and not callable(transform):
             raise ValueError(f"DataLoader: transform must be callable(xb, rng), got "
                              f"{type(transform).__name__}")
-        if rng is None or isinstance(rng, int):
-            rng = backend.default_rng(0 if rng is None else rng)
-        elif not isinstance(rng, backend.host().random.Generator):
-            raise ValueError(f"DataLoader: rng must be a Generator from backend.default_rng "
-                             f"or an int seed, got {type(rng).__name__}")
+        rng = self._generator(rng)
         self.x, self.y = x, y
         self.batch_size = batch_size
         self.shuffle = shuffle
@@ -76,6 +72,20 @@ class DataLoader:
         self.drop_last = drop_last
         self.transform = transform
         self._device = None  # (backend name, x, y) once moved
+
+    @staticmethod
+    def _generator(rng):
+        """The host generator for ``rng``: itself, or one seeded by an int >= 0 (NumPy's
+        too, not bool), or by 0 for None."""
+        np = backend.host()
+        if isinstance(rng, np.random.Generator):
+            return rng
+        if rng is None:
+            return backend.default_rng(0)
+        if isinstance(rng, (int, np.integer)) and not isinstance(rng, bool) and rng >= 0:
+            return backend.default_rng(int(rng))
+        raise ValueError(f"DataLoader: rng must be a Generator from backend.default_rng or an "
+                         f"int seed >= 0, got {rng!r} ({type(rng).__name__})")
 
     @property
     def num_examples(self):
