@@ -205,6 +205,29 @@ def test_settings_of_the_wrong_type_are_refused_by_name(make, match):
     assert data.PCAWhiten(n_components=np.int64(2)).n_components == 2  # NumPy integers fit
 
 
+@pytest.mark.parametrize("constant", [1.5, 0.1])  # 0.1: its mean has round-off
+def test_eps_zero_on_a_direction_without_variance_is_refused_at_fit(constant):
+    """With eps=0 a constant feature (or, for whitening, any direction of zero variance,
+    such as the always-black border pixels of MNIST) divided by zero: fit stored inf or NaN
+    with only NumPy's RuntimeWarning, and every transformed value was NaN (or, where the
+    mean's round-off left a variance of 1e-34, scaled that round-off up by 1e17)."""
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((20, 4))
+    x[:, 2] = constant  # a constant feature
+    with pytest.raises(ValueError, match=r"Standardise: 1 feature\(s\) have variance 0.*"
+                                         r"eps=0"):
+        data.Standardise(eps=0).fit(x)
+    with pytest.raises(ValueError, match=r"ZCAWhiten: 1 direction\(s\) of the data have "
+                                         r"variance 0.*eps=0"):
+        data.ZCAWhiten(eps=0).fit(x)
+    with pytest.raises(ValueError, match=r"PCAWhiten: 1 direction\(s\).*n_components"):
+        data.PCAWhiten(eps=0).fit(x)
+    # the directions that have variance are fine without eps
+    assert np.isfinite(data.PCAWhiten(n_components=3, eps=0).fit(x).W_).all()
+    assert np.isfinite(data.Standardise(eps=0).fit(x[:, :2]).std_).all()
+    assert np.isfinite(data.ZCAWhiten(eps=1e-5).fit(x).W_).all()
+
+
 # ---------------------------------------------------------------- crops and flips
 
 def _images(n=6, c=2, h=5, w=7, seed=0):

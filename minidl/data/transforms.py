@@ -138,7 +138,8 @@ class Standardise:
     Args:
         axis: the axes averaged over: 0 for per-feature statistics of (N, D) data,
             (0, 2, 3) for per-channel statistics of NCHW images, None for one scalar.
-        eps: added to the variance so constant features do not divide by zero.
+        eps: added to the variance so constant features do not divide by zero; with
+            eps=0, ``fit`` refuses data that has a constant feature.
     """
 
     def __init__(self, axis=0, eps=1e-8):
@@ -151,6 +152,15 @@ class Standardise:
         x64 = xp.asarray(x, dtype="float64")
         self.mean_ = x64.mean(axis=self.axis, keepdims=True)  # x's shape, reduced axes -> 1
         var = ((x64 - self.mean_) ** 2).mean(axis=self.axis, keepdims=True)  # like mean_
+        if self.eps == 0:
+            # a constant feature: the mean's round-off (n u |mean|) is all its variance
+            n = x64.size // self.mean_.size
+            noise = (n * backend.host().finfo("float64").eps * self.mean_) ** 2  # like mean_
+            constant = int((var <= noise).sum())
+            if constant:
+                raise ValueError(f"Standardise: {constant} feature(s) have variance 0 (constant "
+                                 "in the training data), and eps=0 would divide by zero; use "
+                                 "eps > 0 (the default is 1e-8)")
         self.std_ = xp.sqrt(var + self.eps)  # like mean_
         self.shape_ = x.shape
         return self
@@ -211,6 +221,20 @@ def _fit_covariance(x, name):
     return mean, eigenvalues, U
 
 
+def _check_whitened_variances(eigenvalues, eps, name, hint):
+    """Refuse eps=0 when a kept direction has no variance beyond round-off (D u l_max,
+    as numpy.linalg.matrix_rank counts): 1 / sqrt(l) would be infinite or huge noise."""
+    if eps > 0 or eigenvalues.size == 0:
+        return
+    D = eigenvalues.size
+    tol = float(eigenvalues.max()) * D * backend.host().finfo("float64").eps
+    zero = int((eigenvalues <= tol).sum())
+    if zero:
+        raise ValueError(f"{name}: {zero} direction(s) of the data have variance 0 (constant "
+                         f"or linearly dependent features), and eps=0 would divide by zero; "
+                         f"use eps > 0 (the default is 1e-5){hint}")
+
+
 class _Whiten:
     """Shared transform for the linear whitening maps z = (x - mean_) @ W_."""
 
@@ -239,7 +263,8 @@ class PCAWhiten(_Whiten):
 
     Args:
         n_components: number of principal directions kept (k); None keeps all D.
-        eps: added to each eigenvalue before the inverse square root.
+        eps: added to each eigenvalue before the inverse square root; with eps=0, ``fit``
+            refuses data where a kept direction has variance 0.
     """
 
     def __init__(self, n_components=None, eps=1e-5):
@@ -260,6 +285,8 @@ class PCAWhiten(_Whiten):
         k = D if self.n_components is None else self.n_components
         if k > D:
             raise ValueError(f"PCAWhiten: n_components={k} but the data has only {D} features")
+        _check_whitened_variances(self.eigenvalues_[:k], self.eps, "PCAWhiten",
+                                  " or keep fewer directions (n_components)")
         self.components_ = U[:, :k]  # (D, k)
         self.W_ = self.components_ / xp.sqrt(self.eigenvalues_[:k] + self.eps)  # (D, k)
         return self
@@ -274,7 +301,8 @@ class ZCAWhiten(_Whiten):
     """ZCA whitening: z = (x - mean) U diag(1 / sqrt(l + eps)) U^T, reshaped like x.
 
     Args:
-        eps: added to each eigenvalue before the inverse square root.
+        eps: added to each eigenvalue before the inverse square root; with eps=0, ``fit``
+            refuses data where a direction has variance 0 (rank-deficient covariance).
     """
 
     def __init__(self, eps=1e-5):
@@ -284,6 +312,7 @@ class ZCAWhiten(_Whiten):
         """Fit mean_ (D,), eigenvalues_ (D,), components_ (D, D) and W_ (D, D) on x (N, ...)."""
         xp = backend.array_module(x)
         self.mean_, self.eigenvalues_, self.components_ = _fit_covariance(x, "ZCAWhiten")
+        _check_whitened_variances(self.eigenvalues_, self.eps, "ZCAWhiten", "")
         U = self.components_
         self.W_ = (U / xp.sqrt(self.eigenvalues_ + self.eps)) @ U.T  # (D, D), symmetric
         return self
