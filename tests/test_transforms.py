@@ -228,6 +228,26 @@ def test_eps_zero_on_a_direction_without_variance_is_refused_at_fit(constant):
     assert np.isfinite(data.ZCAWhiten(eps=1e-5).fit(x).W_).all()
 
 
+def test_empty_data_is_refused_at_fit_and_passes_through_transform():
+    """Whitening an empty batch (N=0) failed with IndexError (the size of example 0 was
+    asked for), and Standardise.fit on no examples stored NaN statistics with only NumPy's
+    "Mean of empty slice" warning."""
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((10, 4))
+    empty = np.zeros((0, 4))
+    assert data.ZCAWhiten().fit(x).transform(empty).shape == (0, 4)
+    assert data.PCAWhiten(n_components=2).fit(x).transform(empty).shape == (0, 2)
+    assert data.Standardise().fit(x).transform(empty).shape == (0, 4)
+    images = np.zeros((0, 3, 4, 4), np.uint8)
+    assert data.ZCAWhiten().fit(rng.standard_normal((5, 3, 4, 4))).transform(images).shape \
+        == (0, 3, 4, 4)
+    with pytest.raises(ValueError, match=r"Standardise.fit: no values to average over axis=0 "
+                                         r"in data of shape \(0, 4\)"):
+        data.Standardise().fit(empty)
+    with pytest.raises(ValueError, match=r"no values to average over axis=\(0, 2, 3\)"):
+        data.Standardise(axis=(0, 2, 3)).fit(images)
+
+
 # ---------------------------------------------------------------- crops and flips
 
 def _images(n=6, c=2, h=5, w=7, seed=0):

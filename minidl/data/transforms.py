@@ -26,6 +26,8 @@ Fitted statistics live in attributes ending in ``_`` (scikit-learn's convention)
 device of the data they were fitted on. Fits run in float64; outputs are in the default
 floating dtype (``backend.get_default_dtype``) unless the input is already floating.
 """
+import math
+
 from .. import backend
 
 __all__ = ["to_float", "normalise", "Standardise", "PCAWhiten", "ZCAWhiten", "random_crop",
@@ -150,6 +152,9 @@ class Standardise:
         """Compute ``mean_`` and ``std_`` of the training data x; returns self."""
         xp = backend.array_module(x)
         x64 = xp.asarray(x, dtype="float64")
+        if x64.size == 0:
+            raise ValueError(f"Standardise.fit: no values to average over axis={self.axis} in "
+                             f"data of shape {x.shape}")
         self.mean_ = x64.mean(axis=self.axis, keepdims=True)  # x's shape, reduced axes -> 1
         var = ((x64 - self.mean_) ** 2).mean(axis=self.axis, keepdims=True)  # like mean_
         if self.eps == 0:
@@ -243,14 +248,14 @@ class _Whiten:
         if not hasattr(self, "W_"):
             raise RuntimeError(f"{cls}.{name}: call fit(x_train) first")
         D = self.mean_.shape[0]
-        if x.ndim < 2 or x[0].size != D:
+        if x.ndim < 2 or math.prod(x.shape[1:]) != D:  # features per example, also for N=0
             raise ValueError(f"{cls}.{name}: fitted on {D} features per example, got x of "
                              f"shape {x.shape}")
         backend.check_same_device(f"{cls}.{name}", x, self.W_)
 
     def _apply(self, x):
         dtype = _float_dtype(x)
-        X = x.reshape(x.shape[0], -1).astype(dtype)  # (N, D)
+        X = x.reshape(x.shape[0], self.mean_.shape[0]).astype(dtype)  # (N, D)
         return (X - self.mean_.astype(dtype)) @ self.W_.astype(dtype)  # (N, k)
 
     def fit_transform(self, x):
