@@ -185,6 +185,26 @@ def test_cifar100_labels_are_checked_against_their_own_classes(data_dir):
         data.cifar100("test", label="coarse", download=False)
 
 
+def test_a_bad_batch_in_the_tarball_names_the_tarball_and_the_member(data_dir, monkeypatch):
+    import dataclasses
+    import hashlib
+    import io
+    import tarfile
+    batch = _batch(2, 0)
+    batch[b"labels"] = [3, 12]
+    path = data_dir / "cifar-10-python.tar.gz"
+    raw = pickle.dumps(batch, protocol=2)
+    with tarfile.open(path, "w:gz") as tar:
+        info = tarfile.TarInfo("cifar-10-batches-py/test_batch")
+        info.size = len(raw)
+        tar.addfile(info, io.BytesIO(raw))
+    md5 = hashlib.md5(path.read_bytes()).hexdigest()
+    monkeypatch.setattr(cifar, "CIFAR10_FILE", dataclasses.replace(cifar.CIFAR10_FILE, md5=md5))
+    with pytest.raises(data.CifarFormatError, match=re.escape(f"{path} (member cifar-10-"
+                                                              "batches-py/test_batch): label 12")):
+        data.cifar10("test", download=False)
+
+
 @pytest.mark.parametrize("protocol", [2, 4, 5])
 def test_no_damaged_cifar_batch_escapes_raw(protocol):
     raw = pickle.dumps(_batch(2, 1), protocol=protocol)
