@@ -366,3 +366,105 @@ def test_blas_threads_follows_threadpool_limits():
         assert backend.blas_threads() == 1
     with threadpoolctl.threadpool_limits(2):
         assert backend.blas_threads() in (1, 2)  # 1 where the BLAS has a single thread
+
+
+# -- Conv2d's fast paths, every route and chunking, against the defining loops -----------
+def _conv_loops(x, W, stride, padding, dout):
+    """The defining sums of a convolution, one output pixel at a time (float64): out
+    without bias, dx, dW for the output gradient dout."""
+    N, C, H, Wd = x.shape
+    F, _, kh, kw = W.shape
+    (sh, sw), (ph, pw) = stride, padding
+    x_pad = np.pad(x, ((0, 0), (0, 0), (ph, ph), (pw, pw)))  # (N, C, Hp, Wp)
+    Ho, Wo = dout.shape[2:]
+    out = np.zeros((N, F, Ho, Wo))
+    dx_pad = np.zeros(x_pad.shape)
+    dW = np.zeros(W.shape)
+    for ho, wo in np.ndindex(Ho, Wo):
+        rows, columns = slice(sh * ho, sh * ho + kh), slice(sw * wo, sw * wo + kw)
+        window = x_pad[:, :, rows, columns]  # (N, C, kh, kw)
+        out[:, :, ho, wo] = np.einsum("ncij,fcij->nf", window, W)
+        dx_pad[:, :, rows, columns] += np.einsum("nf,fcij->ncij", dout[:, :, ho, wo], W)
+        dW += np.einsum("nf,ncij->fcij", dout[:, :, ho, wo], window)
+    return out, dx_pad[:, :, ph:ph + H, pw:pw + Wd], dW
+
+
+# (C, F, kernel, stride, padding, (H, W), the input gradient's route)
+CONV_ROUTES = [
+    (3, 4, 3, 1, 1, (7, 6), "col2im"),  # F > C: wide columns, col2im_wide
+    (4, 3, 3, 1, 1, (7, 6), "flipped"),  # F < C: a convolution with the flipped kernel
+    (4, 4, (3, 2), 1, (2, 0), (5, 7), "flipped"),  # F = C, padding = kernel - 1
+    (4, 3, 2, 1, 2, (5, 4), "col2im"),  # F < C but padding > kernel - 1
+    (3, 2, (3, 2), 1, (0, 2), (6, 5), "col2im"),  # padding > kernel - 1 in one axis only
+    (3, 4, 3, 2, 1, (7, 9), "col2im"),  # stride 2, odd sizes: col2im by phases
+    (4, 3, 3, 2, 0, (9, 7), "col2im"),  # F < C but stride 2
+    (2, 3, (3, 2), (2, 1), (1, 2), (8, 5), "col2im"),  # mixed strides
+    (2, 3, 2, 3, 1, (7, 8), "col2im"),  # stride > kernel: pixels in no window
+]
+
+
+@pytest.mark.parametrize("dtype", ["float64", "float32"])
+@pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize("per_chunk", [1, 2, None])  # None: the whole batch in one chunk
+@pytest.mark.parametrize("case", CONV_ROUTES,
+                         ids=[f"{c[0]}-{c[1]}-k{c[2]}-s{c[3]}-p{c[4]}" for c in CONV_ROUTES])
+def test_conv_chunks_and_routes_equal_the_defining_loops(monkeypatch, case, per_chunk, threads,
+                                                         dtype):
+    """Forward, backward and both R-operator passes of Conv2d, in chunks of 1 or 2 of 5
+    examples (2 + 2 + 1: a short last chunk) or in one, with 1 or 2 threads, through
+    every route of the input gradient, against the sums taken one output pixel at a time;
+    and each route of ``_input_grad`` (the flipped kernel and col2im) against them."""
+    from threadpoolctl import threadpool_limits
+    from minidl.layers import Conv2d, conv
+    C, F, kernel, stride, padding, (H, W), route = case
+    rng = np.random.default_rng(10)
+    layer = Conv2d(C, F, kernel, stride=stride, padding=padding,
+                   rng=minidl.default_rng(0)).astype(dtype)
+    assert layer._col2im_route() == (route == "col2im")
+    N = 5
+    x = rng.standard_normal((N, C, H, W)).astype(dtype)
+    if per_chunk is not None:  # the budget of per_chunk examples' columns
+        monkeypatch.setattr(conv, "CHUNK_VALUES", per_chunk * _columns_per_example(layer, x))
+        assert len(layer._chunks(x)) == -(-N // per_chunk)
+    Wt, b = layer.params["W"], layer.params["b"]
+    RW = rng.standard_normal(Wt.shape).astype(dtype)
+    Rb = rng.standard_normal(b.shape).astype(dtype)
+    Rx = rng.standard_normal(x.shape).astype(dtype)
+    with threadpool_limits(threads):
+        out = layer.forward(x)
+        dout = rng.standard_normal(out.shape).astype(dtype)
+        Rdout = rng.standard_normal(out.shape).astype(dtype)
+        dx = layer.backward(dout)
+        grads = {k: v.copy() for k, v in layer.grads.items()}
+        W2 = Wt.reshape(F, -1)
+        routes = {"flipped or col2im": layer._input_grad(dout, W2, x.shape),
+                  "col2im": layer._input_grad_col2im(dout, W2, x.shape)}
+        layer.Rparams = {"W": RW, "b": Rb}
+        Rout = layer.jvp(Rx)
+        Rdx = layer.backward_rop(Rdout)
+    f64 = [a.astype(np.float64) for a in (x, Wt, b, dout, Rx, RW, Rb, Rdout)]
+    x64, W64, b64, dout64, Rx64, RW64, Rb64, Rdout64 = f64
+    ref_out, ref_dx, ref_dW = _conv_loops(x64, W64, layer.stride, layer.padding, dout64)
+    # the R-operator passes are the same loops, by linearity in each argument
+    Rout_x, Rdx_W, RdW_x = _conv_loops(x64, RW64, layer.stride, layer.padding, Rdout64)
+    Rout_R, Rdx_RW, RdW_R = _conv_loops(Rx64, W64, layer.stride, layer.padding, Rdout64)
+    _, Rdx_dout, RdW_dout = _conv_loops(Rx64, RW64, layer.stride, layer.padding, dout64)
+    tol = dict(rtol=1e-12, atol=1e-12) if dtype == "float64" else dict(rtol=3e-5, atol=3e-5)
+    checks = [("out", out, ref_out + b64[:, None, None]), ("dx", dx, ref_dx),
+              ("dW", grads["W"], ref_dW), ("db", grads["b"], dout64.sum(axis=(0, 2, 3))),
+              ("Rout", Rout, Rout_R + Rout_x + Rb64[:, None, None]),
+              ("Rdx", Rdx, Rdx_RW + Rdx_dout),  # Rdout through W, dout through RW
+              ("RdW", layer.Rgrads["W"], RdW_x + RdW_dout),  # Rdout with x, dout with Rx
+              ("Rdb", layer.Rgrads["b"], Rdout64.sum(axis=(0, 2, 3)))]
+    checks += [(name, value, ref_dx) for name, value in routes.items()]
+    for name, value, expected in checks:
+        assert value.dtype == np.dtype(dtype), name
+        np.testing.assert_allclose(value, expected, err_msg=name, **tol)
+
+
+def _columns_per_example(layer, x):
+    """Values of one example's columns in Conv2d's chunk budget (wide ones for stride 1)."""
+    from minidl.layers.im2col import output_size
+    Ho, _ = output_size(x.shape[2], x.shape[3], layer.kernel_size, layer.stride, layer.padding)
+    kh, kw = layer.kernel_size
+    return x.shape[1] * kh * kw * Ho * layer._column_width(x.shape)
