@@ -468,3 +468,84 @@ def _columns_per_example(layer, x):
     Ho, _ = output_size(x.shape[2], x.shape[3], layer.kernel_size, layer.stride, layer.padding)
     kh, kw = layer.kernel_size
     return x.shape[1] * kh * kw * Ho * layer._column_width(x.shape)
+
+
+# -- pieces of the batch with a short last piece, every shape the layers take ------------
+@pytest.mark.parametrize("dtype", ["float64", "float32"])
+@pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize("per_piece", [1, 3])  # of 7 examples: 7 pieces, or 3 + 3 + 1
+@pytest.mark.parametrize("shape,training", [((7, 3, 5, 3), True), ((7, 3, 5, 3), False),
+                                            ((7, 4), True), ((7, 2, 9), True)])
+def test_batchnorm_pieces_with_a_short_last_one_equal_normalization(
+        monkeypatch, shape, training, per_piece, threads, dtype):
+    """BatchNorm1d/2d in pieces (``parallel.PIECE_VALUES`` shrunk) against the general
+    ``Normalization`` passes, in train mode (per-piece statistics combined) and in eval
+    mode, for (N, C), (N, C, L) and (N, C, H, W) input; both R-operator passes read the
+    fast forward's cache, so they are compared too."""
+    from threadpoolctl import threadpool_limits
+    from minidl import parallel
+    from minidl.layers import BatchNorm1d, BatchNorm2d
+    from minidl.layers.batchnorm import Normalization
+    per_example = int(np.prod(shape[1:]))
+    monkeypatch.setattr(parallel, "PIECE_VALUES", per_piece * per_example)
+    rng = np.random.default_rng(11)
+    make = BatchNorm2d if len(shape) == 4 else BatchNorm1d
+    x = (0.5 * rng.standard_normal(shape) + 50).astype(dtype)  # mean >> spread
+    dout, Rdout, Rx = (rng.standard_normal(shape).astype(dtype) for _ in range(3))
+    C = shape[1]
+    fast, plain = make(C).astype(dtype), make(C).astype(dtype)
+    for layer in (fast, plain):
+        layer.params = {"gamma": (1 + np.arange(C) / 4).astype(dtype),
+                        "beta": (np.arange(C) - 1.0).astype(dtype)}
+        layer.buffers = {"running_mean": np.full(C, 49.0, dtype=dtype),
+                         "running_var": (0.5 + np.arange(C)).astype(dtype)}
+        layer.training = training
+        layer.Rparams = {"gamma": np.linspace(-1, 1, C).astype(dtype),
+                         "beta": np.linspace(2, 1, C).astype(dtype)}
+    with threadpool_limits(threads):
+        assert len(fast._pieces(x.reshape(7, C, -1))) == -(-7 // per_piece)
+        results = [fast.forward(x), fast.backward(dout), fast.jvp(Rx), fast.backward_rop(Rdout)]
+    expected = [Normalization.forward(plain, x), Normalization.backward(plain, dout),
+                Normalization.jvp(plain, Rx), Normalization.backward_rop(plain, Rdout)]
+    tol = dict(rtol=1e-11, atol=1e-11) if dtype == "float64" else dict(rtol=3e-4, atol=3e-4)
+    for name, value, ref in zip(("out", "dx", "Rout", "Rdx"), results, expected):
+        assert value.dtype == np.dtype(dtype), name
+        np.testing.assert_allclose(value, ref, err_msg=name, **tol)
+    for store in ("grads", "Rgrads", "buffers"):
+        for key, value in getattr(plain, store).items():
+            np.testing.assert_allclose(getattr(fast, store)[key], value, err_msg=key, **tol)
+
+
+@pytest.mark.parametrize("dtype", ["float64", "float32"])
+@pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize("per_piece", [1, 3])
+@pytest.mark.parametrize("kernel,stride", [(2, None), (3, 2), (3, 1), (2, 3), ((3, 2), (1, 2))])
+def test_max_pool_pieces_with_a_short_last_one_equal_window_argmax(
+        monkeypatch, kernel, stride, per_piece, threads, dtype):
+    """MaxPool2d in pieces of 1 or 3 of 7 examples, overlapping windows (stride < kernel),
+    gaps (stride > kernel) and odd sizes, with ties, against the copied windows'
+    argmax and the scatter one window at a time."""
+    from threadpoolctl import threadpool_limits
+    from minidl import parallel
+    from minidl.layers import MaxPool2d
+    shape = (7, 2, 7, 9)
+    monkeypatch.setattr(parallel, "PIECE_VALUES", per_piece * int(np.prod(shape[1:])))
+    rng = np.random.default_rng(12)
+    x = rng.integers(0, 3, size=shape).astype(dtype)  # three values: many ties
+    layer = MaxPool2d(kernel, stride)
+    with threadpool_limits(threads):
+        assert len(parallel.pieces_of(x)) == -(-7 // per_piece)
+        out = layer.forward(x)
+        dout = rng.standard_normal(out.shape).astype(dtype)
+        dx = layer.backward(dout)
+    ref_out, argmax = window_argmax(x, layer.kernel_size, layer.stride)
+    np.testing.assert_array_equal(out, ref_out)
+    np.testing.assert_array_equal(layer.cache["argmax"], argmax)
+    (kh, kw), (sh, sw) = layer.kernel_size, layer.stride
+    expected = np.zeros(shape)
+    for n, c, ho, wo in np.ndindex(*out.shape):
+        i, j = divmod(int(argmax[n, c, ho, wo]), kw)
+        expected[n, c, sh * ho + i, sw * wo + j] += dout[n, c, ho, wo]
+    assert dx.dtype == np.dtype(dtype)
+    tol = 1e-12 if dtype == "float64" else 1e-6
+    np.testing.assert_allclose(dx, expected, rtol=tol, atol=tol)
