@@ -182,3 +182,42 @@ def test_branch_free_activations_match_torch_and_the_select_at_extremes(name, dt
     tol = {"float64": 1e-15, "float32": 1e-6}[dtype]
     np.testing.assert_allclose(out, tout.detach().numpy(), rtol=tol, atol=tol)
     np.testing.assert_allclose(dx, tx.grad.numpy(), rtol=tol, atol=tol)
+
+
+@pytest.mark.parametrize("dtype", ["float64", "float32"])
+@pytest.mark.parametrize("name", ["sigmoid", "bce", "leaky 0.2", "leaky 0", "leaky -0.5",
+                                  "leaky 1.5"])
+def test_branch_free_sign_selects_equal_the_where_twin(name, dtype, rng):
+    """The simple twin of the branch-free passes, without PyTorch: ``sigmoid`` (in Sigmoid
+    and BCEWithLogits) and LeakyReLU's f and f' against the ``where`` they replace, to the
+    last bit, at +-inf, NaN, +-0, underflow and random values."""
+    from minidl.losses import BCEWithLogits
+    x = np.concatenate([EXTREMES, 30 * rng.standard_normal(200)]).astype(dtype)  # (217,)
+    dout = rng.standard_normal(x.shape).astype(dtype)
+    with np.errstate(over="ignore", invalid="ignore"):
+        e = np.exp(-np.abs(x))
+        s = np.where(x >= 0, 1 / (1 + e), e / (1 + e)).astype(dtype)  # the select
+        if name == "sigmoid":
+            layer = Sigmoid()
+            out, dx = layer.forward(x), layer.backward(dout)
+            np.testing.assert_array_equal(out, s)
+            np.testing.assert_array_equal(dx, dout * (s * (1 - s)))
+            assert out.dtype == dx.dtype == np.dtype(dtype)
+        elif name == "bce":
+            finite = np.isfinite(x)  # BCEWithLogits' s: infinite logits aside
+            logits, y = x[None, finite], rng.random((1, int(finite.sum()))).astype(dtype)
+            loss = BCEWithLogits("sum")
+            value = loss.forward(logits, y)
+            np.testing.assert_array_equal(loss.backward(), s[None, finite] - y)
+            log1p_e = np.log1p(e[finite])  # the loss from log s, log(1 - s) by sign
+            log_s = np.where(logits >= 0, -log1p_e, logits - log1p_e)
+            log_1ms = np.where(logits >= 0, -logits - log1p_e, -log1p_e)
+            direct = -(y * log_s + (1 - y) * log_1ms).astype(np.float64).sum()
+            assert value == pytest.approx(direct, rel=1e-12 if dtype == "float64" else 1e-5)
+        else:
+            a = float(name.split()[1])
+            layer = LeakyReLU(a)
+            out, dx = layer.forward(x), layer.backward(dout)
+            np.testing.assert_array_equal(out, np.where(x > 0, x, a * x).astype(dtype))
+            np.testing.assert_array_equal(dx, dout * np.where(x > 0, 1, a).astype(dtype))
+            assert out.dtype == dx.dtype == np.dtype(dtype)
