@@ -189,3 +189,69 @@ def test_a_forked_child_runs_pieces_with_a_pool_of_its_own():
             os.waitpid(pid, 0)
             pytest.fail("the forked child hung in map_pieces")
     assert os.waitstatus_to_exitcode(status) == 0
+
+
+def _conv(C, F, kernel, **kw):
+    return lambda: minidl.layers.Conv2d(C, F, kernel, rng=minidl.default_rng(0), **kw)
+
+
+# every layer whose passes run in minidl.parallel's pieces, on every route it has
+PIECE_LAYERS = {
+    "conv F>C": (_conv(3, 5, 3, padding=1), (9, 3, 7, 6)),
+    "conv F<=C (flipped kernel)": (_conv(5, 3, 3, padding=1), (9, 5, 7, 6)),
+    "conv stride 2": (_conv(4, 6, 3, stride=2, padding=1), (9, 4, 7, 9)),
+    "conv padding > kernel - 1": (_conv(5, 3, 2, padding=2), (9, 5, 5, 4)),
+    "batchnorm2d": (lambda: minidl.layers.BatchNorm2d(4), (9, 4, 5, 3)),
+    "batchnorm2d eval": (lambda: minidl.layers.BatchNorm2d(4).eval(), (9, 4, 5, 3)),
+    "batchnorm1d": (lambda: minidl.layers.BatchNorm1d(6), (37, 6)),
+    "batchnorm1d (N, C, L)": (lambda: minidl.layers.BatchNorm1d(3), (11, 3, 7)),
+    "relu": (lambda: minidl.layers.ReLU(), (9, 4, 5, 3)),
+    "maxpool2d": (lambda: minidl.layers.MaxPool2d(2), (9, 4, 7, 5)),
+    "maxpool2d overlapping": (lambda: minidl.layers.MaxPool2d(3, 2), (9, 4, 7, 9)),
+    "linear": (lambda: minidl.layers.Linear(37, 23, rng=minidl.default_rng(0)), (41, 37)),
+}
+
+
+def _passes(make, shape, dtype, threads):
+    """Every array forward, backward, jvp and backward_rop give, at ``threads`` threads."""
+    rng = np.random.default_rng(0)
+    x = (2 * rng.standard_normal(shape) + 3).astype(dtype)
+    layer = make().astype(dtype)
+    with threadpool_limits(threads):
+        out = layer.forward(x)
+        results = [out, layer.backward(rng.standard_normal(out.shape).astype(dtype))]
+        results += [layer.grads[k].copy() for k in sorted(layer.grads)]
+        if layer.params:
+            layer.Rparams = {k: rng.standard_normal(v.shape).astype(dtype)
+                             for k, v in layer.params.items()}
+        results.append(layer.jvp(rng.standard_normal(x.shape).astype(dtype)))
+        results.append(layer.backward_rop(rng.standard_normal(out.shape).astype(dtype)))
+        results += [layer.Rgrads[k] for k in sorted(layer.Rgrads)]
+    return results
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("name", list(PIECE_LAYERS))
+def test_every_layer_in_pieces_gives_the_same_bits_every_run(monkeypatch, name, dtype):
+    """What minidl.parallel promises, layer by layer, with budgets small enough for many
+    pieces (conv chunks of one to four examples, BatchNorm/ReLU/MaxPool pieces of two):
+    repeated runs give the same bits at a given thread count, and, where the pieces are
+    sized in values (all but Linear, whose row blocks follow the thread count), the same
+    bits at 1 and 2 threads."""
+    from minidl.layers import conv
+    monkeypatch.setattr(conv, "CHUNK_VALUES", 3500)
+    monkeypatch.setattr(parallel, "PIECE_VALUES", 130)
+    make, shape = PIECE_LAYERS[name]
+    runs = {1: [], 2: []}
+    for threads in (1, 2, 1, 2, 2, 1):
+        runs[threads].append(_passes(make, shape, dtype, threads))
+    for threads, results in runs.items():
+        for again in results[1:]:
+            for i, (a, b) in enumerate(zip(results[0], again)):
+                np.testing.assert_array_equal(a, b, err_msg=f"{threads} threads, array {i}")
+    for i, (a, b) in enumerate(zip(runs[1][0], runs[2][0])):
+        if name == "linear":  # the same sums in blocks of other sizes: BLAS's rounding
+            np.testing.assert_allclose(a, b, rtol=1e-5 if dtype == "float32" else 1e-13,
+                                       atol=1e-5 if dtype == "float32" else 1e-13)
+        else:
+            np.testing.assert_array_equal(a, b, err_msg=f"1 against 2 threads, array {i}")
