@@ -255,3 +255,29 @@ def test_every_layer_in_pieces_gives_the_same_bits_every_run(monkeypatch, name, 
                                        atol=1e-5 if dtype == "float32" else 1e-13)
         else:
             np.testing.assert_array_equal(a, b, err_msg=f"1 against 2 threads, array {i}")
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize("N,out_features,bias", [(1, 5, True), (2, 1, False), (7, 3, True),
+                                                 (0, 3, True)])
+def test_linear_row_blocks_equal_the_plain_products(N, out_features, bias, threads, dtype):
+    """Linear's row blocks (``parallel.split``) against the three products written out,
+    where the blocks are awkward: fewer rows than threads, one output, an odd batch, an
+    empty batch."""
+    from minidl.layers import Linear
+    rng = np.random.default_rng(13)
+    layer = Linear(4, out_features, bias=bias, rng=minidl.default_rng(0)).astype(dtype)
+    x = rng.standard_normal((N, 4)).astype(dtype)
+    dout = rng.standard_normal((N, out_features)).astype(dtype)
+    with threadpool_limits(threads):
+        out = layer.forward(x)
+        dx = layer.backward(dout)
+    W = layer.params["W"].astype(np.float64)
+    x64, dout64 = x.astype(np.float64), dout.astype(np.float64)
+    expected = {"out": x64 @ W.T + (layer.params["b"] if bias else 0), "dx": dout64 @ W,
+                "dW": dout64.T @ x64}
+    tol = dict(rtol=1e-12, atol=1e-12) if dtype == "float64" else dict(rtol=1e-5, atol=1e-5)
+    for name, value in (("out", out), ("dx", dx), ("dW", layer.grads["W"])):
+        assert value.dtype == np.dtype(dtype) and value.shape == expected[name].shape, name
+        np.testing.assert_allclose(value, expected[name], err_msg=name, **tol)
