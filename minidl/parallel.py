@@ -21,9 +21,10 @@ with BLAS held to one thread: after a product that OpenBLAS ran on its own threa
 threads keep spinning on the other cores for a while (about 0.1 s, see
 ``OPENBLAS_THREAD_TIMEOUT`` in OpenBLAS's documentation), and pieces that follow would
 share the cores with them (measured: a 5-layer CNN training step 1.5x slower with two
-threads when its Linear layers let OpenBLAS share their products). The curvature passes
-(``jvp``, ``backward_rop``, per-example gradients) and the preconditioners use plain
-products, which BLAS shares over its own threads.
+threads when its Linear layers let OpenBLAS share their products). Conv2d's ``jvp`` and
+``backward_rop`` reuse its chunks; the other curvature passes (Linear's and the
+normalisations' ``jvp`` and ``backward_rop``, per-example gradients) and the
+preconditioners use plain products, which BLAS shares over its own threads.
 
 Results come back in the order of ``pieces``, so sums over them add in the same order
 every run: a layer gives the same bits every time for a given thread count. Where the

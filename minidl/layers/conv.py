@@ -34,9 +34,9 @@ product, which measured faster than one product over the whole batch. With sever
 threads allowed (``threadpool_limits``), the chunks run side by side, one per core
 (``minidl.parallel``): the copies around the products then use every core too. With
 stride 1 the columns are the "wide" ones of ``im2col_wide`` (long contiguous copies; the
-extra columns are cropped from the output and get zero gradient), and for F <= C the input
-gradient is computed as a convolution of dout with the flipped kernel (``_input_grad``)
-rather than through col2im. The im2col matrix is kh kw times the input (9x for 3x3), so it
+extra columns are cropped from the output and get zero gradient), and for F <= C and a
+padding of at most kernel - 1 the input gradient is computed as a convolution of dout with
+the flipped kernel (``_input_grad``) rather than through col2im. The im2col matrix is kh kw times the input (9x for 3x3), so it
 is never kept: the forward pass makes it chunk by chunk and the backward pass makes it
 again from the cached x. ``cache["cols"]`` still reads as the (C kh kw, N Ho Wo) matrix:
 it is computed when read. A layer whose ``needs_input_grad`` is False (the first layer of
