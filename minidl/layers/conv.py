@@ -29,18 +29,19 @@ cols_n the L columns of example n, and db_n = sum_{ho, wo} dout[n]. R-operator
 
 Performance and memory. The windows come from strided views (no Python loop over pixels)
 and the batch goes through in chunks of a few examples, each product one BLAS GEMM per
-chunk: a chunk's columns (``CHUNK_VALUES``, 4 MB) stay in the CPU caches from im2col to the
-product, which measured faster than one product over the whole batch. With several
+chunk: a chunk's columns (``CHUNK_VALUES``, 4 MB) stay in the CPU caches from im2col to
+the product, which measured faster than one product over the whole batch. With several
 threads allowed (``threadpool_limits``), the chunks run side by side, one per core
-(``minidl.parallel``): the copies around the products then use every core too. With
-stride 1 the columns are the "wide" ones of ``im2col_wide`` (long contiguous copies; the
-extra columns are cropped from the output and get zero gradient), and for F <= C and a
-padding of at most kernel - 1 the input gradient is computed as a convolution of dout with
-the flipped kernel (``_input_grad``) rather than through col2im. The im2col matrix is kh kw times the input (9x for 3x3), so it
-is never kept: the forward pass makes it chunk by chunk and the backward pass makes it
-again from the cached x. ``cache["cols"]`` still reads as the (C kh kw, N Ho Wo) matrix:
-it is computed when read. A layer whose ``needs_input_grad`` is False (the first layer of
-a model, see ``Sequential``) skips the input gradient and returns None.
+(``minidl.parallel``): the copies around the products then use every core too. With stride
+1 the columns are the "wide" ones of ``im2col_wide`` (long contiguous copies; the extra
+columns are cropped from the output and get zero gradient), and for F <= C and a padding
+of at most kernel - 1 the input gradient is computed as a convolution of dout with the
+flipped kernel (``_input_grad``) rather than through col2im. The im2col matrix is kh kw
+times the input (9x for 3x3), so it is never kept: the forward pass makes it chunk by
+chunk and the backward pass makes it again from the cached x. ``cache["cols"]`` still
+reads as the (C kh kw, N Ho Wo) matrix: it is computed when read. A layer whose
+``needs_input_grad`` is False (the first layer of a model, see ``Sequential``) skips the
+input gradient and returns None.
 
 References: CS231n "Convolutional Networks" notes; K. Chellapilla et al. 2006 (im2col);
 PyTorch ``torch.nn.Conv2d`` for the conventions and the default initialisation.
