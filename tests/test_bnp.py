@@ -188,3 +188,29 @@ def test_backends_agree(on_backend, rng):
         out.append(np.concatenate([backend.to_numpy(layer.grads[k]).ravel()
                                    for layer in pre.layers for k in layer.grads]))
     np.testing.assert_allclose(out[1], out[0], rtol=1e-10)
+
+
+# -- the default variance floor keeps deep layers with faint inputs stable -------------------
+def test_default_floor_trains_a_deep_mlp_on_mnist():
+    """BNP divides each gradient column by its input's variance. At initialisation a deep
+    ReLU network's inputs fade layer by layer (uniform 1/sqrt(fan_in) weights shrink the
+    variance about sixfold per layer), so the last layers' inputs have variances near 1e-4
+    and their gradients were amplified thousands of times: with eps2 = 1e-5 the method's
+    defaults (lr 2e-3, SGD momentum 0.9) took this 784-100x5-10 MLP from 2.3 to 1.7e4
+    in 3 epochs (float32; float64 the same way), and the 5-layer CNN of ``minidl compare``
+    from 2.31 to 110 and beyond on every seed tried. The floor eps2 = 1e-3 bounds the
+    amplification to 1e3."""
+    from minidl import data, methods, models
+    from minidl.train import fit
+    x, y = data.load("mnist-small", "train")
+    x, y = data.normalise(x[:3000]), y[:3000]  # (3000, 1, 28, 28) in [0, 1], (3000,)
+    model = models.mlp([784] + [100] * 5 + [10], rng=minidl.default_rng(0))
+    loss = SoftmaxCrossEntropy()
+    opt, pre = methods.build("bnp", model, loss)
+    loader = data.DataLoader(backend.asarray(x), backend.asarray(y), 128,
+                             rng=minidl.default_rng(1))
+    hist = fit(model, loss, opt, loader, epochs=3, precond=pre, log_every=0, progress=False)
+    first, last = hist.steps["loss"][0], hist["train_loss"][-1]
+    assert hist.divergence is None
+    assert last < 0.5 * first, f"BNP's defaults: loss {first:.3g} at the first step, " \
+                               f"{last:.3g} in the last epoch"

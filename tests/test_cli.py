@@ -559,9 +559,9 @@ def test_assign_with_a_missing_dependency_says_which(monkeypatch, capsys):
 
 
 def test_a_run_whose_loss_ended_above_its_start_is_not_ok():
-    """BNP at its default rate on the 5-layer CNN took the loss from 2.31 to 110 (test loss
-    2023) without a NaN, and the table said "ok". A finite loss that ends above the first
-    step's is now named in the status."""
+    """BNP at its default rate on the 5-layer CNN (before its variance floor eps2 was
+    raised) took the loss from 2.31 to 110 (test loss 2023) without a NaN, and the table
+    said "ok". A finite loss that ends above the first step's is now named in the status."""
     from minidl.cli.output import row
 
     def history(step_losses, epoch_losses):
@@ -575,6 +575,19 @@ def test_a_run_whose_loss_ended_above_its_start_is_not_ok():
     rose = row("bnp", 2e-3, history([2.31, 0.5, 4.45, 2.2e3], [1.2, 109.9]))
     assert rose["status"] == "loss rose: 2.31 at the first step, 110 in the last epoch"
     assert row("adam", 1e-3, history([2.31, 1.0], [1.5, 0.82]))["status"] == "ok"
+
+
+@pytest.mark.slow
+def test_bnp_at_its_defaults_trains_the_5_layer_cnn(tmp_path, capsys):
+    """The run of the test above, for real (about 8 s): with its variance floor eps2 at
+    1e-5, BNP's defaults took the 5-layer CNN's loss from 2.31 to 110 ("loss rose",
+    9% test accuracy); with 1e-3 the same command ends near 90%."""
+    out = tmp_path / "run"
+    assert cli.main(["compare", "--model", "cnn5", "--limit", "3000", "--epochs", "2",
+                     "--methods", "bnp", "--quiet", "--out", str(out)]) == 0
+    (result,) = json.loads((out / "summary.json").read_text())["results"]
+    assert result["status"] == "ok", result["status"]
+    assert result["train_loss"] < 1.0 and result["test_accuracy"] > 0.85, result
 
 
 def test_an_interrupted_train_says_how_to_resume(tmp_path, capsys, monkeypatch):

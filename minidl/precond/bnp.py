@@ -37,11 +37,18 @@ Choices where the slides say nothing ([unverified] in the reference; all tunable
 * q for conv: m = C k^2 (the fan-in of one output) and N = batch * H_out * W_out, the number
   of patches (rows of the im2col matrix; batch * H * W for a "same" convolution). q is
   computed from the current batch, so a smaller last batch gets its own q.
-* Defaults rho = ``stat_decay`` = 0.9 (BatchNorm's momentum 0.1), eps1 = 1e-2, eps2 = 1e-5:
+* Defaults rho = ``stat_decay`` = 0.9 (BatchNorm's momentum 0.1), eps1 = 1e-2, eps2 = 1e-3:
   not the paper's values, which could not be recovered. eps1 bounds the amplification of
   a feature to 1/eps1 of the layer's largest variance: with 1e-4, a ReLU unit that
   stopped firing once the loss neared zero had its gradient multiplied by up to 1e4, and
   SGD-momentum at lr 0.05 diverged on a small MLP (1 seed in 5); 1e-2 trained all 5.
+  eps2 bounds it to 1/eps2 whatever the layer's variances: at initialisation the inputs
+  of a deep ReLU network fade layer by layer (to variances near 1e-4 in the last layers
+  of the 5-layer CNN on MNIST), and with eps2 = 1e-5 their gradients were multiplied by
+  up to 7e3; at lr 2e-3 with momentum 0.9 the loss of that CNN went from 2.3 to 1e3 and
+  beyond on 4 seeds of 4 (3e-4: 2 of 4), and that of a 784-100x5-10 MLP on 2 of 2.
+  With 1e-3 all 8 seeds of the CNN reached 93-95% test accuracy in 3 epochs of 3,000
+  digits; the 784-100-100-10 MLP ended 1-2 points lower than with 1e-5.
 * The first batch initialises the running statistics (mu = mu_A, s2 = s2_A) instead of
   starting from mu = 0, s2 = 1, so step 1 is already preconditioned with real statistics.
 * Statistics are updated every T1 steps (default 1) and the transform (mu, s2t) is
@@ -75,7 +82,7 @@ class BNP(Preconditioner):
 
     name = "bnp"
 
-    def __init__(self, model, stat_decay=0.9, eps1=1e-2, eps2=1e-5, T1=1, T2=1, warn=True):
+    def __init__(self, model, stat_decay=0.9, eps1=1e-2, eps2=1e-3, T1=1, T2=1, warn=True):
         self.rho = check_number("BNP", "stat_decay (rho)", stat_decay, 0.0, 1.0, high_open=True)
         self.eps1 = check_number("BNP", "eps1", eps1, low=0.0)
         self.eps2 = check_number("BNP", "eps2", eps2, low=0.0)
