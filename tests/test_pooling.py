@@ -225,3 +225,14 @@ def test_kernel_larger_than_input(cls):
 def test_bad_hyperparameters(cls, kwargs, error, match):
     with pytest.raises(error, match=rf"{cls.__name__} expects {match}"):
         cls(**kwargs)
+
+
+@pytest.mark.parametrize("make", [lambda cls: cls(3, 2, padding=1),
+                                  lambda cls: cls(3, 2, 1),
+                                  lambda cls: cls(2, ceil_mode=True)])
+@pytest.mark.parametrize("cls", [MaxPool2d, AvgPool2d])
+def test_pytorch_only_options_are_refused_naming_the_layer(cls, make):
+    """MaxPool2d(3, 2, padding=1), a ResNet stem ported from PyTorch, failed with
+    "_Pool2d.__init__() got an unexpected keyword argument", naming a private class."""
+    with pytest.raises(TypeError, match=f"{cls.__name__} takes kernel_size and stride only"):
+        make(cls)

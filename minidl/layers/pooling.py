@@ -56,9 +56,17 @@ __all__ = ["MaxPool2d", "AvgPool2d", "GlobalAvgPool2d", "window_argmax"]
 class _Pool2d(Layer):
     """Shared arguments and input checks of the windowed pools."""
 
-    def __init__(self, kernel_size, stride=None):
+    def __init__(self, kernel_size, stride=None, *more, **options):
         super().__init__()
         owner = type(self).__name__
+        if more or options:  # a PyTorch call such as MaxPool2d(3, 2, padding=1)
+            given = [f"{len(more)} more positional argument(s)"] if more else []
+            raise TypeError(
+                f"{owner} takes kernel_size and stride only, got "
+                f"{', '.join(given + sorted(options))}: PyTorch's padding, dilation, "
+                "ceil_mode, return_indices and count_include_pad are not implemented here "
+                "(windows start at the top-left corner and a remainder that no window "
+                "covers is dropped, as PyTorch's defaults padding=0, ceil_mode=False do)")
         self.kernel_size = pair(kernel_size, "kernel_size", owner, 1)
         self.stride = pair(kernel_size if stride is None else stride, "stride", owner, 1)
 
@@ -120,6 +128,9 @@ class MaxPool2d(_Pool2d):
     Args:
         kernel_size: int or pair (kh, kw).
         stride: int or pair (sh, sw); defaults to ``kernel_size``.
+
+    Raises:
+        TypeError: any other argument (PyTorch's padding, ceil_mode, ...: not implemented).
 
     Cache: ``cache["x"]`` the input, ``cache["argmax"]`` (N, C, Ho, Wo) the window offset
     k = i kw + j of each maximum (int8 for windows of up to 127 elements).
@@ -203,6 +214,9 @@ class AvgPool2d(_Pool2d):
     Args:
         kernel_size: int or pair (kh, kw).
         stride: int or pair (sh, sw); defaults to ``kernel_size``.
+
+    Raises:
+        TypeError: any other argument (PyTorch's padding, ceil_mode, ...: not implemented).
     """
 
     def _mean(self, x):
