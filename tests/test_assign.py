@@ -337,16 +337,23 @@ def test_release_leaves_no_folder_behind_when_it_stops(tmp_path, capsys, monkeyp
     assert not (tmp_path / "build").exists()
 
 
-def test_grade_refuses_a_results_file_it_cannot_write_before_grading(
-        tmp_path, capsys, monkeypatch, read_only_folder):
-    # found only after the notebook had been graded: a raw OSError, the grading lost
-    grade_module = sys.modules["minidl.assign.grade"]
+def empty_submission_and_autograder(tmp_path):
+    """An empty notebook ``alice.ipynb`` and a minimal Otter zip ``ag.zip`` in tmp_path;
+    returns the notebook's path."""
     nb = tmp_path / "alice.ipynb"
     nb.write_text(json.dumps({"cells": [], "metadata": {}, "nbformat": 4,
                               "nbformat_minor": 5}))
     with zipfile.ZipFile(tmp_path / "ag.zip", "w") as zf:
         zf.writestr("otter_config.json", "{}")
         zf.writestr("tests/q1.py", "OK_FORMAT = True\n")
+    return nb
+
+
+def test_grade_refuses_a_results_file_it_cannot_write_before_grading(
+        tmp_path, capsys, monkeypatch, read_only_folder):
+    # found only after the notebook had been graded: a raw OSError, the grading lost
+    grade_module = sys.modules["minidl.assign.grade"]
+    nb = empty_submission_and_autograder(tmp_path)
 
     def graded(*args, **kw):
         raise AssertionError("graded before -o was checked")
@@ -362,12 +369,7 @@ def test_an_interrupted_grading_stops_its_child_process(tmp_path, monkeypatch):
     """The grading child runs in a session of its own, which Ctrl-C does not reach; an
     interrupted grade left it (and its Jupyter kernel) running for up to --timeout."""
     grade_module = sys.modules["minidl.assign.grade"]
-    nb = tmp_path / "alice.ipynb"
-    nb.write_text(json.dumps({"cells": [], "metadata": {}, "nbformat": 4,
-                              "nbformat_minor": 5}))
-    with zipfile.ZipFile(tmp_path / "ag.zip", "w") as zf:
-        zf.writestr("otter_config.json", "{}")
-        zf.writestr("tests/q1.py", "OK_FORMAT = True\n")
+    nb = empty_submission_and_autograder(tmp_path)
     children = []
     real_popen = subprocess.Popen
 

@@ -434,7 +434,9 @@ def test_training_uses_one_blas_thread_by_default(tmp_path, capsys, monkeypatch)
     assert after == before  # the limit ends with the command
 
 
-def test_a_method_that_crashes_does_not_lose_the_others(tmp_path, capsys, monkeypatch):
+@pytest.fixture
+def broken_kfac(monkeypatch):
+    """KFAC whose step raises, as a bug in a preconditioner would."""
     from minidl import precond
     if not methods.is_available("kfac"):
         pytest.skip("minidl.precond has no KFAC")
@@ -443,6 +445,9 @@ def test_a_method_that_crashes_does_not_lose_the_others(tmp_path, capsys, monkey
         raise RuntimeError("a bug in a preconditioner")
 
     monkeypatch.setattr(precond.KFAC, "step", broken_step)
+
+
+def test_a_method_that_crashes_does_not_lose_the_others(tmp_path, capsys, broken_kfac):
     out = tmp_path / "cmp"
     assert cli.main(["compare", "--methods", "kfac,sgd", "--epochs", "1", *TINY,
                      "--out", str(out)]) == 0
@@ -452,17 +457,9 @@ def test_a_method_that_crashes_does_not_lose_the_others(tmp_path, capsys, monkey
     assert rows["kfac"]["status"] == "failed (RuntimeError)" and rows["sgd"]["status"] == "ok"
 
 
-def test_compare_names_only_the_files_it_wrote(tmp_path, capsys, monkeypatch):
+def test_compare_names_only_the_files_it_wrote(tmp_path, capsys, broken_kfac):
     """When every method failed there is no curve to draw; the closing line used to name
     curves.png and histories/*.json all the same."""
-    from minidl import precond
-    if not methods.is_available("kfac"):
-        pytest.skip("minidl.precond has no KFAC")
-
-    def broken_step(self):
-        raise RuntimeError("a bug in a preconditioner")
-
-    monkeypatch.setattr(precond.KFAC, "step", broken_step)
     out = tmp_path / "cmp"
     assert cli.main(["compare", "--methods", "kfac", "--epochs", "1", *TINY,
                      "--out", str(out)]) == 1
