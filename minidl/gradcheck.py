@@ -514,14 +514,10 @@ def check_layer(layer, x, dout=None, rng=None, eps=1e-6, rtol=1e-5, atol=1e-7,
     title = type(layer).__name__
     if check_finite:
         expect_finite(f"check_layer({title}): input x", x)
-    wrote = set()  # "input", "dout": what a pass wrote into (module doc, "In place")
+    wrote = set()  # passes that wrote into an array they were given (module doc, "In place")
 
-    def forward():
-        x_in = x.copy()  # the layer's own copy: central differences keep perturbing x
-        out = layer.forward(x_in)
-        if "input" not in wrote and not _same(x_in, x):
-            wrote.add("input")
-        return out
+    def forward():  # on its own copy: central differences keep perturbing x
+        return _without_writes(layer.forward, x, wrote, "forward")
 
     with _float64_session(layer) as reset:
         x = _float64_copy(x)
@@ -549,20 +545,14 @@ def check_layer(layer, x, dout=None, rng=None, eps=1e-6, rtol=1e-5, atol=1e-7,
         dxs, grads = [], []
         for d in douts:
             f()
-            # a copy: a backward that writes into its dout must not change the direction
+            # on a copy: a backward that writes into its dout must not change the direction
             # the numeric side uses (an in-place factor would then match on both sides)
-            d_in = d.copy()
-            dxs.append(layer.backward(d_in))
+            dxs.append(_without_writes(layer.backward, d, wrote, "backward"))
             grads.append(_record_grads(layer))
             dxs[-1] = dxs[-1].copy() if backend.is_array(dxs[-1]) else dxs[-1]
-            if not _same(d_in, d):
-                wrote.add("dout")
         checks = _compare_all(f, x, dxs, layer, grads, eps, rtol, atol)
-        if "input" in wrote:
-            checks.append(_wrote_check("input", f"{title}.forward", "x", x.shape, rtol, atol))
-        if "dout" in wrote:
-            checks.append(_wrote_check("dout", f"{title}.backward", "dout", out.shape, rtol,
-                                       atol))
+        checks += _wrote_checks(wrote, title, {"forward": x.shape, "backward": out.shape},
+                                rtol, atol)
     return GradCheckReport(title, checks, rtol, atol, eps, source)
 
 
@@ -581,22 +571,19 @@ def check_loss(loss, logits, target, eps=1e-6, rtol=1e-5, atol=1e-8):
     title = type(loss).__name__
     x = _float64_copy(logits)
     target = _float_target(target)
-    wrote = []
+    wrote = set()  # "forward" when the loss wrote into its logits (module doc, "In place")
 
-    def f():
-        x_in = x.copy()  # the loss's own copy (module doc, "In place")
-        value = loss.forward(x_in, target)
-        if not wrote and not _same(x_in, x):
-            wrote.append(_wrote_check("input", f"{title}.forward", "logits", x.shape, rtol,
-                                      atol))
-        return [value]
+    def f():  # on its own copy of the logits
+        return [_without_writes(lambda h: loss.forward(h, target), x, wrote, "forward")]
 
     f()
     analytic = loss.backward()
     analytic = analytic.copy() if backend.is_array(analytic) else analytic
     check = _compare("logits", f, x, [analytic], eps, rtol, atol,
                      f"{title}.backward()'s return value")
-    return GradCheckReport(title, [check] + wrote, rtol, atol, eps)
+    extra = ([_wrote_check("input", f"{title}.forward", "logits", x.shape, rtol, atol)]
+             if wrote else [])
+    return GradCheckReport(title, [check] + extra, rtol, atol, eps)
 
 
 def check_model(model, loss, x, target, eps=1e-6, rtol=1e-5, atol=1e-8):
@@ -606,26 +593,25 @@ def check_model(model, loss, x, target, eps=1e-6, rtol=1e-5, atol=1e-8):
     """
     title = f"{type(model).__name__} + {type(loss).__name__}"
     expect_finite(f"check_model({type(model).__name__}): input x", x)
-    wrote = []
+    wrote = set()  # "forward" when the model wrote into x (module doc, "In place")
     with _float64_session(model) as reset:
         x = _float64_copy(x)
         target = _float_target(target)
 
-        def f():
+        def f():  # on the model's own copy of x
             reset()
-            x_in = x.copy()  # the model's own copy (module doc, "In place")
-            value = loss.forward(model.forward(x_in), target)
-            if not wrote and not _same(x_in, x):
-                wrote.append(_wrote_check("input", f"{type(model).__name__}.forward", "x",
-                                          x.shape, rtol, atol))
-            return [value]
+            return [_without_writes(lambda a: loss.forward(model.forward(a), target), x,
+                                    wrote, "forward")]
 
         first = backend.host().asarray(f())
         _refuse_if_random(f"check_model({title})", first, backend.host().asarray(f()))
         dx = model.backward(loss.backward())
         dx = dx.copy() if backend.is_array(dx) else dx
         checks = _compare_all(f, x, [dx], model, [_record_grads(model)], eps, rtol, atol)
-    return GradCheckReport(title, checks + wrote, rtol, atol, eps)
+    if wrote:
+        checks.append(_wrote_check("input", f"{type(model).__name__}.forward", "x", x.shape,
+                                   rtol, atol))
+    return GradCheckReport(title, checks, rtol, atol, eps)
 
 
 def _random_tangents(layer, x, gen):
